@@ -1,0 +1,253 @@
+// Package catalog is the repository's table of contents: the manifest of
+// each backup, where its objects live, and how backups are found. The key
+// layout and manifest schema are the contract documented in FORMAT.md.
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/drctl/drctl/storage"
+)
+
+// FormatVersion is the manifest schema version this code writes. Readers
+// refuse manifests with a newer version.
+const FormatVersion = 1
+
+// Kinds of backup.
+const (
+	KindLogical = "logical"
+)
+
+// Roles of objects within a backup.
+const (
+	RoleDump = "dump" // a pg_dump custom-format archive
+)
+
+const backupsPrefix = "backups/"
+
+// Manifest describes one complete backup. It is written last: a backup
+// without a manifest does not exist.
+type Manifest struct {
+	FormatVersion int               `json:"format_version"`
+	ID            string            `json:"id"`
+	Kind          string            `json:"kind"`
+	Database      string            `json:"database"`
+	StartTime     time.Time         `json:"start_time"`
+	EndTime       time.Time         `json:"end_time"`
+	Labels        map[string]string `json:"labels,omitempty"`
+	Server        Server            `json:"server"`
+	Compression   string            `json:"compression"` // "zstd"
+	Encryption    Encryption        `json:"encryption"`
+	Objects       []Object          `json:"objects"`
+	Tool          Tool              `json:"tool"`
+}
+
+// Server records what was backed up.
+type Server struct {
+	Version          string `json:"version"`                     // server_version, e.g. "15.18"
+	VersionNum       int    `json:"version_num"`                 // server_version_num
+	SystemIdentifier string `json:"system_identifier,omitempty"` // pg_control_system()
+	DatabaseSize     int64  `json:"database_size"`               // pg_database_size at start
+}
+
+// Encryption says how objects are encrypted.
+type Encryption struct {
+	Method     string   `json:"method"`               // "age" or "none"
+	Recipients []string `json:"recipients,omitempty"` // public age recipients
+}
+
+// Object is one stored object of the backup.
+type Object struct {
+	Key     string `json:"key"`
+	Role    string `json:"role"`
+	Size    int64  `json:"size"`     // bytes stored
+	SHA256  string `json:"sha256"`   // hex SHA-256 of the bytes stored
+	RawSize int64  `json:"raw_size"` // bytes before compression and encryption
+}
+
+// Tool identifies the writer.
+type Tool struct {
+	Name      string `json:"name"`
+	Version   string `json:"version"`
+	PgDump    string `json:"pg_dump,omitempty"`
+	PgDumpArg string `json:"pg_dump_args,omitempty"`
+}
+
+// StoredSize is the total of the objects' stored sizes.
+func (m *Manifest) StoredSize() int64 {
+	var n int64
+	for _, o := range m.Objects {
+		n += o.Size
+	}
+	return n
+}
+
+// RawSize is the total of the objects' sizes before compression.
+func (m *Manifest) RawSize() int64 {
+	var n int64
+	for _, o := range m.Objects {
+		n += o.RawSize
+	}
+	return n
+}
+
+// Object returns the backup's object with the given role.
+func (m *Manifest) Object(role string) (Object, bool) {
+	for _, o := range m.Objects {
+		if o.Role == role {
+			return o, true
+		}
+	}
+	return Object{}, false
+}
+
+var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$`)
+
+// NewID returns a backup id that sorts by start time: 20261126T141438Z-3fa9c1.
+func NewID(start time.Time) string {
+	var rnd [3]byte
+	rand.Read(rnd[:])
+	return start.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(rnd[:])
+}
+
+// ValidID reports whether id has the form NewID makes.
+func ValidID(id string) bool { return idPattern.MatchString(id) }
+
+// ManifestKey is where backup id's manifest lives.
+func ManifestKey(id string) string { return backupsPrefix + id + "/manifest.json" }
+
+// DumpKey is where a logical backup's dump lives.
+func DumpKey(id string, encrypted bool) string {
+	if encrypted {
+		return backupsPrefix + id + "/dump.pgc.zst.age"
+	}
+	return backupsPrefix + id + "/dump.pgc.zst"
+}
+
+// ErrUnknownBackup is returned when no complete backup has the id.
+var ErrUnknownBackup = errors.New("no such backup")
+
+// Commit stores the manifest, making the backup visible. It refuses to
+// replace an existing manifest.
+func Commit(ctx context.Context, st storage.Store, m *Manifest) error {
+	if err := m.validate(); err != nil {
+		return fmt.Errorf("commit backup %s: %w", m.ID, err)
+	}
+	body, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	body = append(body, '\n')
+	if err := st.PutIfAbsent(ctx, ManifestKey(m.ID), bytes.NewReader(body)); err != nil {
+		return fmt.Errorf("commit backup %s: %w", m.ID, err)
+	}
+	return nil
+}
+
+func (m *Manifest) validate() error {
+	if !ValidID(m.ID) {
+		return fmt.Errorf("invalid backup id %q", m.ID)
+	}
+	if m.FormatVersion < 1 || m.FormatVersion > FormatVersion {
+		return fmt.Errorf("manifest format_version %d is not supported by this drctl (it reads 1..%d); upgrade drctl", m.FormatVersion, FormatVersion)
+	}
+	if len(m.Objects) == 0 {
+		return errors.New("manifest lists no objects")
+	}
+	for _, o := range m.Objects {
+		if !strings.HasPrefix(o.Key, backupsPrefix+m.ID+"/") {
+			return fmt.Errorf("manifest object %q is outside the backup", o.Key)
+		}
+		if len(o.SHA256) != 64 {
+			return fmt.Errorf("manifest object %q has no SHA-256", o.Key)
+		}
+	}
+	switch m.Encryption.Method {
+	case "age", "none":
+	default:
+		return fmt.Errorf("unknown encryption method %q", m.Encryption.Method)
+	}
+	return nil
+}
+
+// Load reads and checks backup id's manifest.
+func Load(ctx context.Context, st storage.Store, id string) (*Manifest, error) {
+	if !ValidID(id) {
+		return nil, fmt.Errorf("backup %q: %w (ids look like 20261126T141438Z-3fa9c1)", id, ErrUnknownBackup)
+	}
+	rc, err := st.Get(ctx, ManifestKey(id))
+	if err != nil {
+		if errors.Is(err, storage.ErrNotExist) {
+			return nil, fmt.Errorf("backup %s: %w", id, ErrUnknownBackup)
+		}
+		return nil, fmt.Errorf("read manifest of %s: %w", id, err)
+	}
+	defer rc.Close()
+	var m Manifest
+	dec := json.NewDecoder(rc)
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("manifest of %s is corrupt: %w", id, err)
+	}
+	if m.ID != id {
+		return nil, fmt.Errorf("manifest %s names backup %q", ManifestKey(id), m.ID)
+	}
+	if err := m.validate(); err != nil {
+		return nil, fmt.Errorf("manifest of %s: %w", id, err)
+	}
+	return &m, nil
+}
+
+// List returns every committed backup, oldest first. Objects of backups
+// that never committed are ignored. A manifest that cannot be read is an
+// error: a broken catalog must not look like a smaller one.
+func List(ctx context.Context, st storage.Store) ([]*Manifest, error) {
+	objs, err := st.List(ctx, backupsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Manifest
+	for _, o := range objs {
+		rest := strings.TrimPrefix(o.Key, backupsPrefix)
+		id, file, ok := strings.Cut(rest, "/")
+		if !ok || file != "manifest.json" || !ValidID(id) {
+			continue
+		}
+		m, err := Load(ctx, st, id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].EndTime.Equal(out[j].EndTime) {
+			return out[i].EndTime.Before(out[j].EndTime)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// Resolve finds a backup by id, or the newest one for "latest".
+func Resolve(ctx context.Context, st storage.Store, ref string) (*Manifest, error) {
+	if ref != "latest" {
+		return Load(ctx, st, ref)
+	}
+	all, err := List(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if len(all) == 0 {
+		return nil, fmt.Errorf("latest: %w: the repository %s holds no complete backup", ErrUnknownBackup, st)
+	}
+	return all[len(all)-1], nil
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/pgdsn"
+	"github.com/drctl/drctl/storage"
+	"github.com/drctl/drctl/storage/backends"
+)
+
+// fileConfig is the YAML configuration file; every key mirrors a flag.
+type fileConfig struct {
+	Repo           string `yaml:"repo"`
+	DSN            string `yaml:"dsn"`
+	RecipientsFile string `yaml:"recipients_file"`
+	IdentityFile   string `yaml:"identity_file"`
+	LogLevel       string `yaml:"log_level"`
+}
+
+// globalFlags are the settings shared by every command.
+type globalFlags struct {
+	configFile     string
+	repo           string
+	dsn            string
+	recipientsFile string
+	identityFile   string
+	logLevel       string
+}
+
+// settings is the resolved configuration: flags, then environment, then file.
+type settings struct {
+	Repo           string
+	DSN            string
+	RecipientsFile string
+	IdentityFile   string
+	Logger         *slog.Logger
+}
+
+func (g *globalFlags) register(cmd *cobra.Command) {
+	f := cmd.PersistentFlags()
+	f.StringVar(&g.configFile, "config", "", "YAML configuration file (env DRCTL_CONFIG)")
+	f.StringVar(&g.repo, "repo", "", "repository URL: file:///path or s3://bucket/prefix (env DRCTL_REPO)")
+	f.StringVar(&g.recipientsFile, "recipients-file", "", "age recipients file, one public key a line (env DRCTL_AGE_RECIPIENTS_FILE)")
+	f.StringVar(&g.identityFile, "identity-file", "", "age identity file as age-keygen writes it (env DRCTL_AGE_IDENTITY_FILE)")
+	f.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (env DRCTL_LOG_LEVEL; default warn)")
+}
+
+func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, error) {
+	var fc fileConfig
+	path := first(g.configFile, os.Getenv("DRCTL_CONFIG"))
+	if path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(data))
+		dec.KnownFields(true)
+		if err := dec.Decode(&fc); err != nil && err != io.EOF {
+			return nil, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	s := &settings{
+		Repo:           first(g.repo, os.Getenv("DRCTL_REPO"), fc.Repo),
+		DSN:            first(g.dsn, os.Getenv("DRCTL_DSN"), fc.DSN),
+		RecipientsFile: first(g.recipientsFile, os.Getenv("DRCTL_AGE_RECIPIENTS_FILE"), fc.RecipientsFile),
+		IdentityFile:   first(g.identityFile, os.Getenv("DRCTL_AGE_IDENTITY_FILE"), fc.IdentityFile),
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(first(g.logLevel, os.Getenv("DRCTL_LOG_LEVEL"), fc.LogLevel, "warn"))); err != nil {
+		return nil, fmt.Errorf("log level: %w", err)
+	}
+	s.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return s, nil
+}
+
+func first(vals ...string) string {
+	for _, v := range vals {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func (s *settings) openStore(ctx context.Context) (storage.Store, error) {
+	return backends.Open(ctx, s.Repo)
+}
+
+// dsn parses the connection string; an empty one means libpq's PG* variables.
+func (s *settings) parseDSN(raw string) (*pgdsn.DSN, error) {
+	return pgdsn.Parse(raw)
+}
+
+// encryptKeys loads the recipients, if any are configured.
+func (s *settings) encryptKeys() (*codec.Keys, error) {
+	if s.RecipientsFile == "" {
+		return &codec.Keys{}, nil
+	}
+	r, strs, err := codec.LoadRecipients(s.RecipientsFile)
+	if err != nil {
+		return nil, err
+	}
+	return &codec.Keys{Recipients: r, RecipientStrings: strs}, nil
+}
+
+// decryptKeys loads the identities, if configured; restore paths report a
+// missing identity only when a backup turns out to be encrypted.
+func (s *settings) decryptKeys() (*codec.Keys, error) {
+	if s.IdentityFile == "" {
+		return &codec.Keys{}, nil
+	}
+	ids, err := codec.LoadIdentities(s.IdentityFile)
+	if err != nil {
+		return nil, err
+	}
+	return &codec.Keys{Identities: ids}, nil
+}
+
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}

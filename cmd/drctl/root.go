@@ -1,0 +1,350 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/logical"
+	"github.com/drctl/drctl/restore"
+)
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	g := &globalFlags{}
+	root := &cobra.Command{
+		Use:           "drctl",
+		Short:         "PostgreSQL backup and disaster recovery",
+		Version:       version,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	g.register(root)
+	root.AddCommand(
+		newBackupCommand(g, stdout, stderr),
+		newListCommand(g, stdout, stderr),
+		newVerifyCommand(g, stdout, stderr),
+		newRestoreCommand(g, stdout, stderr),
+	)
+	return root
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func newBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var (
+		asJSON, noEncryption bool
+		labels               []string
+		zstdLevel            int
+	)
+	cmd := &cobra.Command{
+		Use:   "backup",
+		Short: "Take a logical backup (pg_dump) into the repository",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			labelMap, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			dsn, err := s.parseDSN(s.DSN)
+			if err != nil {
+				return err
+			}
+			keys, err := s.encryptKeys()
+			if err != nil {
+				return err
+			}
+			if !keys.Encrypted() && !noEncryption {
+				return logical.ErrNoRecipients
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			m, err := logical.Backup(cmd.Context(), logical.BackupOptions{
+				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption,
+				Labels: labelMap, Codec: codec.Options{Level: zstdLevel},
+				ToolVersion: version, Logger: s.Logger,
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(stdout, summarize(m))
+			}
+			fmt.Fprintf(stdout, "backup %s of %s: %s dumped, %s stored in %s (%.1fs)\n", m.ID, m.Database,
+				humanBytes(m.RawSize()), humanBytes(m.StoredSize()), st, m.EndTime.Sub(m.StartTime).Seconds())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&g.dsn, "dsn", "", "database to back up: URL or key=value conninfo (env DRCTL_DSN; default: libpq PG* variables)")
+	f.StringArrayVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.BoolVar(&noEncryption, "no-encryption", false, "store the backup unencrypted when no recipients are configured")
+	f.IntVar(&zstdLevel, "zstd-level", 1, "zstd level, 1 (fastest) to 4 (smallest)")
+	return cmd
+}
+
+func parseLabels(in []string) (map[string]string, error) {
+	if len(in) == 0 {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, l := range in {
+		k, v, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("label %q: want key=value", l)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// backupSummary is the JSON shape of a backup in list and backup output.
+type backupSummary struct {
+	ID          string            `json:"id"`
+	Kind        string            `json:"kind"`
+	Database    string            `json:"database"`
+	StartTime   time.Time         `json:"start_time"`
+	EndTime     time.Time         `json:"end_time"`
+	StoredBytes int64             `json:"stored_bytes"`
+	RawBytes    int64             `json:"raw_bytes"`
+	Encrypted   bool              `json:"encrypted"`
+	Labels      map[string]string `json:"labels"`
+	Server      string            `json:"server_version"`
+}
+
+func summarize(m *catalog.Manifest) backupSummary {
+	labels := m.Labels
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	return backupSummary{
+		ID: m.ID, Kind: m.Kind, Database: m.Database, StartTime: m.StartTime, EndTime: m.EndTime,
+		StoredBytes: m.StoredSize(), RawBytes: m.RawSize(), Encrypted: m.Encryption.Method != "none",
+		Labels: labels, Server: m.Server.Version,
+	}
+}
+
+func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List the complete backups in the repository, oldest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			all, err := catalog.List(cmd.Context(), st)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				out := make([]backupSummary, 0, len(all))
+				for _, m := range all {
+					out = append(out, summarize(m))
+				}
+				return writeJSON(stdout, out)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tKIND\tDATABASE\tSTARTED\tDURATION\tDUMPED\tSTORED\tLABELS")
+			for _, m := range all {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Kind, m.Database,
+					m.StartTime.Format(time.RFC3339), m.EndTime.Sub(m.StartTime).Round(time.Millisecond),
+					humanBytes(m.RawSize()), humanBytes(m.StoredSize()), formatLabels(m.Labels))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	return cmd
+}
+
+func formatLabels(l map[string]string) string {
+	keys := make([]string, 0, len(l))
+	for k := range l {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = k + "=" + l[k]
+	}
+	return strings.Join(parts, ",")
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var asJSON, all bool
+	cmd := &cobra.Command{
+		Use:   "verify ID|latest|--all",
+		Short: "Re-read stored backups: checksums, decryption, decompression, the dump's table of contents",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) == 1) || len(args) > 1 {
+				return &exitCodeError{2, fmt.Errorf("verify takes one backup id, latest, or --all")}
+			}
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			keys, err := s.decryptKeys()
+			if err != nil {
+				return err
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var targets []*catalog.Manifest
+			if all {
+				if targets, err = catalog.List(cmd.Context(), st); err != nil {
+					return err
+				}
+			} else {
+				m, err := catalog.Resolve(cmd.Context(), st, args[0])
+				if err != nil {
+					return err
+				}
+				targets = append(targets, m)
+			}
+			var reports []*restore.VerifyReport
+			var firstErr error
+			for _, m := range targets {
+				rep, err := restore.Verify(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, m)
+				if rep == nil {
+					return err
+				}
+				reports = append(reports, rep)
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				if !asJSON {
+					status := "ok"
+					if !rep.OK {
+						status = "FAILED"
+					}
+					fmt.Fprintf(stdout, "%s %s\n", m.ID, status)
+					for _, o := range rep.Objects {
+						if o.OK {
+							fmt.Fprintf(stdout, "  %s: ok (%s, %d table-of-contents entries)\n", o.Key, humanBytes(o.Size), o.TOCEntries)
+						} else {
+							fmt.Fprintf(stdout, "  %s: %s\n", o.Key, o.Error)
+						}
+					}
+				}
+			}
+			if asJSON {
+				var werr error
+				if all {
+					if reports == nil {
+						reports = []*restore.VerifyReport{}
+					}
+					werr = writeJSON(stdout, reports)
+				} else {
+					werr = writeJSON(stdout, reports[0])
+				}
+				if werr != nil {
+					return werr
+				}
+			}
+			if firstErr != nil {
+				return &exitCodeError{3, firstErr}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	cmd.Flags().BoolVar(&all, "all", false, "verify every backup in the repository")
+	return cmd
+}
+
+func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var (
+		into          string
+		asJSON, clean bool
+	)
+	cmd := &cobra.Command{
+		Use:   "restore ID|latest --into DSN",
+		Short: "Restore a logical backup into a database (created if missing)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if into == "" {
+				return &exitCodeError{2, fmt.Errorf("restore needs --into DSN: the database to restore into")}
+			}
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			target, err := s.parseDSN(into)
+			if err != nil {
+				return fmt.Errorf("--into: %w", err)
+			}
+			keys, err := s.decryptKeys()
+			if err != nil {
+				return err
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			m, err := catalog.Resolve(cmd.Context(), st, args[0])
+			if err != nil {
+				return err
+			}
+			bar := newProgressBar(stderr, !asJSON)
+			res, err := restore.Logical(cmd.Context(), restore.LogicalOptions{
+				Store: st, Manifest: m, Keys: keys, Target: target, Clean: clean,
+				Progress: bar.update, Logger: s.Logger,
+			})
+			bar.finish()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(stdout, res)
+			}
+			fmt.Fprintf(stdout, "restored %s into database %s: %s in %.1fs\n", res.ID, res.Database, humanBytes(res.RawBytes), res.Seconds)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&into, "into", "", "database to restore into: URL or key=value conninfo")
+	cmd.Flags().BoolVar(&clean, "clean", false, "restore into a non-empty database, replacing the backup's objects")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}

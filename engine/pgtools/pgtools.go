@@ -1,0 +1,109 @@
+// Package pgtools finds and runs PostgreSQL's client programs (pg_dump,
+// pg_restore) as subprocesses whose exit status and stderr are the truth
+// about whether they succeeded.
+package pgtools
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Find locates a PostgreSQL program: in DRCTL_PG_BINDIR, then on PATH, then
+// in `pg_config --bindir`.
+func Find(name string) (string, error) {
+	if dir := os.Getenv("DRCTL_PG_BINDIR"); dir != "" {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("%s not found in DRCTL_PG_BINDIR=%s", name, dir)
+		}
+		return p, nil
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		p := filepath.Join(strings.TrimSpace(string(out)), name)
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s not found: install the PostgreSQL client programs or set DRCTL_PG_BINDIR", name)
+}
+
+// Command is a PostgreSQL program run under a context. Its stderr is kept
+// (the last 64 KiB) for the error message.
+type Command struct {
+	Cmd    *exec.Cmd
+	stderr *tailBuffer
+	name   string
+}
+
+// NewCommand prepares program with args and env. Cancelling ctx kills it.
+func NewCommand(ctx context.Context, program string, args, env []string) *Command {
+	cmd := exec.CommandContext(ctx, program, args...)
+	cmd.Env = env
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	tb := &tailBuffer{max: 64 << 10}
+	cmd.Stderr = tb
+	return &Command{Cmd: cmd, stderr: tb, name: filepath.Base(program)}
+}
+
+// Wait waits for the program and turns a failure into an error carrying
+// its stderr.
+func (c *Command) Wait() error {
+	if err := c.Cmd.Wait(); err != nil {
+		msg := strings.TrimSpace(c.stderr.String())
+		if msg != "" {
+			return fmt.Errorf("%s failed (%v): %s", c.name, err, msg)
+		}
+		return fmt.Errorf("%s failed: %w", c.name, err)
+	}
+	return nil
+}
+
+// Stderr returns what the program wrote to stderr so far.
+func (c *Command) Stderr() string { return c.stderr.String() }
+
+// Version runs `program --version` and returns its last word ("15.18").
+func Version(program string) string {
+	out, err := exec.Command(program, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 {
+		return ""
+	}
+	return f[len(f)-1]
+}
+
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf.Write(p)
+	if extra := t.buf.Len() - t.max; extra > 0 {
+		t.buf.Next(extra)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.buf.String()
+}

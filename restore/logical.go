@@ -1,0 +1,251 @@
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/pgdsn"
+	"github.com/drctl/drctl/engine/pgtools"
+	"github.com/drctl/drctl/storage"
+)
+
+// LogicalOptions configure a restore of a logical backup.
+type LogicalOptions struct {
+	Store    storage.Store
+	Manifest *catalog.Manifest
+	Keys     *codec.Keys
+	// Target names the database to restore into; it is created when missing.
+	Target *pgdsn.DSN
+	// Clean allows restoring into a database that already holds objects:
+	// the backup's objects are dropped and recreated.
+	Clean     bool
+	PgRestore string // empty finds pg_restore
+	Progress  Progress
+	Logger    *slog.Logger
+}
+
+// LogicalResult reports a finished restore.
+type LogicalResult struct {
+	ID              string  `json:"id"`
+	Database        string  `json:"database"`
+	CreatedDatabase bool    `json:"created_database"`
+	StoredBytes     int64   `json:"stored_bytes"`
+	RawBytes        int64   `json:"raw_bytes"`
+	Seconds         float64 `json:"seconds"`
+}
+
+// ErrNotEmpty refuses to restore over existing data.
+var ErrNotEmpty = errors.New("target database is not empty")
+
+// holdback is how much plaintext is kept from pg_restore until the whole
+// stored object has been read and checked: pg_restore cannot finish, and so
+// cannot commit, before drctl knows the object matched its manifest.
+const holdback = 1 << 20
+
+// Logical restores a logical backup with pg_restore --single-transaction:
+// a corrupt or interrupted stream leaves the target as it was.
+func Logical(ctx context.Context, opt LogicalOptions) (*LogicalResult, error) {
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	m := opt.Manifest
+	if m.Kind != catalog.KindLogical {
+		return nil, fmt.Errorf("backup %s is a %s backup, not a logical one", m.ID, m.Kind)
+	}
+	obj, ok := m.Object(catalog.RoleDump)
+	if !ok {
+		return nil, fmt.Errorf("backup %s: manifest lists no dump object", m.ID)
+	}
+	if m.Encryption.Method == "age" && (opt.Keys == nil || len(opt.Keys.Identities) == 0) {
+		return nil, codec.ErrNoIdentity
+	}
+	pgRestore := opt.PgRestore
+	if pgRestore == "" {
+		var err error
+		if pgRestore, err = pgtools.Find("pg_restore"); err != nil {
+			return nil, err
+		}
+	}
+	start := time.Now()
+	dbname := opt.Target.Database()
+	created, err := prepareTarget(ctx, opt.Target, opt.Clean)
+	if err != nil {
+		return nil, err
+	}
+	log := opt.Logger.With("backup", m.ID, "database", dbname)
+	log.Info("restore started", "target", opt.Target.Redacted(), "created_database", created)
+
+	err = runRestore(ctx, opt, pgRestore, obj)
+	if err != nil {
+		if created {
+			if derr := dropDatabase(context.WithoutCancel(ctx), opt.Target); derr != nil {
+				log.Warn("could not drop the database created for the failed restore", "error", derr)
+			}
+		}
+		return nil, fmt.Errorf("restore %s into %s: %w", m.ID, dbname, err)
+	}
+	res := &LogicalResult{ID: m.ID, Database: dbname, CreatedDatabase: created,
+		StoredBytes: obj.Size, RawBytes: obj.RawSize, Seconds: time.Since(start).Seconds()}
+	log.Info("restore finished", "seconds", res.Seconds)
+	return res, nil
+}
+
+func runRestore(ctx context.Context, opt LogicalOptions, pgRestore string, obj catalog.Object) error {
+	stream, err := openObject(ctx, opt.Store, opt.Manifest, obj, opt.Keys, opt.Progress)
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+
+	conninfo, env := opt.Target.CommandArgs()
+	args := []string{"--no-password", "--exit-on-error", "--single-transaction"}
+	if opt.Clean {
+		args = append(args, "--clean", "--if-exists")
+	}
+	args = append(args, "--dbname="+conninfo)
+	cmdCtx, kill := context.WithCancel(ctx)
+	defer kill()
+	cmd := pgtools.NewCommand(cmdCtx, pgRestore, args, env)
+	cmd.Cmd.Cancel = func() error { return cmd.Cmd.Process.Kill() }
+	stdin, err := cmd.Cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Cmd.Start(); err != nil {
+		return fmt.Errorf("start pg_restore: %w", err)
+	}
+	feedErr := feed(stdin, stream)
+	var we *writeError
+	if errors.As(feedErr, &we) {
+		// pg_restore stopped reading: its own exit status says why.
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			return err
+		}
+		return feedErr
+	}
+	if feedErr != nil {
+		// Kill before closing stdin: pg_restore must not mistake a broken
+		// stream for the end of the archive.
+		kill()
+		cmd.Wait()
+		stdin.Close()
+		return feedErr
+	}
+	stdin.Close()
+	return cmd.Wait()
+}
+
+// feed copies the plaintext to pg_restore, holding back the last bytes
+// until the stored object has been read to its end and checked.
+func feed(w io.Writer, stream *objectStream) error {
+	buf := make([]byte, 256<<10)
+	pending := make([]byte, 0, holdback+len(buf))
+	for {
+		n, err := stream.Read(buf)
+		pending = append(pending, buf[:n]...)
+		if over := len(pending) - holdback; over > 0 {
+			if _, werr := w.Write(pending[:over]); werr != nil {
+				return &writeError{werr}
+			}
+			pending = append(pending[:0], pending[over:]...)
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := stream.check(); err != nil {
+		return err
+	}
+	if _, err := w.Write(pending); err != nil {
+		return &writeError{err}
+	}
+	return nil
+}
+
+// prepareTarget creates the database when it is missing (reporting true),
+// and otherwise refuses one that holds objects unless clean is set.
+func prepareTarget(ctx context.Context, target *pgdsn.DSN, clean bool) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, target.ConnString())
+	if err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "3D000" { // invalid_catalog_name
+			return true, createDatabase(cctx, target)
+		}
+		return false, fmt.Errorf("connect to %s: %s", target.Redacted(), target.RedactError(err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var objects int64
+	err = conn.QueryRow(cctx, `SELECT
+	  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+	     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp%')
+	+ (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+	     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema'))
+	+ (SELECT count(*) FROM pg_namespace
+	     WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'public') AND nspname NOT LIKE 'pg\_%')
+	+ (SELECT count(*) FROM pg_largeobject_metadata)
+	+ (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')`).Scan(&objects)
+	if err != nil {
+		return false, fmt.Errorf("inspect target database: %w", err)
+	}
+	if objects > 0 && !clean {
+		return false, fmt.Errorf("%w: %s holds %d objects; restore into a new database or give --clean to replace the backup's objects", ErrNotEmpty, target.Database(), objects)
+	}
+	return false, nil
+}
+
+func maintenanceConn(ctx context.Context, target *pgdsn.DSN) (*pgx.Conn, error) {
+	var lastErr error
+	for _, db := range []string{"postgres", "template1"} {
+		conn, err := pgx.Connect(ctx, target.WithDatabase(db).ConnString())
+		if err == nil {
+			return conn, nil
+		}
+		lastErr = err
+	}
+	return nil, fmt.Errorf("connect to the maintenance database: %s", target.RedactError(lastErr))
+}
+
+func createDatabase(ctx context.Context, target *pgdsn.DSN) error {
+	conn, err := maintenanceConn(ctx, target)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	name := pgx.Identifier{target.Database()}.Sanitize()
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"); err != nil {
+		return fmt.Errorf("create database %s: %w", name, err)
+	}
+	return nil
+}
+
+func dropDatabase(ctx context.Context, target *pgdsn.DSN) error {
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := maintenanceConn(cctx, target)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(cctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{target.Database()}.Sanitize()+" WITH (FORCE)")
+	return err
+}
+
+type writeError struct{ err error }
+
+func (w *writeError) Error() string { return "write to pg_restore: " + w.err.Error() }
+func (w *writeError) Unwrap() error { return w.err }

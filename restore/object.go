@@ -1,0 +1,107 @@
+// Package restore brings backups back: it reads stored objects, checks them
+// against the manifest, decrypts and decompresses them, and feeds
+// PostgreSQL's own restore programs.
+package restore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/storage"
+)
+
+// ErrCorrupt marks an object whose stored bytes do not match its manifest
+// or do not decrypt or decompress.
+var ErrCorrupt = errors.New("corrupted object")
+
+// objectStream is one stored object being read: the plaintext, and a check
+// that, once the plaintext reached EOF, all stored bytes matched.
+type objectStream struct {
+	obj     catalog.Object
+	raw     io.ReadCloser
+	reader  *hashingReader
+	decoded io.ReadCloser
+}
+
+// Progress is told how many stored bytes of how many were read.
+type Progress func(done, total int64)
+
+func openObject(ctx context.Context, st storage.Store, m *catalog.Manifest, obj catalog.Object, keys *codec.Keys, progress Progress) (*objectStream, error) {
+	info, err := st.Stat(ctx, obj.Key)
+	if err != nil {
+		if errors.Is(err, storage.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w: missing from the repository", obj.Key, ErrCorrupt)
+		}
+		return nil, err
+	}
+	if info.Size != obj.Size {
+		return nil, fmt.Errorf("%s: %w: %d bytes stored, the manifest says %d", obj.Key, ErrCorrupt, info.Size, obj.Size)
+	}
+	raw, err := st.Get(ctx, obj.Key)
+	if err != nil {
+		return nil, err
+	}
+	hr := &hashingReader{r: raw, h: sha256.New(), total: obj.Size, progress: progress}
+	decoded, err := codec.NewReader(hr, m.Encryption.Method == "age", keys)
+	if err != nil {
+		raw.Close()
+		if errors.Is(err, codec.ErrNoIdentity) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: %w: %v", obj.Key, ErrCorrupt, err)
+	}
+	return &objectStream{obj: obj, raw: raw, reader: hr, decoded: decoded}, nil
+}
+
+// Read returns plaintext; decryption or decompression failures name the object.
+func (s *objectStream) Read(p []byte) (int, error) {
+	n, err := s.decoded.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) {
+		err = fmt.Errorf("%s: %w: %v", s.obj.Key, ErrCorrupt, err)
+	}
+	return n, err
+}
+
+// check reads whatever is left of the stored object and compares its size
+// and SHA-256 with the manifest. Call it after the plaintext reached EOF.
+func (s *objectStream) check() error {
+	if _, err := io.Copy(io.Discard, s.reader); err != nil {
+		return fmt.Errorf("%s: read: %w", s.obj.Key, err)
+	}
+	if s.reader.n != s.obj.Size {
+		return fmt.Errorf("%s: %w: read %d bytes, the manifest says %d", s.obj.Key, ErrCorrupt, s.reader.n, s.obj.Size)
+	}
+	if got := hex.EncodeToString(s.reader.h.Sum(nil)); got != s.obj.SHA256 {
+		return fmt.Errorf("%s: %w: SHA-256 %s, the manifest says %s", s.obj.Key, ErrCorrupt, got, s.obj.SHA256)
+	}
+	return nil
+}
+
+func (s *objectStream) Close() error {
+	s.decoded.Close()
+	return s.raw.Close()
+}
+
+type hashingReader struct {
+	r        io.Reader
+	h        hash.Hash
+	n, total int64
+	progress Progress
+}
+
+func (h *hashingReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	h.n += int64(n)
+	h.h.Write(p[:n])
+	if h.progress != nil && n > 0 {
+		h.progress(h.n, h.total)
+	}
+	return n, err
+}
