@@ -1,0 +1,108 @@
+package s3store_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/drctl/drctl/storage"
+	"github.com/drctl/drctl/storage/s3store"
+	"github.com/drctl/drctl/storage/storagetest"
+	"github.com/drctl/drctl/testrig"
+)
+
+func TestConformance(t *testing.T) {
+	srv := testrig.StartS3(t)
+	n := 0
+	storagetest.Run(t, func(t *testing.T) storage.Store {
+		n++
+		s, err := s3store.New(srv.Client(), s3store.Options{Bucket: srv.Bucket, Prefix: fmt.Sprintf("suite-%d/repo", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}, storagetest.Options{})
+}
+
+// TestEnvironmentClient opens the store the way drctl does: from the AWS
+// environment variables alone.
+func TestEnvironmentClient(t *testing.T) {
+	srv := testrig.StartS3(t)
+	srv.SetEnv(t)
+	opts, err := s3store.ClientOptionsFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := s3store.NewClient(t.Context(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := s3store.New(client, s3store.Options{Bucket: srv.Bucket, Prefix: "env"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(t.Context(), "x", strings.NewReader("via env")); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := s.SupportsConditionalWrites(t.Context())
+	t.Logf("server honours If-None-Match: %v (%v)", ok, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The object landed under the prefix, in the bucket the URL names.
+	if _, err := srv.Client().HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: &srv.Bucket, Key: strPtr("env/x")}); err != nil {
+		t.Fatalf("object not at env/x: %v", err)
+	}
+}
+
+func strPtr(s string) *string { return &s }
+
+// TestPartLimit lowers the part limit to show that the growing part size
+// carries a stream past parts x first-part-size, and that a stream past
+// the limit fails cleanly with nothing left visible or pending.
+func TestPartLimit(t *testing.T) {
+	srv := testrig.StartS3(t)
+	s, err := s3store.New(srv.Client(), s3store.Options{
+		Bucket: srv.Bucket, Prefix: "limits", PartSize: 5 << 20, MaxParts: 4, GrowEvery: 2, Concurrency: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Parts of 5, 5, 10, 10 MiB: 30 MiB fit, where fixed 5 MiB parts would hold 20.
+	data := make([]byte, 28<<20)
+	rand.Read(data)
+	if err := s.Put(t.Context(), "fits", bytes.NewReader(data)); err != nil {
+		t.Fatalf("28 MiB in 4 growing parts: %v", err)
+	}
+	rc, err := s.Get(t.Context(), "fits")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes (%v), content equal: %v", len(got), err, bytes.Equal(got, data))
+	}
+	big := make([]byte, 31<<20)
+	err = s.Put(t.Context(), "too-big", bytes.NewReader(big))
+	if err == nil || !strings.Contains(err.Error(), "exceeds 4 parts") {
+		t.Fatalf("31 MiB over a 30 MiB limit: %v", err)
+	}
+	if _, err := s.Stat(t.Context(), "too-big"); !errors.Is(err, storage.ErrNotExist) {
+		t.Fatalf("failed upload visible: %v", err)
+	}
+	ups, err := srv.Client().ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: &srv.Bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ups.Uploads) != 0 {
+		t.Fatalf("%d multipart uploads left pending, want 0 (aborted)", len(ups.Uploads))
+	}
+}

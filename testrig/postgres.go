@@ -1,0 +1,214 @@
+package testrig
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Postgres is a running throw-away cluster on 127.0.0.1.
+type Postgres struct {
+	Port     int
+	User     string
+	Password string
+	Dir      string // holds data/, the socket and the log
+	BinDir   string
+	cred     *syscall.Credential
+}
+
+// BinDir returns the PostgreSQL server programs' folder (pg_config --bindir).
+func BinDir() (string, bool) {
+	if d := os.Getenv("DRCTL_PG_BINDIR"); d != "" {
+		return d, true
+	}
+	out, err := exec.Command("pg_config", "--bindir").Output()
+	if err != nil {
+		return "", false
+	}
+	dir := strings.TrimSpace(string(out))
+	if _, err := os.Stat(filepath.Join(dir, "initdb")); err != nil {
+		return "", false
+	}
+	return dir, true
+}
+
+// serverCredential is who runs initdb and postgres: PostgreSQL refuses
+// root, so a root test process runs them as the postgres OS user.
+func serverCredential() (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, fmt.Errorf("running as root needs a postgres OS user: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
+}
+
+// StartPostgres initdb's a cluster in a temp dir and starts it. Extra
+// settings are passed as -c name=value.
+func StartPostgres(t testing.TB, settings ...string) *Postgres {
+	t.Helper()
+	bin, ok := BinDir()
+	if !ok {
+		Missing(t, "PostgreSQL server programs not found (pg_config --bindir)")
+	}
+	cred, err := serverCredential()
+	if err != nil {
+		Missing(t, "%v", err)
+	}
+	dir, err := os.MkdirTemp("", "drctl-pg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	pg := &Postgres{User: "postgres", Password: "drctl-test-Pa55word", Dir: dir, BinDir: bin, cred: cred}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pwfile := filepath.Join(dir, "pwfile")
+	if err := os.WriteFile(pwfile, []byte(pg.Password+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if cred != nil {
+		os.Chown(pwfile, int(cred.Uid), int(cred.Gid))
+	}
+	initdb := pg.command("initdb", "-D", pg.DataDir(), "-U", pg.User, "--pwfile="+pwfile,
+		"--auth=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-sync")
+	if out, err := initdb.CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	os.Remove(pwfile)
+
+	var p *process
+	logFile := filepath.Join(dir, "postgres.log")
+	for attempt := 0; attempt < 3; attempt++ {
+		pg.Port = FreePort(t)
+		args := []string{"-D", pg.DataDir(), "-c", "port=" + strconv.Itoa(pg.Port),
+			"-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + dir,
+			"-c", "fsync=off", "-c", "max_connections=40"}
+		for _, s := range settings {
+			args = append(args, "-c", s)
+		}
+		if p, err = startProcess(pg.command("postgres", args...), logFile); err != nil {
+			t.Fatalf("start postgres: %v", err)
+		}
+		err = waitFor(p, 60*time.Second, logFile, func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			conn, err := pgx.Connect(ctx, pg.DSN("postgres"))
+			if err != nil {
+				return err
+			}
+			return conn.Close(ctx)
+		})
+		if err == nil {
+			break
+		}
+		p.stop(syscall.SIGKILL, time.Second)
+	}
+	if err != nil {
+		t.Fatalf("postgres: %v", err)
+	}
+	// SIGINT is PostgreSQL's fast shutdown.
+	t.Cleanup(func() { p.stop(syscall.SIGINT, 30*time.Second) })
+	return pg
+}
+
+func (pg *Postgres) command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(pg.BinDir, name), args...)
+	if pg.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: pg.cred}
+	}
+	cmd.Dir = pg.Dir
+	return cmd
+}
+
+// DataDir is the cluster's data directory.
+func (pg *Postgres) DataDir() string { return filepath.Join(pg.Dir, "data") }
+
+// DSN is a key=value connection string for db, password included.
+func (pg *Postgres) DSN(db string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=%s sslmode=disable",
+		pg.Port, pg.User, pg.Password, db)
+}
+
+// URL is the same connection as a postgres:// URL.
+func (pg *Postgres) URL(db string) string {
+	return fmt.Sprintf("postgres://%s:%s@127.0.0.1:%d/%s?sslmode=disable", pg.User, pg.Password, pg.Port, db)
+}
+
+// Env is the libpq environment for this cluster, password included.
+func (pg *Postgres) Env(db string) []string {
+	return []string{"PGHOST=127.0.0.1", "PGPORT=" + strconv.Itoa(pg.Port), "PGUSER=" + pg.User,
+		"PGPASSWORD=" + pg.Password, "PGDATABASE=" + db, "PGSSLMODE=disable"}
+}
+
+// Exec runs SQL statements in db.
+func (pg *Postgres) Exec(t testing.TB, db string, sql string, args ...any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.DSN(db))
+	if err != nil {
+		t.Fatalf("connect %s: %v", db, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("exec in %s: %v\n%s", db, err, sql)
+	}
+}
+
+// QueryInt runs a query returning one integer.
+func (pg *Postgres) QueryInt(t testing.TB, db, sql string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.DSN(db))
+	if err != nil {
+		t.Fatalf("connect %s: %v", db, err)
+	}
+	defer conn.Close(ctx)
+	var n int64
+	if err := conn.QueryRow(ctx, sql).Scan(&n); err != nil {
+		t.Fatalf("query in %s: %v", db, err)
+	}
+	return n
+}
+
+// DatabaseExists reports whether db exists.
+func (pg *Postgres) DatabaseExists(t testing.TB, db string) bool {
+	t.Helper()
+	return pg.QueryInt(t, "postgres", fmt.Sprintf("SELECT count(*) FROM pg_database WHERE datname = '%s'", db)) == 1
+}
+
+// DumpPlain returns a plain-SQL pg_dump of db (with large objects), the
+// reference that restored databases are compared by.
+func (pg *Postgres) DumpPlain(t testing.TB, db string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(pg.BinDir, "pg_dump"), "--format=plain", "--dbname="+db)
+	cmd.Env = append(os.Environ(), pg.Env(db)...)
+	out, err := cmd.Output()
+	if err != nil {
+		msg := ""
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		t.Fatalf("pg_dump %s: %v %s", db, err, msg)
+	}
+	return string(out)
+}

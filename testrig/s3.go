@@ -1,0 +1,131 @@
+package testrig
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// VersityGWVersion is the pinned S3 server the Makefile installs.
+const VersityGWVersion = "v1.8.0"
+
+// S3 is a running versitygw server with one empty bucket.
+type S3 struct {
+	Endpoint  string
+	AccessKey string
+	SecretKey string
+	Bucket    string
+	Region    string
+	Dir       string
+}
+
+// VersityGW finds the server binary: DRCTL_VERSITYGW, the cache, or PATH.
+func VersityGW() (string, bool) {
+	if p := os.Getenv("DRCTL_VERSITYGW"); p != "" {
+		return p, true
+	}
+	p := filepath.Join(CacheDir(), "bin", "versitygw")
+	if _, err := os.Stat(p); err == nil {
+		return p, true
+	}
+	if p, err := exec.LookPath("versitygw"); err == nil {
+		return p, true
+	}
+	return "", false
+}
+
+// StartS3 starts versitygw (posix backend) in a temp dir and creates a bucket.
+func StartS3(t testing.TB) *S3 {
+	t.Helper()
+	bin, ok := VersityGW()
+	if !ok {
+		Missing(t, "versitygw %s not found (DRCTL_VERSITYGW, %s/bin or PATH)", VersityGWVersion, CacheDir())
+	}
+	dir := t.TempDir()
+	for _, d := range []string{"data", "versions"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &S3{
+		AccessKey: "drctltestaccess", SecretKey: "drctl-test-secret-key-0123456789",
+		Bucket: "drctl-test", Region: "us-east-1", Dir: dir,
+	}
+	var p *process
+	var err error
+	logFile := filepath.Join(dir, "versitygw.log")
+	for attempt := 0; attempt < 3; attempt++ { // a port taken between FreePort and bind
+		port := FreePort(t)
+		s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", port)
+		cmd := exec.Command(bin, "--port", fmt.Sprintf("127.0.0.1:%d", port),
+			"posix", "--versioning-dir", filepath.Join(dir, "versions"), filepath.Join(dir, "data"))
+		cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.SecretKey)
+		if p, err = startProcess(cmd, logFile); err != nil {
+			t.Fatalf("start versitygw: %v", err)
+		}
+		client := s.Client()
+		err = waitFor(p, 20*time.Second, logFile, func() error {
+			_, err := client.ListBuckets(context.Background(), &s3.ListBucketsInput{})
+			return err
+		})
+		if err == nil {
+			break
+		}
+		p.stop(syscall.SIGKILL, time.Second)
+	}
+	if err != nil {
+		t.Fatalf("versitygw: %v", err)
+	}
+	t.Cleanup(func() { p.stop(syscall.SIGTERM, 5*time.Second) })
+	if _, err := s.Client().CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &s.Bucket}); err != nil {
+		t.Fatalf("create bucket: %v", err)
+	}
+	return s
+}
+
+// Client returns a path-style client with the root credentials.
+func (s *S3) Client() *s3.Client {
+	return s3.New(s3.Options{
+		Region:       s.Region,
+		BaseEndpoint: aws.String(s.Endpoint),
+		Credentials:  credentials.NewStaticCredentialsProvider(s.AccessKey, s.SecretKey, ""),
+		UsePathStyle: true,
+	})
+}
+
+// Env is the environment a drctl process needs to use this server.
+func (s *S3) Env() []string {
+	return []string{
+		"AWS_ACCESS_KEY_ID=" + s.AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + s.SecretKey,
+		"AWS_REGION=" + s.Region,
+		"AWS_ENDPOINT_URL_S3=" + s.Endpoint,
+		"DRCTL_S3_FORCE_PATH_STYLE=true",
+	}
+}
+
+// SetEnv applies Env to this test process (not parallel-safe, like t.Setenv).
+func (s *S3) SetEnv(t *testing.T) {
+	for _, kv := range s.Env() {
+		for i := 0; i < len(kv); i++ {
+			if kv[i] == '=' {
+				t.Setenv(kv[:i], kv[i+1:])
+				break
+			}
+		}
+	}
+}
+
+// RepoURL is the repository URL for a prefix in the bucket.
+func (s *S3) RepoURL(prefix string) string {
+	return "s3://" + s.Bucket + "/" + prefix
+}
