@@ -210,5 +210,14 @@ func (pg *Postgres) DumpPlain(t testing.TB, db string) string {
 		}
 		t.Fatalf("pg_dump %s: %v %s", db, err, msg)
 	}
-	return string(out)
+	// pg_dump 15.14+ brackets the script with \restrict KEY, a fresh
+	// random key each run: not part of the data.
+	lines := strings.Split(string(out), "\n")
+	kept := lines[:0]
+	for _, l := range lines {
+		if !strings.HasPrefix(l, "\\restrict ") && !strings.HasPrefix(l, "\\unrestrict ") {
+			kept = append(kept, l)
+		}
+	}
+	return strings.Join(kept, "\n")
 }
