@@ -304,8 +304,8 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		Short: "Restore a logical backup into a database (created if missing)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if into == "" {
-				return &exitCodeError{2, fmt.Errorf("restore needs --into DSN: the database to restore into")}
+			if !cmd.Flags().Changed("into") {
+				return &exitCodeError{2, fmt.Errorf("restore needs --into DSN: the database to restore into (--into '' uses the PG* variables)")}
 			}
 			s, err := g.resolve(cmd, stderr)
 			if err != nil {

@@ -1,0 +1,368 @@
+package main_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/drctl/drctl/testrig"
+)
+
+var drctlBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "drctl-bin-")
+	if err != nil {
+		panic(err)
+	}
+	drctlBin = filepath.Join(dir, "drctl")
+	out, err := exec.Command("go", "build", "-o", drctlBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build drctl: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+func (r result) all() string { return r.stdout + r.stderr }
+
+// drctl runs the binary with a clean DRCTL_/AWS_/PG environment plus env.
+func drctl(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(drctlBin, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DRCTL_") && !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "PG") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
+	var so, se strings.Builder
+	cmd.Stdout, cmd.Stderr = &so, &se
+	err := cmd.Run()
+	r := result{stdout: so.String(), stderr: se.String()}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		r.code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run drctl: %v", err)
+	}
+	return r
+}
+
+func mustRun(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	r := drctl(t, env, args...)
+	if r.code != 0 {
+		t.Fatalf("drctl %s: exit %d\n%s", strings.Join(args, " "), r.code, r.all())
+	}
+	return r
+}
+
+func mustFail(t *testing.T, env []string, wantInStderr string, args ...string) result {
+	t.Helper()
+	r := drctl(t, env, args...)
+	if r.code == 0 {
+		t.Fatalf("drctl %s succeeded, want failure with %q\n%s", strings.Join(args, " "), wantInStderr, r.all())
+	}
+	if !strings.Contains(r.stderr, wantInStderr) {
+		t.Fatalf("drctl %s: stderr %q does not mention %q", strings.Join(args, " "), r.stderr, wantInStderr)
+	}
+	if lines := strings.Count(strings.TrimSpace(r.stderr), "\n"); lines > 0 {
+		t.Fatalf("drctl %s: error is %d lines, want one:\n%s", strings.Join(args, " "), lines+1, r.stderr)
+	}
+	return r
+}
+
+func noSecrets(t *testing.T, out string, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if strings.Contains(out, s) {
+			t.Fatalf("output contains a secret %q:\n%s", s[:6]+"...", out)
+		}
+	}
+}
+
+// TestCLIRoundTripS3 is the user's path: backup, list, verify, restore, all
+// against a real S3 server configured by the standard AWS variables.
+func TestCLIRoundTripS3(t *testing.T) {
+	pg := testrig.StartPostgres(t)
+	srv := testrig.StartS3(t)
+	keys := testrig.NewKeys(t, t.TempDir())
+	pg.LoadAwkward(t, "shop", false)
+	env := append(srv.Env(), "DRCTL_REPO="+srv.RepoURL("cli"),
+		"DRCTL_AGE_RECIPIENTS_FILE="+keys.RecipientsFile, "DRCTL_AGE_IDENTITY_FILE="+keys.IdentityFile)
+	secrets := []string{pg.Password, keys.Identity.String(), srv.SecretKey}
+
+	r := mustRun(t, env, "backup", "--dsn", pg.URL("shop"), "--label", "release=2026.11", "--label", "process=pos-sync", "--json", "--log-level", "debug")
+	noSecrets(t, r.all(), secrets...)
+	var b struct {
+		ID     string            `json:"id"`
+		Labels map[string]string `json:"labels"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &b); err != nil || b.ID == "" {
+		t.Fatalf("backup --json printed %q: %v", r.stdout, err)
+	}
+	if b.Labels["process"] != "pos-sync" {
+		t.Fatalf("labels = %v", b.Labels)
+	}
+
+	r = mustRun(t, env, "list", "--json")
+	var list []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &list); err != nil || len(list) != 1 {
+		t.Fatalf("list --json = %q: %v", r.stdout, err)
+	}
+	for _, field := range []string{"id", "kind", "database", "start_time", "end_time", "stored_bytes", "raw_bytes", "labels"} {
+		if _, ok := list[0][field]; !ok {
+			t.Errorf("list --json entry lacks %q: %v", field, list[0])
+		}
+	}
+	if list[0]["id"] != b.ID || list[0]["kind"] != "logical" || list[0]["database"] != "shop" {
+		t.Fatalf("list entry = %v", list[0])
+	}
+	if r := mustRun(t, env, "list"); !strings.Contains(r.stdout, b.ID) || !strings.Contains(r.stdout, "release=2026.11") {
+		t.Fatalf("list table:\n%s", r.stdout)
+	}
+
+	r = mustRun(t, env, "verify", "latest", "--json")
+	var rep struct {
+		ID string `json:"id"`
+		OK bool   `json:"ok"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil || !rep.OK || rep.ID != b.ID {
+		t.Fatalf("verify --json = %q: %v", r.stdout, err)
+	}
+
+	r = mustRun(t, env, "restore", b.ID, "--into", pg.DSN("shop_copy"), "--json")
+	noSecrets(t, r.all(), secrets...)
+	var res struct {
+		Database string `json:"database"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &res); err != nil || res.Database != "shop_copy" {
+		t.Fatalf("restore --json = %q: %v", r.stdout, err)
+	}
+	if got, want := pg.DumpPlain(t, "shop_copy"), pg.DumpPlain(t, "shop"); got != want {
+		t.Fatalf("restored database differs: %s", testrig.FirstDiff(got, want))
+	}
+	// A second restore into the now non-empty database is refused...
+	mustFail(t, env, "not empty", "restore", "latest", "--into", pg.DSN("shop_copy"))
+	// ...and allowed with --clean, the database given by the PG* variables.
+	mustRun(t, append(env, pg.Env("shop_copy")...), "restore", "latest", "--into", "", "--clean")
+}
+
+// TestCLIConfigFileAndPGEnv configures everything through a YAML file and
+// the database through libpq's variables.
+func TestCLIConfigFileAndPGEnv(t *testing.T) {
+	pg := testrig.StartPostgres(t)
+	dir := t.TempDir()
+	keys := testrig.NewKeys(t, dir)
+	pg.Exec(t, "postgres", "CREATE DATABASE pos; ")
+	pg.Exec(t, "pos", "CREATE TABLE tills (id int PRIMARY KEY, name text); INSERT INTO tills VALUES (1, 'front'), (2, 'back')")
+	cfg := filepath.Join(dir, "drctl.yaml")
+	yaml := fmt.Sprintf("repo: file://%s/repo\nrecipients_file: %s\nidentity_file: %s\n", dir, keys.RecipientsFile, keys.IdentityFile)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := pg.Env("pos")
+	mustRun(t, env, "--config", cfg, "backup")
+	mustRun(t, env, "--config", cfg, "verify", "--all")
+	mustRun(t, env, "--config", cfg, "restore", "latest", "--into", pg.URL("pos_copy"))
+	if n := pg.QueryInt(t, "pos_copy", "SELECT count(*) FROM tills"); n != 2 {
+		t.Fatalf("restored %d tills", n)
+	}
+	// Flags beat the file: another repository is empty.
+	if r := mustRun(t, env, "--config", cfg, "--repo", filepath.Join(dir, "other"), "list", "--json"); strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("list of an empty repo = %q", r.stdout)
+	}
+	if err := os.WriteFile(cfg, []byte("repo: x\nrepository_typo: y\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustFail(t, env, "repository_typo", "--config", cfg, "list")
+}
+
+func TestCLIErrors(t *testing.T) {
+	pg := testrig.StartPostgres(t)
+	dir := t.TempDir()
+	keys := testrig.NewKeys(t, dir)
+	otherKeys := testrig.NewKeys(t, t.TempDir())
+	repo := "file://" + filepath.Join(dir, "repo")
+	pg.Exec(t, "postgres", "CREATE DATABASE shop")
+	pg.Exec(t, "shop", "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 1000)")
+	base := []string{"DRCTL_REPO=" + repo}
+	withKeys := append(base, "DRCTL_AGE_RECIPIENTS_FILE="+keys.RecipientsFile, "DRCTL_AGE_IDENTITY_FILE="+keys.IdentityFile)
+	secrets := []string{pg.Password, keys.Identity.String()}
+
+	mustFail(t, base, "--no-encryption", "backup", "--dsn", pg.DSN("shop"))
+	mustFail(t, withKeys, "bad DSN", "backup", "--dsn", "host=127.0.0.1 port=notaport")
+	r := mustFail(t, withKeys, "password authentication failed", "backup", "--dsn", strings.Replace(pg.DSN("shop"), pg.Password, "Wr0ng-Secret", 1))
+	noSecrets(t, r.all(), "Wr0ng-Secret")
+	mustFail(t, withKeys, "does not exist", "backup", "--dsn", pg.DSN("no_such_db"))
+	mustFail(t, append(base, "DRCTL_AGE_RECIPIENTS_FILE="+keys.IdentityFile), "secret key", "backup", "--dsn", pg.DSN("shop"))
+	mustFail(t, []string{}, "no repository", "list")
+	mustFail(t, []string{"DRCTL_REPO=ftp://example/x"}, "unsupported scheme", "list")
+	mustFail(t, []string{"DRCTL_REPO=s3://bucket/x", "AWS_ACCESS_KEY_ID=a", "AWS_SECRET_ACCESS_KEY=b",
+		"AWS_ENDPOINT_URL_S3=http://127.0.0.1:1", "DRCTL_S3_FORCE_PATH_STYLE=true"}, "connection refused", "list")
+	mustFail(t, []string{"DRCTL_REPO=s3://bucket/x", "DRCTL_S3_FORCE_PATH_STYLE=maybe"}, "DRCTL_S3_FORCE_PATH_STYLE", "list")
+	if r := drctl(t, base, "list", "--json"); r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
+		t.Fatalf("list of an empty repository: %+v", r)
+	}
+	mustFail(t, withKeys, "holds no complete backup", "restore", "latest", "--into", pg.DSN("x"))
+
+	r = mustRun(t, withKeys, "backup", "--dsn", pg.DSN("shop"), "--json")
+	noSecrets(t, r.all(), secrets...)
+	var b struct{ ID string }
+	json.Unmarshal([]byte(r.stdout), &b)
+
+	mustFail(t, withKeys, "no such backup", "restore", "20200101T000000Z-abcdef", "--into", pg.DSN("x"))
+	mustFail(t, withKeys, "no such backup", "verify", "not-an-id")
+	if r := drctl(t, withKeys, "restore", "latest"); r.code != 2 || !strings.Contains(r.stderr, "--into") {
+		t.Fatalf("restore without --into: %+v", r)
+	}
+	mustFail(t, base, "--identity-file", "verify", b.ID)
+	mustFail(t, append(base, "DRCTL_AGE_IDENTITY_FILE="+otherKeys.IdentityFile), "wrong key", "restore", b.ID, "--into", pg.DSN("x"))
+	mustFail(t, append(base, "DRCTL_AGE_IDENTITY_FILE="+keys.RecipientsFile), "not an age identity", "verify", b.ID)
+	if pg.DatabaseExists(t, "x") {
+		t.Fatal("failed restores left database x behind")
+	}
+
+	// One flipped byte: verify exits 3 naming the object, restore fails too.
+	key := "backups/" + b.ID + "/dump.pgc.zst.age"
+	path := filepath.Join(dir, "repo", filepath.FromSlash(key))
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x40
+	os.WriteFile(path, data, 0o640)
+	r = drctl(t, withKeys, "verify", b.ID)
+	if r.code != 3 || !strings.Contains(r.stderr, key) {
+		t.Fatalf("verify of a corrupted backup: exit %d\n%s", r.code, r.all())
+	}
+	r = drctl(t, withKeys, "verify", "--all", "--json")
+	if r.code != 3 || !strings.Contains(r.stdout, `"ok": false`) {
+		t.Fatalf("verify --all --json of a corrupted backup: exit %d\n%s", r.code, r.all())
+	}
+	mustFail(t, withKeys, key, "restore", b.ID, "--into", pg.DSN("from_corrupt"))
+	if pg.DatabaseExists(t, "from_corrupt") {
+		t.Fatal("restore of a corrupted backup left a database")
+	}
+}
+
+// TestCLIKilledBackupNeverListed kills drctl backup with SIGKILL half-way,
+// on both backends: the backup is never listed nor chosen as latest.
+func TestCLIKilledBackupNeverListed(t *testing.T) {
+	pg := testrig.StartPostgres(t)
+	srv := testrig.StartS3(t)
+	keys := testrig.NewKeys(t, t.TempDir())
+	pg.Exec(t, "postgres", "CREATE DATABASE big")
+	pg.Exec(t, "big", testrig.MillionRows)
+	pg.Exec(t, "big", "CREATE TABLE more AS SELECT * FROM sales_lines; CREATE TABLE more2 AS SELECT * FROM sales_lines")
+	dir := t.TempDir()
+	cases := []struct {
+		name, repo string
+		midway     func() bool
+	}{
+		{"file", "file://" + dir, func() bool {
+			entries, _ := os.ReadDir(filepath.Join(dir, ".drctl-tmp"))
+			for _, e := range entries {
+				if fi, err := e.Info(); err == nil && fi.Size() > 1<<20 {
+					return true
+				}
+			}
+			return false
+		}},
+		{"s3", srv.RepoURL("killed"), func() bool {
+			ups, err := srv.Client().ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &srv.Bucket})
+			return err == nil && len(ups.Uploads) > 0
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			env := append(srv.Env(), "DRCTL_REPO="+c.repo, "DRCTL_AGE_RECIPIENTS_FILE="+keys.RecipientsFile, "DRCTL_AGE_IDENTITY_FILE="+keys.IdentityFile)
+			cmd := exec.Command(drctlBin, "backup", "--dsn", pg.DSN("big"))
+			cmd.Env = append(os.Environ(), env...)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			deadline := time.Now().Add(60 * time.Second)
+			for !c.midway() {
+				select {
+				case err := <-done:
+					t.Fatalf("backup finished (%v) before it could be killed half-way", err)
+				default:
+				}
+				if time.Now().After(deadline) {
+					cmd.Process.Kill()
+					t.Fatal("backup never got half-way")
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			cmd.Process.Signal(syscall.SIGKILL)
+			<-done
+			if r := mustRun(t, env, "list", "--json"); strings.TrimSpace(r.stdout) != "[]" {
+				t.Fatalf("a killed backup is listed: %s", r.stdout)
+			}
+			mustFail(t, env, "holds no complete backup", "restore", "latest", "--into", pg.DSN("from_killed"))
+			// The repository still works: the next backup is the latest.
+			r := mustRun(t, env, "backup", "--dsn", pg.DSN("big"), "--json")
+			var b struct{ ID string }
+			json.Unmarshal([]byte(r.stdout), &b)
+			if r := mustRun(t, env, "verify", "latest", "--json"); !strings.Contains(r.stdout, b.ID) {
+				t.Fatalf("latest after the killed backup is not the new one: %s", r.stdout)
+			}
+		})
+	}
+}
+
+// TestStockToolsRecipe restores with age, zstd and pg_restore alone, as
+// FORMAT.md tells a user without drctl to do.
+func TestStockToolsRecipe(t *testing.T) {
+	for _, tool := range []string{"age", "zstd", "bash"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testrig.Missing(t, "%s CLI not found", tool)
+		}
+	}
+	pg := testrig.StartPostgres(t)
+	dir := t.TempDir()
+	keys := testrig.NewKeys(t, dir)
+	pg.LoadAwkward(t, "shop", false)
+	env := []string{"DRCTL_REPO=" + filepath.Join(dir, "repo"), "DRCTL_AGE_RECIPIENTS_FILE=" + keys.RecipientsFile}
+	r := mustRun(t, env, "backup", "--dsn", pg.DSN("shop"), "--json")
+	var b struct{ ID string }
+	json.Unmarshal([]byte(r.stdout), &b)
+	pg.Exec(t, "postgres", "CREATE DATABASE by_hand")
+
+	pgRestore := filepath.Join(pg.BinDir, "pg_restore")
+	script := fmt.Sprintf(`set -euo pipefail
+cd %q
+id=$(ls backups | tail -n 1)
+test "$(jq -r .id backups/$id/manifest.json 2>/dev/null || echo $id)" = "$id"
+sha256sum backups/$id/dump.pgc.zst.age | grep -q "$(grep -o '"sha256": "[0-9a-f]*"' backups/$id/manifest.json | cut -d'"' -f4)"
+age -d -i %q backups/$id/dump.pgc.zst.age | zstd -d | %q --exit-on-error --dbname=by_hand`,
+		filepath.Join(dir, "repo"), keys.IdentityFile, pgRestore)
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Env = append(os.Environ(), pg.Env("by_hand")...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("stock tools recipe: %v\n%s", err, out)
+	}
+	if got, want := pg.DumpPlain(t, "by_hand"), pg.DumpPlain(t, "shop"); got != want {
+		t.Fatalf("restored by hand differs: %s", testrig.FirstDiff(got, want))
+	}
+}
