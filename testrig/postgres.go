@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/drctl/drctl/engine/pgtools"
 )
 
 // Postgres is a running throw-away cluster on 127.0.0.1.
@@ -31,15 +33,12 @@ func BinDir() (string, bool) {
 	if d := os.Getenv("DRCTL_PG_BINDIR"); d != "" {
 		return d, true
 	}
-	out, err := exec.Command("pg_config", "--bindir").Output()
-	if err != nil {
-		return "", false
+	for _, dir := range pgtools.ServerBinDirs() {
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir, true
+		}
 	}
-	dir := strings.TrimSpace(string(out))
-	if _, err := os.Stat(filepath.Join(dir, "initdb")); err != nil {
-		return "", false
-	}
-	return dir, true
+	return "", false
 }
 
 // serverCredential is who runs initdb and postgres: PostgreSQL refuses

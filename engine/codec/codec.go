@@ -185,4 +185,4 @@ func NewReader(src io.Reader, encrypted bool, keys *Keys) (io.ReadCloser, error)
 type zstdReadCloser struct{ d *zstd.Decoder }
 
 func (z zstdReadCloser) Read(p []byte) (int, error) { return z.d.Read(p) }
-func (z zstdReadCloser) Close() error                { z.d.Close(); return nil }
+func (z zstdReadCloser) Close() error               { z.d.Close(); return nil }

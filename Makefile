@@ -1,0 +1,58 @@
+# drctl: build, install test services, test, demo, bench.
+SHELL := /bin/bash
+GO ?= go
+CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/drctl
+VERSITYGW_VERSION := v1.8.0
+VERSITYGW := $(CACHE)/bin/versitygw
+VERSITYGW_STAMP := $(CACHE)/bin/.versitygw-$(VERSITYGW_VERSION)
+export DRCTL_CACHE_DIR := $(CACHE)
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+
+.PHONY: build deps apt-deps test vet demo bench clean
+
+build:
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/drctl ./cmd/drctl
+
+# Everything the tests, demo and bench need on a fresh Debian machine.
+deps: apt-deps $(VERSITYGW_STAMP)
+
+apt-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/15/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql-15"; \
+	command -v pg_dump >/dev/null || missing="$$missing postgresql-client-15"; \
+	command -v pg_config >/dev/null || missing="$$missing libpq-dev"; \
+	command -v age >/dev/null || missing="$$missing age"; \
+	command -v zstd >/dev/null || missing="$$missing zstd"; \
+	command -v runuser >/dev/null || missing="$$missing util-linux"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
+	  mkdir -p /etc/postgresql-common; \
+	  grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf || \
+	    echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VERSITYGW_STAMP):
+	@mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+	@touch $@
+
+vet:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed: $$fmt" >&2; exit 1; fi
+	$(GO) vet ./...
+
+# All tests, against real PostgreSQL 15 and a real versitygw S3 server.
+test: deps vet
+	$(GO) test -p 2 -timeout 30m -count=1 ./...
+
+# The main job on the embedded default (a file:// repository).
+demo: deps build
+	bash scripts/demo.sh
+
+# pgbench scale 50: drctl against pg_dump and a shell pipeline, in one run.
+bench: deps build
+	$(GO) test ./bench -run '^$$' -bench . -benchtime 1x -timeout 60m -v
+
+clean:
+	rm -rf bin demo-work
