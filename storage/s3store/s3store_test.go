@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"strings"
 	"testing"
 
@@ -104,5 +105,45 @@ func TestPartLimit(t *testing.T) {
 	}
 	if len(ups.Uploads) != 0 {
 		t.Fatalf("%d multipart uploads left pending, want 0 (aborted)", len(ups.Uploads))
+	}
+}
+
+// flipTransport corrupts the first byte of every upload body in transit.
+type flipTransport struct{ base http.RoundTripper }
+
+func (f flipTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPut && r.Body != nil && r.ContentLength > 0 {
+		data, err := io.ReadAll(r.Body)
+		if err != nil {
+			return nil, err
+		}
+		data[0] ^= 0xff
+		r = r.Clone(r.Context())
+		r.Body = io.NopCloser(bytes.NewReader(data))
+	}
+	return f.base.RoundTrip(r)
+}
+
+// TestCorruptionInTransitIsRejected: bytes damaged between drctl and the
+// server are refused by the server (checksum or signature), never stored.
+func TestCorruptionInTransitIsRejected(t *testing.T) {
+	srv := testrig.StartS3(t)
+	client := s3.New(srv.Client().Options(), func(o *s3.Options) {
+		o.HTTPClient = &http.Client{Transport: flipTransport{http.DefaultTransport}}
+		o.RetryMaxAttempts = 1
+	})
+	s, err := s3store.New(client, s3store.Options{Bucket: srv.Bucket, Prefix: "flip", PartSize: 5 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{1000, 12 << 20} { // one request, and multipart
+		data := make([]byte, size)
+		rand.Read(data)
+		if err := s.Put(t.Context(), "obj", bytes.NewReader(data)); err == nil {
+			t.Fatalf("upload of %d bytes corrupted in transit succeeded", size)
+		}
+		if _, err := s.Stat(t.Context(), "obj"); !errors.Is(err, storage.ErrNotExist) {
+			t.Fatalf("corrupted upload visible: %v", err)
+		}
 	}
 }
