@@ -83,3 +83,10 @@ func ValidKey(key string) error {
 }
 
 func quote(s string) string { return "\"" + s + "\"" }
+
+// StaleCleaner is implemented by stores that can remove what killed writers
+// left behind: temporary files, unfinished multipart uploads. Such leftovers
+// are never visible as objects; cleaning them only frees space.
+type StaleCleaner interface {
+	RemoveStaleTemp(ctx context.Context, age time.Duration, now time.Time) (int, error)
+}

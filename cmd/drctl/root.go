@@ -15,6 +15,7 @@ import (
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/restore"
+	"github.com/drctl/drctl/storage"
 )
 
 func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
@@ -77,6 +78,14 @@ func newBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			st, err := s.openStore(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if c, ok := st.(storage.StaleCleaner); ok {
+				// Leftovers of backups killed more than a day ago.
+				if n, err := c.RemoveStaleTemp(cmd.Context(), 24*time.Hour, time.Now()); err != nil {
+					s.Logger.Warn("could not clean up leftovers of killed backups", "error", err)
+				} else if n > 0 {
+					s.Logger.Info("cleaned up leftovers of killed backups", "count", n)
+				}
 			}
 			m, err := logical.Backup(cmd.Context(), logical.BackupOptions{
 				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption,

@@ -47,6 +47,12 @@ func (d *DSN) RedactError(err error) string { return redactErr(err, d.params["pa
 
 func redactErr(err error, password string) string {
 	msg := err.Error()
+	// pgx quotes the whole connection string in backticks: drop it.
+	if i := strings.IndexByte(msg, '`'); i >= 0 {
+		if j := strings.IndexByte(msg[i+1:], '`'); j >= 0 {
+			msg = msg[:i] + "connection string" + msg[i+1+j+1:]
+		}
+	}
 	if password != "" {
 		msg = strings.ReplaceAll(msg, password, "xxxxx")
 	}
@@ -127,6 +133,9 @@ func parseKeyValue(s string) (map[string]string, error) {
 			}
 			if !closed {
 				return nil, fmt.Errorf("unterminated quoted value for %q", key)
+			}
+			if s != "" && s[0] != ' ' && s[0] != '\t' && s[0] != '\n' {
+				return nil, fmt.Errorf("unexpected text after the quoted value of %q", key)
 			}
 		} else {
 			i := 0

@@ -252,7 +252,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 
 // RemoveStaleTemp deletes temporary files older than age, the leftovers of
 // writers that were killed. It returns how many it removed.
-func (s *Store) RemoveStaleTemp(age time.Duration, now time.Time) (int, error) {
+func (s *Store) RemoveStaleTemp(_ context.Context, age time.Duration, now time.Time) (int, error) {
 	entries, err := os.ReadDir(filepath.Join(s.root, tmpDir))
 	if err != nil {
 		return 0, err

@@ -32,10 +32,10 @@ func TestRemoveStaleTemp(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if n, err := s.RemoveStaleTemp(time.Hour, now); err != nil || n != 0 {
+	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, now); err != nil || n != 0 {
 		t.Fatalf("fresh temp file removed: %d, %v", n, err)
 	}
-	if n, err := s.RemoveStaleTemp(time.Hour, now.Add(2*time.Hour)); err != nil || n != 1 {
+	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, now.Add(2*time.Hour)); err != nil || n != 1 {
 		t.Fatalf("stale temp file not removed: %d, %v", n, err)
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {

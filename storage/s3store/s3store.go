@@ -484,3 +484,33 @@ func crc32c(b []byte) *string {
 	binary.BigEndian.PutUint32(sum[:], crc32.Checksum(b, castagnoli))
 	return aws.String(base64.StdEncoding.EncodeToString(sum[:]))
 }
+
+// RemoveStaleTemp aborts multipart uploads below the store's prefix that
+// were started more than age before now: the parts of writers that were
+// killed before they could abort. It returns how many it aborted.
+func (s *Store) RemoveStaleTemp(ctx context.Context, age time.Duration, now time.Time) (int, error) {
+	in := &s3.ListMultipartUploadsInput{Bucket: &s.opt.Bucket}
+	if s.opt.Prefix != "" {
+		in.Prefix = aws.String(s.opt.Prefix + "/")
+	}
+	n := 0
+	for {
+		out, err := s.client.ListMultipartUploads(ctx, in)
+		if err != nil {
+			return n, fmt.Errorf("list multipart uploads: %w", err)
+		}
+		for _, u := range out.Uploads {
+			if u.Initiated == nil || now.Sub(*u.Initiated) < age {
+				continue
+			}
+			if _, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.opt.Bucket, Key: u.Key, UploadId: u.UploadId}); err != nil {
+				return n, fmt.Errorf("abort stale upload of %s: %w", aws.ToString(u.Key), err)
+			}
+			n++
+		}
+		if !aws.ToBool(out.IsTruncated) {
+			return n, nil
+		}
+		in.KeyMarker, in.UploadIdMarker = out.NextKeyMarker, out.NextUploadIdMarker
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
@@ -145,5 +146,29 @@ func TestCorruptionInTransitIsRejected(t *testing.T) {
 		if _, err := s.Stat(t.Context(), "obj"); !errors.Is(err, storage.ErrNotExist) {
 			t.Fatalf("corrupted upload visible: %v", err)
 		}
+	}
+}
+
+func TestRemoveStaleUploads(t *testing.T) {
+	srv := testrig.StartS3(t)
+	s, err := s3store.New(srv.Client(), s3store.Options{Bucket: srv.Bucket, Prefix: "stale"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := srv.Client()
+	for _, key := range []string{"stale/backups/x/dump", "elsewhere/dump"} {
+		if _, err := c.CreateMultipartUpload(t.Context(), &s3.CreateMultipartUploadInput{Bucket: &srv.Bucket, Key: strPtr(key)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, time.Now()); err != nil || n != 0 {
+		t.Fatalf("fresh uploads aborted: %d, %v", n, err)
+	}
+	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+		t.Fatalf("stale uploads below the prefix: aborted %d, %v; want 1", n, err)
+	}
+	ups, err := c.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &srv.Bucket})
+	if err != nil || len(ups.Uploads) != 1 || *ups.Uploads[0].Key != "elsewhere/dump" {
+		t.Fatalf("uploads left: %+v, %v; want only the one outside the prefix", ups, err)
 	}
 }
