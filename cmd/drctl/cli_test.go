@@ -273,9 +273,17 @@ func TestCLIKilledBackupNeverListed(t *testing.T) {
 	pg.Exec(t, "big", testrig.MillionRows)
 	pg.Exec(t, "big", "CREATE TABLE more AS SELECT * FROM sales_lines; CREATE TABLE more2 AS SELECT * FROM sales_lines")
 	dir := t.TempDir()
+	uploadsUnder := func(prefix string) int {
+		ups, err := srv.Client().ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &srv.Bucket, Prefix: &prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ups.Uploads)
+	}
 	cases := []struct {
 		name, repo string
 		midway     func() bool
+		signal     syscall.Signal
 	}{
 		{"file", "file://" + dir, func() bool {
 			entries, _ := os.ReadDir(filepath.Join(dir, ".drctl-tmp"))
@@ -285,11 +293,10 @@ func TestCLIKilledBackupNeverListed(t *testing.T) {
 				}
 			}
 			return false
-		}},
-		{"s3", srv.RepoURL("killed"), func() bool {
-			ups, err := srv.Client().ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &srv.Bucket})
-			return err == nil && len(ups.Uploads) > 0
-		}},
+		}, syscall.SIGKILL},
+		{"s3", srv.RepoURL("killed"), func() bool { return uploadsUnder("killed/") > 0 }, syscall.SIGKILL},
+		// Interrupted (Ctrl-C, a pod's SIGTERM): drctl aborts its upload.
+		{"s3-sigterm", srv.RepoURL("interrupted"), func() bool { return uploadsUnder("interrupted/") > 0 }, syscall.SIGTERM},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -314,8 +321,13 @@ func TestCLIKilledBackupNeverListed(t *testing.T) {
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-			cmd.Process.Signal(syscall.SIGKILL)
-			<-done
+			cmd.Process.Signal(c.signal)
+			if err := <-done; err == nil {
+				t.Fatalf("backup exited 0 after %v", c.signal)
+			}
+			if c.signal == syscall.SIGTERM && uploadsUnder("interrupted/") != 0 {
+				t.Fatal("an interrupted backup left its multipart upload pending")
+			}
 			if r := mustRun(t, env, "list", "--json"); strings.TrimSpace(r.stdout) != "[]" {
 				t.Fatalf("a killed backup is listed: %s", r.stdout)
 			}
