@@ -68,12 +68,9 @@ func Logical(ctx context.Context, opt LogicalOptions) (*LogicalResult, error) {
 	if m.Encryption.Method == "age" && (opt.Keys == nil || len(opt.Keys.Identities) == 0) {
 		return nil, codec.ErrNoIdentity
 	}
-	pgRestore := opt.PgRestore
-	if pgRestore == "" {
-		var err error
-		if pgRestore, err = pgtools.Find("pg_restore"); err != nil {
-			return nil, err
-		}
+	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")
+	if err != nil {
+		return nil, err
 	}
 	start := time.Now()
 	dbname := opt.Target.Database()

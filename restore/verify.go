@@ -46,12 +46,9 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 	if m.Encryption.Method == "age" && (opt.Keys == nil || len(opt.Keys.Identities) == 0) {
 		return nil, codec.ErrNoIdentity
 	}
-	pgRestore := opt.PgRestore
-	if pgRestore == "" {
-		var err error
-		if pgRestore, err = pgtools.Find("pg_restore"); err != nil {
-			return nil, err
-		}
+	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")
+	if err != nil {
+		return nil, err
 	}
 	rep := &VerifyReport{ID: m.ID, OK: true}
 	var firstErr error

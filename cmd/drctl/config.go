@@ -96,6 +96,19 @@ func (s *settings) openStore(ctx context.Context) (storage.Store, error) {
 	return backends.Open(ctx, s.Repo)
 }
 
+// open resolves the settings and opens the repository.
+func (g *globalFlags) open(cmd *cobra.Command, stderr io.Writer) (*settings, storage.Store, error) {
+	s, err := g.resolve(cmd, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := s.openStore(cmd.Context())
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, st, nil
+}
+
 // dsn parses the connection string; an empty one means libpq's PG* variables.
 func (s *settings) parseDSN(raw string) (*pgdsn.DSN, error) {
 	return pgdsn.Parse(raw)

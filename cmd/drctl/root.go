@@ -160,11 +160,7 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Short: "List the complete backups in the repository, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := g.resolve(cmd, stderr)
-			if err != nil {
-				return err
-			}
-			st, err := s.openStore(cmd.Context())
+			_, st, err := g.open(cmd, stderr)
 			if err != nil {
 				return err
 			}

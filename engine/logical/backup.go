@@ -56,12 +56,9 @@ func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 	if !encrypted && !opt.AllowUnencrypted {
 		return nil, ErrNoRecipients
 	}
-	pgDump := opt.PgDump
-	if pgDump == "" {
-		var err error
-		if pgDump, err = pgtools.Find("pg_dump"); err != nil {
-			return nil, err
-		}
+	pgDump, err := pgtools.Resolve(opt.PgDump, "pg_dump")
+	if err != nil {
+		return nil, err
 	}
 	start := opt.Now().UTC()
 	server, dbname, err := describeServer(ctx, opt.DSN)

@@ -40,6 +40,14 @@ func Find(name string) (string, error) {
 	return "", fmt.Errorf("%s not found: install the PostgreSQL client programs or set DRCTL_PG_BINDIR", name)
 }
 
+// Resolve returns program when it is set, and otherwise finds name.
+func Resolve(program, name string) (string, error) {
+	if program != "" {
+		return program, nil
+	}
+	return Find(name)
+}
+
 // ServerBinDirs lists where PostgreSQL's programs may live when they are not
 // on PATH: `pg_config --bindir`, then Debian's /usr/lib/postgresql/N/bin,
 // newest first.

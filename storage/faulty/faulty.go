@@ -55,20 +55,15 @@ func (s *Store) delay(ctx context.Context) error {
 
 // Put injects FailPutAfter.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
-	if err := s.delay(ctx); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	s.Puts++
-	s.mu.Unlock()
-	if n, _, _, _ := s.settings(); n > 0 {
-		r = &failAfter{r: r, left: n}
-	}
-	return s.Store.Put(ctx, key, r)
+	return s.put(ctx, key, r, s.Store.Put)
 }
 
 // PutIfAbsent injects FailPutAfter.
 func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	return s.put(ctx, key, r, s.Store.PutIfAbsent)
+}
+
+func (s *Store) put(ctx context.Context, key string, r io.Reader, next func(context.Context, string, io.Reader) error) error {
 	if err := s.delay(ctx); err != nil {
 		return err
 	}
@@ -78,7 +73,7 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader) error 
 	if n, _, _, _ := s.settings(); n > 0 {
 		r = &failAfter{r: r, left: n}
 	}
-	return s.Store.PutIfAbsent(ctx, key, r)
+	return next(ctx, key, r)
 }
 
 // Get injects FailGetAfter and TruncateGetAt.
