@@ -25,12 +25,15 @@ const FormatVersion = 1
 
 // Kinds of backup.
 const (
-	KindLogical = "logical"
+	KindLogical  = "logical"
+	KindPhysical = "physical"
 )
 
 // Roles of objects within a backup.
 const (
-	RoleDump = "dump" // a pg_dump custom-format archive
+	RoleDump     = "dump"            // a pg_dump custom-format archive
+	RoleTar      = "tar"             // a tablespace's tar archive from BASE_BACKUP
+	RoleManifest = "backup_manifest" // the server's backup_manifest
 )
 
 const backupsPrefix = "backups/"
@@ -50,6 +53,20 @@ type Manifest struct {
 	Encryption    Encryption        `json:"encryption"`
 	Objects       []Object          `json:"objects"`
 	Tool          Tool              `json:"tool"`
+	// Physical is set for physical (base) backups.
+	Physical *Physical `json:"physical,omitempty"`
+}
+
+// Physical describes a base backup: the WAL range it needs to become
+// consistent, and the cluster it came from.
+type Physical struct {
+	StartLSN       string `json:"start_lsn"`
+	StopLSN        string `json:"stop_lsn"`
+	StartTimeline  uint32 `json:"start_timeline"`
+	StopTimeline   uint32 `json:"stop_timeline"`
+	StartSegment   string `json:"start_wal_segment"`
+	StopSegment    string `json:"stop_wal_segment"`
+	WALSegmentSize int64  `json:"wal_segment_size"`
 }
 
 // Server records what was backed up.
@@ -73,6 +90,10 @@ type Object struct {
 	Size    int64  `json:"size"`     // bytes stored
 	SHA256  string `json:"sha256"`   // hex SHA-256 of the bytes stored
 	RawSize int64  `json:"raw_size"` // bytes before compression and encryption
+	// For tablespace tars: the tablespace's OID and original location
+	// (both empty for the main data directory, base.tar).
+	TablespaceOID  string `json:"tablespace_oid,omitempty"`
+	TablespacePath string `json:"tablespace_path,omitempty"`
 }
 
 // Tool identifies the writer.
@@ -134,6 +155,9 @@ func DumpKey(id string, encrypted bool) string {
 	return backupsPrefix + id + "/dump.pgc.zst"
 }
 
+// ObjectKey is where an object of backup id named name lives.
+func ObjectKey(id, name string) string { return backupsPrefix + id + "/" + name }
+
 // ErrUnknownBackup is returned when no complete backup has the id.
 var ErrUnknownBackup = errors.New("no such backup")
 
@@ -171,6 +195,15 @@ func (m *Manifest) validate() error {
 		if len(o.SHA256) != 64 {
 			return fmt.Errorf("manifest object %q has no SHA-256", o.Key)
 		}
+	}
+	switch m.Kind {
+	case KindLogical:
+	case KindPhysical:
+		if m.Physical == nil {
+			return errors.New("physical backup without its physical section")
+		}
+	default:
+		return fmt.Errorf("unknown backup kind %q", m.Kind)
 	}
 	switch m.Encryption.Method {
 	case "age", "none":

@@ -5,22 +5,19 @@ package logical
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/pgtools"
+	"github.com/drctl/drctl/engine/pipeline"
 	"github.com/drctl/drctl/storage"
 )
 
@@ -129,85 +126,42 @@ func describeServer(ctx context.Context, dsn *pgdsn.DSN) (catalog.Server, string
 
 // streamDump runs pg_dump into the codec and the store. The object is
 // completed only after pg_dump has exited successfully: a failed dump
-// closes the upload with an error, so it never becomes visible.
+// aborts the upload, so it never becomes visible.
 func streamDump(ctx context.Context, opt BackupOptions, pgDump, key string) (catalog.Object, error) {
 	conninfo, env := opt.DSN.CommandArgs()
 	args := []string{"--format=custom", "--compress=0", "--no-password"}
 	if conninfo != "" {
 		args = append(args, "--dbname="+conninfo)
 	}
-	g, gctx := errgroup.WithContext(ctx)
-	cmd := pgtools.NewCommand(gctx, pgDump, args, env)
+	cmdCtx, kill := context.WithCancel(ctx)
+	defer kill()
+	cmd := pgtools.NewCommand(cmdCtx, pgDump, args, env)
 	stdout, err := cmd.Cmd.StdoutPipe()
 	if err != nil {
 		return catalog.Object{}, err
 	}
-	if err := cmd.Cmd.Start(); err != nil {
-		return catalog.Object{}, fmt.Errorf("start pg_dump: %w", err)
-	}
-	pr, pw := io.Pipe()
-	var raw int64
-	g.Go(func() error {
-		enc, err := codec.NewWriter(pw, opt.Keys, opt.Codec)
-		if err != nil {
-			pw.CloseWithError(err)
-			cmd.Cmd.Process.Kill()
-			cmd.Wait()
-			return err
-		}
-		_, cerr := io.Copy(enc, stdout)
-		werr := cmd.Wait()
-		if werr != nil {
-			cerr = werr // pg_dump's own message says more than a pipe error
-		}
-		if cerr != nil {
-			enc.Abort()
-			pw.CloseWithError(cerr)
-			return cerr
-		}
-		if err := enc.Close(); err != nil {
-			pw.CloseWithError(err)
-			return err
-		}
-		raw = enc.RawBytes()
-		return pw.Close()
-	})
-	sum := sha256.New()
-	counter := &countingReader{r: pr, h: sum}
-	g.Go(func() error {
-		err := opt.Store.Put(gctx, key, counter)
-		if err != nil {
-			pr.CloseWithError(err) // unblock the producer
-		}
-		return err
-	})
-	if err := g.Wait(); err != nil {
+	up, err := pipeline.Start(ctx, opt.Store, key, opt.Keys, opt.Codec)
+	if err != nil {
 		return catalog.Object{}, err
 	}
-	// The store said the object is durable; check it is the size we sent.
-	info, err := opt.Store.Stat(ctx, key)
-	if err != nil {
-		return catalog.Object{}, fmt.Errorf("check stored %s: %w", key, err)
+	if err := cmd.Cmd.Start(); err != nil {
+		up.Abort(err)
+		return catalog.Object{}, fmt.Errorf("start pg_dump: %w", err)
 	}
-	if info.Size != counter.n {
-		return catalog.Object{}, fmt.Errorf("stored %s has %d bytes, %d were sent", key, info.Size, counter.n)
+	_, copyErr := io.Copy(up, stdout)
+	if copyErr != nil {
+		kill() // pg_dump may be blocked writing to a pipe nobody reads
 	}
-	return catalog.Object{
-		Key: key, Role: catalog.RoleDump, Size: counter.n, RawSize: raw,
-		SHA256: hex.EncodeToString(sum.Sum(nil)),
-	}, nil
-}
-
-// countingReader hashes and counts what the store reads.
-type countingReader struct {
-	r io.Reader
-	h hash.Hash
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	c.h.Write(p[:n])
-	return n, err
+	if err := cmd.Wait(); err != nil && (copyErr == nil || ctx.Err() == nil && !errors.Is(copyErr, context.Canceled)) {
+		// pg_dump's own message says more than a broken pipe, unless
+		// the upload failed first and pg_dump was killed for it.
+		if copyErr == nil {
+			copyErr = err
+		}
+	}
+	if copyErr != nil {
+		up.Abort(copyErr)
+		return catalog.Object{}, copyErr
+	}
+	return up.Finish(ctx, catalog.RoleDump)
 }

@@ -1,0 +1,327 @@
+package wal
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/storage"
+)
+
+// An archived file is stored as wal/<name>.<hash>.zst.age, where <hash> is
+// the first 32 hex digits of the SHA-256 of its plaintext. The hash in the
+// key lets a re-push of the same file be recognised without decrypting
+// anything (the archiving host holds only public keys), and a different file
+// under the same name (two primaries: split brain) be refused. A partial
+// segment from wal-receive is wal/<name>.partial.zst.age, replaced as it grows.
+const hashLen = 32
+
+// ErrNotFound means the archive has no such file: the normal end of
+// recovery, answered quietly.
+var ErrNotFound = errors.New("not in the WAL archive")
+
+// ErrConflict means two different files were archived under one name.
+var ErrConflict = errors.New("different WAL file already archived under this name (two primaries writing to one repository?)")
+
+// Entry is one archived file.
+type Entry struct {
+	Name    string // the PostgreSQL file name
+	Hash    string // plaintext SHA-256 prefix; empty for partial segments
+	Partial bool
+	Key     string
+	Size    int64
+	ModTime time.Time
+}
+
+// ParseKey reads an archive object key.
+func ParseKey(key string) (Entry, bool) {
+	rest, ok := strings.CutPrefix(key, Prefix)
+	if !ok {
+		return Entry{}, false
+	}
+	rest = strings.TrimSuffix(strings.TrimSuffix(rest, ".age"), ".zst")
+	i := strings.LastIndexByte(rest, '.')
+	if i < 0 {
+		return Entry{}, false
+	}
+	name, tag := rest[:i], rest[i+1:]
+	if !IsArchivable(name) {
+		return Entry{}, false
+	}
+	if tag == "partial" {
+		return Entry{Name: name, Partial: true, Key: key}, IsSegmentName(name)
+	}
+	if len(tag) != hashLen {
+		return Entry{}, false
+	}
+	return Entry{Name: name, Hash: tag, Key: key}, true
+}
+
+// Archive is the WAL archive of one repository.
+type Archive struct {
+	Store storage.Store
+	// Keys encrypt (recipients) and decrypt (identities).
+	Keys             *codec.Keys
+	AllowUnencrypted bool
+	Codec            codec.Options
+	// SegmentSize pads partial segments when they are fetched.
+	SegmentSize int64
+}
+
+func (a *Archive) ext() string {
+	if a.Keys != nil && a.Keys.Encrypted() {
+		return ".zst.age"
+	}
+	return ".zst"
+}
+
+// Lookup returns the archived versions of name (a partial one included).
+func (a *Archive) Lookup(ctx context.Context, name string) ([]Entry, error) {
+	objs, err := a.Store.List(ctx, Prefix+name+".")
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, o := range objs {
+		if e, ok := ParseKey(o.Key); ok && e.Name == name {
+			e.Size, e.ModTime = o.Size, o.ModTime
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// List returns every archived file, in key order.
+func (a *Archive) List(ctx context.Context) ([]Entry, error) {
+	objs, err := a.Store.List(ctx, Prefix)
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, o := range objs {
+		if e, ok := ParseKey(o.Key); ok {
+			e.Size, e.ModTime = o.Size, o.ModTime
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// PushResult says what Push did.
+type PushResult struct {
+	Name            string `json:"name"`
+	Key             string `json:"key"`
+	AlreadyArchived bool   `json:"already_archived"`
+}
+
+// Push archives the file at path. It returns only once the file is stored
+// durably, succeeds when the identical file is already archived, and fails
+// with ErrConflict when a different one is.
+func (a *Archive) Push(ctx context.Context, path string) (*PushResult, error) {
+	name := filepath.Base(path)
+	if !IsArchivable(name) {
+		return nil, fmt.Errorf("wal-push %s: not a WAL segment, timeline history or backup history file name", name)
+	}
+	if !(a.Keys != nil && a.Keys.Encrypted()) && !a.AllowUnencrypted {
+		return nil, fmt.Errorf("wal-push %s: no age recipients configured (or allow unencrypted WAL explicitly)", name)
+	}
+	sum, err := hashFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("wal-push %s: %w", name, err)
+	}
+	res := &PushResult{Name: name, Key: Prefix + name + "." + sum + a.ext()}
+	if dup, err := a.checkExisting(ctx, name, sum); err != nil {
+		return nil, err
+	} else if dup {
+		res.AlreadyArchived = true
+		return res, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("wal-push %s: %w", name, err)
+	}
+	defer f.Close()
+	err = a.put(ctx, res.Key, f, true)
+	if errors.Is(err, storage.ErrExists) {
+		res.AlreadyArchived = true // a concurrent push of the same file won
+	} else if err != nil {
+		return nil, fmt.Errorf("wal-push %s: %w", name, err)
+	}
+	// A different file pushed at the same moment under another hash.
+	if _, err := a.checkExisting(ctx, name, sum); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func (a *Archive) checkExisting(ctx context.Context, name, sum string) (bool, error) {
+	entries, err := a.Lookup(ctx, name)
+	if err != nil {
+		return false, fmt.Errorf("wal-push %s: %w", name, err)
+	}
+	same := false
+	for _, e := range entries {
+		switch {
+		case e.Partial:
+		case e.Hash == sum:
+			same = true
+		default:
+			return false, fmt.Errorf("wal-push %s: %w: archived SHA-256 %s..., this file %s...", name, ErrConflict, e.Hash[:12], sum[:12])
+		}
+	}
+	return same, nil
+}
+
+// put streams r through the codec into key.
+func (a *Archive) put(ctx context.Context, key string, r io.Reader, ifAbsent bool) error {
+	pr, pw := io.Pipe()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		enc, err := codec.NewWriter(pw, a.Keys, a.Codec)
+		if err != nil {
+			pw.CloseWithError(err)
+			return err
+		}
+		if _, err := io.Copy(enc, r); err != nil {
+			enc.Abort()
+			pw.CloseWithError(err)
+			return err
+		}
+		if err := enc.Close(); err != nil {
+			pw.CloseWithError(err)
+			return err
+		}
+		return pw.Close()
+	})
+	g.Go(func() error {
+		var err error
+		if ifAbsent {
+			err = a.Store.PutIfAbsent(gctx, key, pr)
+		} else {
+			err = a.Store.Put(gctx, key, pr)
+		}
+		pr.CloseWithError(err)
+		return err
+	})
+	return g.Wait()
+}
+
+// PutPartial stores the received part of an unfinished segment, replacing
+// the previous partial copy.
+func (a *Archive) PutPartial(ctx context.Context, name string, data io.Reader) error {
+	return a.put(ctx, Prefix+name+".partial"+a.ext(), data, false)
+}
+
+// DeletePartial removes the partial copy once the whole segment is archived.
+func (a *Archive) DeletePartial(ctx context.Context, name string) error {
+	for _, ext := range []string{".zst.age", ".zst"} {
+		if err := a.Store.Delete(ctx, Prefix+name+".partial"+ext); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Fetch writes the archived file name to dest (atomically: a temporary
+// file renamed into place). A segment only archived partially is served
+// padded with zeros to the segment size, as pg_receivewal's .partial files
+// are used. It returns ErrNotFound when the archive has no such file.
+func (a *Archive) Fetch(ctx context.Context, name, dest string) error {
+	entries, err := a.Lookup(ctx, name)
+	if err != nil {
+		return fmt.Errorf("wal-fetch %s: %w", name, err)
+	}
+	var full, partial *Entry
+	for i := range entries {
+		e := &entries[i]
+		switch {
+		case e.Partial:
+			partial = e
+		case full == nil:
+			full = e
+		case full.Hash != e.Hash:
+			return fmt.Errorf("wal-fetch %s: %w", name, ErrConflict)
+		}
+	}
+	chosen := full
+	if chosen == nil {
+		chosen = partial
+	}
+	if chosen == nil {
+		return ErrNotFound
+	}
+	tmp := dest + ".drctl-tmp"
+	if err := a.fetchTo(ctx, *chosen, tmp); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("wal-fetch %s: %w", name, err)
+	}
+	if err := os.Rename(tmp, dest); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("wal-fetch %s: %w", name, err)
+	}
+	return nil
+}
+
+func (a *Archive) fetchTo(ctx context.Context, e Entry, path string) error {
+	rc, err := a.Store.Get(ctx, e.Key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	dec, err := codec.NewReader(rc, strings.HasSuffix(e.Key, ".age"), a.Keys)
+	if err != nil {
+		return err
+	}
+	defer dec.Close()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), dec)
+	if err != nil {
+		return fmt.Errorf("%s: %w", e.Key, err)
+	}
+	if e.Partial {
+		size := a.SegmentSize
+		if size == 0 {
+			size = DefaultSegmentSize
+		}
+		if n < size {
+			if err := f.Truncate(size); err != nil {
+				return err
+			}
+		}
+	} else if got := hex.EncodeToString(h.Sum(nil))[:hashLen]; got != e.Hash {
+		return fmt.Errorf("%s: content SHA-256 %s does not match its name", e.Key, got)
+	}
+	return f.Close()
+}
+
+func hashFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	return hashReader(f, sha256.New())
+}
+
+func hashReader(r io.Reader, h hash.Hash) (string, error) {
+	if _, err := io.Copy(h, r); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil))[:hashLen], nil
+}
