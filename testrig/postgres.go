@@ -137,6 +137,32 @@ func (pg *Postgres) command(name string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// ServerUser returns the OS user the server runs as, when the tests run as
+// root (ok false otherwise: the server runs as the test's own user).
+func (pg *Postgres) ServerUser() (uid, gid int, ok bool) {
+	if pg.cred == nil {
+		return 0, 0, false
+	}
+	return int(pg.cred.Uid), int(pg.cred.Gid), true
+}
+
+// GiveToServer chowns paths to the server's OS user (when running as root),
+// so that archive_command and restore_command can use them.
+func (pg *Postgres) GiveToServer(t testing.TB, paths ...string) {
+	t.Helper()
+	if pg.cred == nil {
+		return
+	}
+	for _, p := range paths {
+		if err := os.Chown(p, int(pg.cred.Uid), int(pg.cred.Gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Command runs one of the server programs as the server's OS user.
+func (pg *Postgres) Command(name string, args ...string) *exec.Cmd { return pg.command(name, args...) }
+
 // DataDir is the cluster's data directory.
 func (pg *Postgres) DataDir() string { return filepath.Join(pg.Dir, "data") }
 

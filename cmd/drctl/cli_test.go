@@ -24,6 +24,9 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
+	// PostgreSQL's archive_command and restore_command run it as the
+	// server's OS user.
+	os.Chmod(dir, 0o755)
 	drctlBin = filepath.Join(dir, "drctl")
 	out, err := exec.Command("go", "build", "-o", drctlBin, ".").CombinedOutput()
 	if err != nil {

@@ -20,11 +20,18 @@ import (
 
 // fileConfig is the YAML configuration file; every key mirrors a flag.
 type fileConfig struct {
-	Repo           string `yaml:"repo"`
-	DSN            string `yaml:"dsn"`
-	RecipientsFile string `yaml:"recipients_file"`
-	IdentityFile   string `yaml:"identity_file"`
-	LogLevel       string `yaml:"log_level"`
+	Repo           string `yaml:"repo,omitempty"`
+	DSN            string `yaml:"dsn,omitempty"`
+	RecipientsFile string `yaml:"recipients_file,omitempty"`
+	IdentityFile   string `yaml:"identity_file,omitempty"`
+	// Identity is an age identity given inline, for restore_command
+	// configurations that drctl restore writes.
+	Identity string `yaml:"identity,omitempty"`
+	LogLevel string `yaml:"log_level,omitempty"`
+	// Env sets environment variables (AWS_*, DRCTL_S3_*) that the process
+	// lacks: archive_command and restore_command run with the server's
+	// environment, not the user's.
+	Env map[string]string `yaml:"env,omitempty"`
 }
 
 // globalFlags are the settings shared by every command.
@@ -43,6 +50,7 @@ type settings struct {
 	DSN            string
 	RecipientsFile string
 	IdentityFile   string
+	Identity       string
 	Logger         *slog.Logger
 }
 
@@ -74,6 +82,14 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 		DSN:            first(g.dsn, os.Getenv("DRCTL_DSN"), fc.DSN),
 		RecipientsFile: first(g.recipientsFile, os.Getenv("DRCTL_AGE_RECIPIENTS_FILE"), fc.RecipientsFile),
 		IdentityFile:   first(g.identityFile, os.Getenv("DRCTL_AGE_IDENTITY_FILE"), fc.IdentityFile),
+	}
+	if s.IdentityFile == "" {
+		s.Identity = fc.Identity
+	}
+	for k, v := range fc.Env {
+		if _, set := os.LookupEnv(k); !set {
+			os.Setenv(k, v)
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(first(g.logLevel, os.Getenv("DRCTL_LOG_LEVEL"), fc.LogLevel, "warn"))); err != nil {
@@ -129,6 +145,13 @@ func (s *settings) encryptKeys() (*codec.Keys, error) {
 // decryptKeys loads the identities, if configured; restore paths report a
 // missing identity only when a backup turns out to be encrypted.
 func (s *settings) decryptKeys() (*codec.Keys, error) {
+	if s.IdentityFile == "" && s.Identity != "" {
+		ids, err := codec.ParseIdentities(strings.NewReader(s.Identity))
+		if err != nil {
+			return nil, fmt.Errorf("config: identity: %w", err)
+		}
+		return &codec.Keys{Identities: ids}, nil
+	}
 	if s.IdentityFile == "" {
 		return &codec.Keys{}, nil
 	}

@@ -27,7 +27,9 @@ func main() {
 	err := newRootCommand(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "drctl: "+oneLine(err.Error()))
+		if msg := oneLine(err.Error()); msg != "" {
+			fmt.Fprintln(os.Stderr, "drctl: "+msg)
+		}
 		var ec *exitCodeError
 		if errors.As(err, &ec) {
 			os.Exit(ec.code)

@@ -35,6 +35,10 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newListCommand(g, stdout, stderr),
 		newVerifyCommand(g, stdout, stderr),
 		newRestoreCommand(g, stdout, stderr),
+		newBaseBackupCommand(g, stdout, stderr),
+		newWALPushCommand(g, stdout, stderr),
+		newWALFetchCommand(g, stdout, stderr),
+		newWALPrefetchCommand(g, stderr),
 	)
 	return root
 }
@@ -303,14 +307,22 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	var (
 		into          string
 		asJSON, clean bool
+		phys          physicalRestoreFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "restore ID|latest --into DSN",
-		Short: "Restore a logical backup into a database (created if missing)",
+		Use:   "restore ID|latest (--into DSN | --to DIR)",
+		Short: "Restore a logical backup into a database, or a base backup into a data directory",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !cmd.Flags().Changed("into") {
-				return &exitCodeError{2, fmt.Errorf("restore needs --into DSN: the database to restore into (--into '' uses the PG* variables)")}
+			intoSet, toSet := cmd.Flags().Changed("into"), cmd.Flags().Changed("to")
+			if intoSet == toSet {
+				return &exitCodeError{2, fmt.Errorf("restore needs --into DSN (a logical backup into a database; --into '' uses the PG* variables) or --to DIR (a base backup into a data directory)")}
+			}
+			if toSet {
+				if phys.to == "" {
+					return &exitCodeError{2, fmt.Errorf("--to needs a directory")}
+				}
+				return runPhysicalRestore(cmd, g, &phys, args[0], asJSON, stdout, stderr)
 			}
 			s, err := g.resolve(cmd, stderr)
 			if err != nil {
@@ -349,6 +361,8 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		},
 	}
 	cmd.Flags().StringVar(&into, "into", "", "database to restore into: URL or key=value conninfo")
+	cmd.Flags().StringVar(&g.dsn, "dsn", "", "with --start: how to reach the started server (default: PG* variables)")
+	phys.register(cmd)
 	cmd.Flags().BoolVar(&clean, "clean", false, "restore into a non-empty database, replacing the backup's objects")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd

@@ -70,10 +70,19 @@ func LoadIdentities(path string) ([]age.Identity, error) {
 		return nil, fmt.Errorf("identity file: %w", err)
 	}
 	defer f.Close()
-	ids, err := age.ParseIdentities(f)
+	ids, err := ParseIdentities(f)
+	if err != nil {
+		return nil, fmt.Errorf("identity file %s: %w", path, err)
+	}
+	return ids, nil
+}
+
+// ParseIdentities reads age identities as age-keygen writes them.
+func ParseIdentities(r io.Reader) ([]age.Identity, error) {
+	ids, err := age.ParseIdentities(r)
 	if err != nil {
 		// age's message may quote the line; never echo key material.
-		return nil, fmt.Errorf("identity file %s: not an age identity file (as age-keygen writes)", path)
+		return nil, errors.New("not an age identity file (as age-keygen writes)")
 	}
 	return ids, nil
 }

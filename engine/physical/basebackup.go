@@ -206,9 +206,16 @@ func (b *baseBackupStream) finishHeader(results [][][]string) error {
 	if len(results) == 0 {
 		return errors.New("base backup: server sent no end position")
 	}
-	last := results[len(results)-1]
-	if len(last) != 1 || len(last[0]) < 2 {
-		return errors.New("base backup: malformed end position")
+	// The end position is the last one-row result of (LSN, timeline);
+	// servers may close with an empty CommandComplete after it.
+	var last [][]string
+	for _, r := range results[1:] {
+		if len(r) == 1 && len(r[0]) >= 2 && strings.Contains(r[0][0], "/") {
+			last = r
+		}
+	}
+	if last == nil {
+		return errors.New("base backup: server sent no end position")
 	}
 	p := b.m.Physical
 	p.StopLSN = last[0][0]

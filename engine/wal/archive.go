@@ -238,6 +238,10 @@ func (a *Archive) DeletePartial(ctx context.Context, name string) error {
 // padded with zeros to the segment size, as pg_receivewal's .partial files
 // are used. It returns ErrNotFound when the archive has no such file.
 func (a *Archive) Fetch(ctx context.Context, name, dest string) error {
+	return a.fetch(ctx, name, dest, true)
+}
+
+func (a *Archive) fetch(ctx context.Context, name, dest string, allowPartial bool) error {
 	entries, err := a.Lookup(ctx, name)
 	if err != nil {
 		return fmt.Errorf("wal-fetch %s: %w", name, err)
@@ -255,7 +259,7 @@ func (a *Archive) Fetch(ctx context.Context, name, dest string) error {
 		}
 	}
 	chosen := full
-	if chosen == nil {
+	if chosen == nil && allowPartial {
 		chosen = partial
 	}
 	if chosen == nil {

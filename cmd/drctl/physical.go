@@ -1,0 +1,447 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/physical"
+	"github.com/drctl/drctl/engine/wal"
+	"github.com/drctl/drctl/restore"
+	"github.com/drctl/drctl/storage"
+)
+
+func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var (
+		asJSON, noEncryption bool
+		labels               []string
+		walWait              time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "basebackup",
+		Short: "Take a physical base backup over the replication protocol",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			labelMap, err := parseLabels(labels)
+			if err != nil {
+				return err
+			}
+			dsn, err := s.parseDSN(s.DSN)
+			if err != nil {
+				return err
+			}
+			keys, err := s.encryptKeys()
+			if err != nil {
+				return err
+			}
+			if !keys.Encrypted() && !noEncryption {
+				return physical.ErrNoRecipients
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			m, err := physical.BaseBackup(cmd.Context(), physical.BaseBackupOptions{
+				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption, Labels: labelMap,
+				ToolVersion: version, WALWait: walWait, Logger: s.Logger,
+			})
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(stdout, summarize(m))
+			}
+			fmt.Fprintf(stdout, "base backup %s: %s read, %s stored, WAL %s..%s (%.1fs)\n", m.ID,
+				humanBytes(m.RawSize()), humanBytes(m.StoredSize()), m.Physical.StartLSN, m.Physical.StopLSN,
+				m.EndTime.Sub(m.StartTime).Seconds())
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&g.dsn, "dsn", "", "server to back up (a role with REPLICATION): URL or key=value conninfo (env DRCTL_DSN; default: PG* variables)")
+	f.StringArrayVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	f.BoolVar(&noEncryption, "no-encryption", false, "store the backup unencrypted when no recipients are configured")
+	f.DurationVar(&walWait, "wal-wait", 2*time.Minute, "how long to wait for the backup's WAL to reach the archive")
+	return cmd
+}
+
+func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var asJSON, noEncryption bool
+	cmd := &cobra.Command{
+		Use:   "wal-push PATH",
+		Short: "Archive one WAL file: archive_command = 'drctl wal-push %p'",
+		Long: "Archive one WAL segment, timeline history or backup history file. Exits 0 only once the file\n" +
+			"is stored durably, or when the identical file is already archived; a different file under the\n" +
+			"same name is refused (exit 1), never overwritten.",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			keys, err := s.encryptKeys()
+			if err != nil {
+				return err
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			a := &wal.Archive{Store: st, Keys: keys, AllowUnencrypted: noEncryption}
+			res, err := a.Push(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(stdout, res)
+			}
+			s.Logger.Info("archived", "file", res.Name, "key", res.Key, "already_archived", res.AlreadyArchived)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().BoolVar(&noEncryption, "no-encryption", false, "archive unencrypted when no recipients are configured")
+	return cmd
+}
+
+// walFetchErrorExit is the exit status for real errors in wal-fetch:
+// PostgreSQL treats a status above 125 as fatal and stops recovery, where
+// any other failure would be taken for the end of the archive and end
+// recovery early, silently losing data.
+const walFetchErrorExit = 126
+
+func newWALFetchCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var segSize int64
+	var prefetch int
+	cmd := &cobra.Command{
+		Use:   "wal-fetch NAME DEST",
+		Short: "Fetch one archived WAL file: restore_command = 'drctl wal-fetch %f %p'",
+		Long: "Fetch one archived WAL file to DEST. Exits 1, quietly, when the archive has no such file (the\n" +
+			"normal end of recovery); exits 126 on errors, so that PostgreSQL stops recovery rather than\n" +
+			"ending it early. Prefetches the following segments in the background.",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fail := func(err error) error { return &exitCodeError{walFetchErrorExit, err} }
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return fail(err)
+			}
+			keys, err := s.decryptKeys()
+			if err != nil {
+				return fail(err)
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return fail(err)
+			}
+			a := &wal.Archive{Store: st, Keys: keys, SegmentSize: segSize}
+			err = a.FetchWithPrefetch(cmd.Context(), args[0], args[1], wal.PrefetchOptions{
+				Count: prefetch, Spawn: spawnPrefetch(cmd, segSize),
+			})
+			if errors.Is(err, wal.ErrNotFound) {
+				return &exitCodeError{1, errQuiet}
+			}
+			if err != nil {
+				return fail(err)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().Int64Var(&segSize, "segment-size", wal.DefaultSegmentSize, "wal_segment_size of the cluster, in bytes")
+	cmd.Flags().IntVar(&prefetch, "prefetch", 8, "segments to fetch ahead in the background (0 disables)")
+	return cmd
+}
+
+func newWALPrefetchCommand(g *globalFlags, stderr io.Writer) *cobra.Command {
+	var segSize int64
+	var count int
+	cmd := &cobra.Command{
+		Use:    "wal-prefetch NAME SPOOL",
+		Short:  "Fetch the segments after NAME into SPOOL (started by wal-fetch)",
+		Hidden: true,
+		Args:   cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			keys, err := s.decryptKeys()
+			if err != nil {
+				return err
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			a := &wal.Archive{Store: st, Keys: keys, SegmentSize: segSize}
+			return a.Prefetch(cmd.Context(), args[0], args[1], count)
+		},
+	}
+	cmd.Flags().Int64Var(&segSize, "segment-size", wal.DefaultSegmentSize, "wal_segment_size in bytes")
+	cmd.Flags().IntVar(&count, "count", 8, "segments to fetch")
+	return cmd
+}
+
+// spawnPrefetch starts `drctl wal-prefetch` detached, with this process's
+// global flags, so that it outlives this restore_command call.
+func spawnPrefetch(cmd *cobra.Command, segSize int64) func(name, spool string, count int) error {
+	return func(name, spool string, count int) error {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		args := []string{}
+		cmd.Root().PersistentFlags().Visit(func(f *pflag.Flag) {
+			args = append(args, "--"+f.Name+"="+f.Value.String())
+		})
+		args = append(args, "wal-prefetch", "--segment-size", strconv.FormatInt(segSize, 10), "--count", strconv.Itoa(count), name, spool)
+		devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		defer devnull.Close()
+		p, err := os.StartProcess(exe, append([]string{exe}, args...), &os.ProcAttr{
+			Env: os.Environ(), Files: []*os.File{devnull, devnull, devnull},
+			Sys: &syscall.SysProcAttr{Setsid: true},
+		})
+		if err != nil {
+			return err
+		}
+		return p.Release()
+	}
+}
+
+// physicalRestoreFlags are restore's options for base backups.
+type physicalRestoreFlags struct {
+	to             string
+	target         restore.Target
+	tablespaceMap  []string
+	start          bool
+	startOptions   []string
+	recoveryConfig string
+}
+
+func (p *physicalRestoreFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&p.to, "to", "", "write a base backup into this data directory (missing or empty) for point-in-time recovery")
+	f.StringVar(&p.target.Time, "target-time", "", "recover up to this time (recovery_target_time), e.g. '2026-11-26 14:31:07.25+00'")
+	f.StringVar(&p.target.LSN, "target-lsn", "", "recover up to this WAL location (recovery_target_lsn)")
+	f.StringVar(&p.target.Name, "target-name", "", "recover up to this restore point (recovery_target_name)")
+	f.StringVar(&p.target.XID, "target-xid", "", "recover up to this transaction (recovery_target_xid)")
+	f.StringVar(&p.target.Timeline, "target-timeline", "latest", "timeline to follow: latest, current or a number")
+	f.StringVar(&p.target.Action, "target-action", "promote", "at the target: promote, pause or shutdown")
+	f.StringArrayVar(&p.tablespaceMap, "tablespace-map", nil, "OLD=NEW: restore the tablespace with OID or path OLD into NEW (repeatable)")
+	f.BoolVar(&p.start, "start", false, "start PostgreSQL and wait until recovery reached the target")
+	f.StringArrayVar(&p.startOptions, "start-option", nil, "name=value server setting for --start, e.g. port=5433 (repeatable)")
+	f.StringVar(&p.recoveryConfig, "recovery-config", "", "where to write the configuration restore_command uses (default DIR.drctl-recovery.yaml, beside DIR)")
+}
+
+func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFlags, ref string, asJSON bool, stdout, stderr io.Writer) error {
+	s, st, err := g.open(cmd, stderr)
+	if err != nil {
+		return err
+	}
+	keys, err := s.decryptKeys()
+	if err != nil {
+		return err
+	}
+	if err := p.target.Validate(); err != nil {
+		return &exitCodeError{2, err}
+	}
+	tsMap := map[string]string{}
+	for _, kv := range p.tablespaceMap {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || v == "" {
+			return &exitCodeError{2, fmt.Errorf("--tablespace-map %q: want OLD=NEW", kv)}
+		}
+		tsMap[k] = v
+	}
+	m, err := resolvePhysical(cmd, st, ref, p.target)
+	if err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(p.to)
+	if err != nil {
+		return err
+	}
+	owner, err := dataOwner(dir)
+	if err != nil {
+		return err
+	}
+	cfgPath := p.recoveryConfig
+	if cfgPath == "" {
+		cfgPath = dir + ".drctl-recovery.yaml"
+	}
+	if err := writeRecoveryConfig(cfgPath, s, keys, owner); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	restoreCmd := fmt.Sprintf("%s --config %s wal-fetch --segment-size %d %%f %%p", exe, cfgPath, m.Physical.WALSegmentSize)
+	bar := newProgressBar(stderr, !asJSON)
+	res, err := restore.Physical(cmd.Context(), restore.PhysicalOptions{
+		Store: st, Manifest: m, Keys: keys, Dir: dir, TablespaceMap: tsMap, Target: p.target,
+		RestoreCommand: restoreCmd, Owner: owner, PauseAtTarget: p.start, Progress: bar.update, Logger: s.Logger,
+	})
+	bar.finish()
+	if err != nil {
+		return err
+	}
+	out := struct {
+		*restore.PhysicalResult
+		Reached *restore.Reached `json:"reached,omitempty"`
+	}{PhysicalResult: res}
+	if p.start {
+		dsn, err := s.parseDSN(s.DSN)
+		if err != nil {
+			return err
+		}
+		out.Reached, err = restore.Start(cmd.Context(), restore.StartOptions{
+			Dir: dir, Settings: p.startOptions, DSN: dsn, Owner: owner, Target: p.target,
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if asJSON {
+		return writeJSON(stdout, out)
+	}
+	fmt.Fprintf(stdout, "restored base backup %s into %s: %d files, %s in %.1fs\n", res.ID, res.Dir, res.Files, humanBytes(res.Bytes), res.Seconds)
+	if r := out.Reached; r != nil {
+		fmt.Fprintf(stdout, "recovery reached LSN %s (last commit %s), timeline %d, promoted: %v\n", r.LSN, r.LastCommitTime, r.Timeline, r.Promoted)
+	} else {
+		fmt.Fprintf(stdout, "start it with: pg_ctl -D %s start\n", res.Dir)
+	}
+	return nil
+}
+
+// resolvePhysical picks the base backup: by id, or for "latest" the newest
+// one that ends before the recovery target.
+func resolvePhysical(cmd *cobra.Command, st storage.Store, ref string, t restore.Target) (*catalog.Manifest, error) {
+	if ref != "latest" {
+		m, err := catalog.Load(cmd.Context(), st, ref)
+		if err != nil {
+			return nil, err
+		}
+		if m.Kind != catalog.KindPhysical {
+			return nil, fmt.Errorf("backup %s is a logical backup: restore it with --into DSN", ref)
+		}
+		return m, nil
+	}
+	all, err := catalog.List(cmd.Context(), st)
+	if err != nil {
+		return nil, err
+	}
+	targetTime, hasTime := parseTargetTime(t.Time)
+	targetLSN, lsnErr := wal.ParseLSN(t.LSN)
+	for i := len(all) - 1; i >= 0; i-- {
+		m := all[i]
+		if m.Kind != catalog.KindPhysical {
+			continue
+		}
+		if hasTime && m.EndTime.After(targetTime) {
+			continue
+		}
+		if t.LSN != "" && lsnErr == nil {
+			if stop, err := wal.ParseLSN(m.Physical.StopLSN); err != nil || stop > targetLSN {
+				continue
+			}
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("latest: %w: no base backup in %s ends before the recovery target", catalog.ErrUnknownBackup, st)
+}
+
+func parseTargetTime(s string) (time.Time, bool) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// dataOwner is who must own a restored data directory: when drctl runs as
+// root, the existing directory's owner, or else the postgres OS user.
+func dataOwner(dir string) (*restore.Owner, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	if fi, err := os.Stat(dir); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+			return &restore.Owner{UID: int(st.Uid), GID: int(st.Gid)}, nil
+		}
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, errors.New("running as root: PostgreSQL must own its data directory; create DIR owned by the server's user, or add a postgres OS user")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &restore.Owner{UID: uid, GID: gid}, nil
+}
+
+// writeRecoveryConfig writes the file restore_command reads: the
+// repository, the identity and the storage credentials, readable by the
+// server's user only.
+func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *restore.Owner) error {
+	repo := s.Repo
+	if !strings.Contains(repo, "://") && repo != "" {
+		abs, err := filepath.Abs(repo)
+		if err != nil {
+			return err
+		}
+		repo = "file://" + abs
+	}
+	cfg := fileConfig{Repo: repo, LogLevel: "warn", Env: map[string]string{}}
+	switch {
+	case s.IdentityFile != "":
+		data, err := os.ReadFile(s.IdentityFile)
+		if err != nil {
+			return fmt.Errorf("identity file: %w", err)
+		}
+		cfg.Identity = string(data)
+	case s.Identity != "":
+		cfg.Identity = s.Identity
+	}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "DRCTL_S3_") {
+			cfg.Env[k] = v
+		}
+	}
+	data, err := yaml.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	header := "# Written by drctl restore for restore_command; holds the backup identity: delete it after recovery.\n"
+	if err := os.WriteFile(path, append([]byte(header), data...), 0o600); err != nil {
+		return fmt.Errorf("recovery config: %w", err)
+	}
+	if owner != nil {
+		return os.Chown(path, owner.UID, owner.GID)
+	}
+	return nil
+}
+
+var errQuiet = errors.New("")

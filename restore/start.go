@@ -1,0 +1,185 @@
+package restore
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/drctl/drctl/engine/pgdsn"
+	"github.com/drctl/drctl/engine/pgtools"
+)
+
+// StartOptions configure starting a restored data directory.
+type StartOptions struct {
+	Dir string
+	// Settings are passed to the server as -c name=value (port, sockets...).
+	Settings []string
+	// DSN reaches the started server, to follow recovery.
+	DSN    *pgdsn.DSN
+	Owner  *Owner
+	Target Target
+	// Timeout bounds the whole recovery (default 1 hour).
+	Timeout time.Duration
+	LogFile string
+}
+
+// Reached is where recovery stopped.
+type Reached struct {
+	LSN             string  `json:"lsn"`
+	LastCommitTime  string  `json:"last_commit_time,omitempty"`
+	Timeline        int64   `json:"timeline"`
+	Promoted        bool    `json:"promoted"`
+	RecoverySeconds float64 `json:"recovery_seconds"`
+}
+
+// Start starts PostgreSQL on the restored directory and waits until
+// recovery has reached its target (which Physical must have written with
+// the "pause" action, so the reached point can be read), then carries out
+// the requested action.
+func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
+	if opt.Timeout == 0 {
+		opt.Timeout = time.Hour
+	}
+	if opt.LogFile == "" {
+		opt.LogFile = opt.Dir + ".log"
+	}
+	pgCtl, err := pgtools.Find("pg_ctl")
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	args := []string{"-D", opt.Dir, "-l", opt.LogFile, "-w", "-t", fmt.Sprint(int(opt.Timeout.Seconds())), "start"}
+	if len(opt.Settings) > 0 {
+		var o []string
+		for _, s := range opt.Settings {
+			o = append(o, "-c "+shellQuote(s))
+		}
+		args = append(args, "-o", strings.Join(o, " "))
+	}
+	if opt.Owner != nil {
+		f, err := os.OpenFile(opt.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+		if err == nil {
+			f.Close()
+			os.Chown(opt.LogFile, opt.Owner.UID, opt.Owner.GID)
+		}
+	}
+	if err := runAs(ctx, opt.Owner, pgCtl, args...); err != nil {
+		return nil, fmt.Errorf("start PostgreSQL: %w; log: %s", err, tailFile(opt.LogFile))
+	}
+	ctx, cancel := context.WithTimeout(ctx, opt.Timeout)
+	defer cancel()
+	reached := &Reached{}
+	for {
+		done, err := pollRecovery(ctx, opt, reached)
+		if err == nil && done {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("recovery did not reach its target within %s: %v; log: %s", opt.Timeout, err, tailFile(opt.LogFile))
+		}
+		if _, serr := os.Stat(filepath.Join(opt.Dir, "postmaster.pid")); serr != nil {
+			return nil, fmt.Errorf("PostgreSQL stopped during recovery: %s", tailFile(opt.LogFile))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	reached.RecoverySeconds = time.Since(start).Seconds()
+	if !opt.Target.Empty() && opt.Target.Action == "shutdown" {
+		if err := runAs(ctx, opt.Owner, pgCtl, "-D", opt.Dir, "-m", "fast", "-w", "stop"); err != nil {
+			return nil, fmt.Errorf("stop PostgreSQL: %w", err)
+		}
+	}
+	return reached, nil
+}
+
+// pollRecovery reports whether recovery is over (promoted, or paused at
+// the target, then promoted when asked).
+func pollRecovery(ctx context.Context, opt StartOptions, r *Reached) (bool, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, opt.DSN.ConnString())
+	if err != nil {
+		return false, fmt.Errorf("connect: %s", opt.DSN.RedactError(err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var inRecovery bool
+	if err := conn.QueryRow(cctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+		return false, err
+	}
+	if !inRecovery {
+		r.Promoted = true
+		return true, conn.QueryRow(cctx, currentPosition).Scan(&r.LSN, &r.Timeline)
+	}
+	if opt.Target.Empty() {
+		return false, nil // replaying to the end of the archive; promotes by itself
+	}
+	var state string
+	if err := conn.QueryRow(cctx, "SELECT pg_get_wal_replay_pause_state()").Scan(&state); err != nil {
+		return false, err
+	}
+	if state != "paused" {
+		return false, nil
+	}
+	var ts *time.Time
+	if err := conn.QueryRow(cctx, `SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()`).Scan(&r.LSN, &ts); err != nil {
+		return false, err
+	}
+	if ts != nil {
+		r.LastCommitTime = ts.UTC().Format(time.RFC3339Nano)
+	}
+	switch opt.Target.Action {
+	case "", "promote":
+		if _, err := conn.Exec(cctx, "SELECT pg_promote(true, 60)"); err != nil {
+			return false, fmt.Errorf("promote: %w", err)
+		}
+		r.Promoted = true
+		var lsn string
+		conn.QueryRow(cctx, currentPosition).Scan(&lsn, &r.Timeline)
+	}
+	return true, nil
+}
+
+// currentPosition reads a primary's WAL position and timeline (the control
+// file's timeline lags behind a promotion until the next checkpoint).
+const currentPosition = `SELECT pg_current_wal_lsn()::text, ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint`
+
+func runAs(ctx context.Context, owner *Owner, prog string, args ...string) error {
+	// The server's restore_command reads the recovery configuration drctl
+	// wrote; this process's own drctl and AWS settings would override it.
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DRCTL_") && !strings.HasPrefix(kv, "AWS_") {
+			env = append(env, kv)
+		}
+	}
+	cmd := pgtools.NewCommand(ctx, prog, args, env)
+	if owner != nil && os.Geteuid() == 0 {
+		cmd.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(owner.UID), Gid: uint32(owner.GID)}}
+	}
+	cmd.Cmd.Dir = "/"
+	if err := cmd.Cmd.Start(); err != nil {
+		return err
+	}
+	return cmd.Wait()
+}
+
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func tailFile(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log)"
+	}
+	s := strings.TrimSpace(string(data))
+	if len(s) > 1500 {
+		s = s[len(s)-1500:]
+	}
+	return s
+}
