@@ -70,7 +70,7 @@ type PhysicalOptions struct {
 	RestoreCommand string
 	// Owner, when set, receives every file written (PostgreSQL must own
 	// its data directory and refuses to run as root).
-	Owner    *Owner
+	Owner *Owner
 	// PauseAtTarget writes recovery_target_action = 'pause' whatever
 	// Target.Action says, for Start to read the reached point and then act.
 	PauseAtTarget bool

@@ -351,4 +351,3 @@ func waitForWAL(ctx context.Context, opt BaseBackupOptions, m *catalog.Manifest)
 		}
 	}
 }
-
