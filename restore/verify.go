@@ -12,14 +12,18 @@ import (
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgtools"
+	"github.com/drctl/drctl/engine/wal"
 	"github.com/drctl/drctl/storage"
 )
 
 // VerifyReport is the outcome of verifying one backup.
 type VerifyReport struct {
 	ID      string         `json:"id"`
+	Kind    string         `json:"kind"`
 	OK      bool           `json:"ok"`
 	Objects []ObjectReport `json:"objects"`
+	// WAL is the continuity of the archive from a base backup onwards.
+	WAL *wal.ChainReport `json:"wal,omitempty"`
 }
 
 // ObjectReport is the outcome for one object.
@@ -28,6 +32,7 @@ type ObjectReport struct {
 	OK         bool   `json:"ok"`
 	Size       int64  `json:"size"`
 	TOCEntries int    `json:"toc_entries,omitempty"`
+	Files      int    `json:"files_checked,omitempty"`
 	Error      string `json:"error,omitempty"`
 }
 
@@ -50,7 +55,32 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 	if err != nil {
 		return nil, err
 	}
-	rep := &VerifyReport{ID: m.ID, OK: true}
+	rep := &VerifyReport{ID: m.ID, Kind: m.Kind, OK: true}
+	if m.Kind == catalog.KindPhysical {
+		err := verifyPhysical(ctx, opt, m, rep)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			return nil, err
+		}
+		entries, lerr := (&wal.Archive{Store: opt.Store}).List(ctx)
+		if lerr != nil {
+			return nil, lerr
+		}
+		chain, cerr := VerifyWAL(ctx, opt, m, entries)
+		if cerr != nil {
+			return nil, cerr
+		}
+		rep.WAL = chain
+		if !chain.OK {
+			rep.OK = false
+			if err == nil {
+				err = walError(m, chain)
+			}
+		}
+		return rep, err
+	}
 	var firstErr error
 	for _, obj := range m.Objects {
 		or := ObjectReport{Key: obj.Key, Size: obj.Size}
@@ -131,6 +161,18 @@ func verifyObject(ctx context.Context, opt VerifyOptions, pgRestore string, m *c
 		return n, fmt.Errorf("%s: %w: the dump's table of contents is empty", obj.Key, ErrCorrupt)
 	}
 	return n, nil
+}
+
+// ErrWALGap marks a WAL archive with missing segments.
+var ErrWALGap = errors.New("WAL archive has a gap")
+
+func walError(m *catalog.Manifest, c *wal.ChainReport) error {
+	if !c.Restorable {
+		return fmt.Errorf("backup %s: %w: segment %s, needed to make the backup consistent, is missing: the backup cannot be restored",
+			m.ID, ErrWALGap, c.Missing[0])
+	}
+	return fmt.Errorf("backup %s: %w: %d segments missing (first %s): point-in-time recovery from this backup stops at %s; targets after it are lost",
+		m.ID, ErrWALGap, len(c.Missing), c.Missing[0], c.WindowTo)
 }
 
 // tolerantWriter passes writes on until the reader goes away, then

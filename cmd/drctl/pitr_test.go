@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -252,3 +254,105 @@ func TestPITR(t *testing.T) {
 		}
 	})
 }
+
+// TestWALVerifyAndGaps: verify checks every file of a base backup against
+// backup_manifest and the WAL archive for continuity; deleting one archived
+// segment makes verify name it and the window it breaks.
+func TestWALVerifyAndGaps(t *testing.T) {
+	r := newPhysRig(t)
+	primary := connect(t, r.pg.DSN("postgres"))
+	primary.Exec(context.Background(), "CREATE TABLESPACE extra LOCATION '"+r.tablespaceDir(t)+"'")
+	primary.Exec(context.Background(), "CREATE TABLE t TABLESPACE extra AS SELECT g FROM generate_series(1, 100000) g")
+	res := mustRun(t, append(r.env, r.pg.Env("postgres")...), "basebackup", "--json")
+	var b struct {
+		ID       string
+		Physical struct {
+			StartSegment string `json:"start_wal_segment"`
+			StopSegment  string `json:"stop_wal_segment"`
+		}
+	}
+	json.Unmarshal([]byte(res.stdout), &b)
+	for i := 0; i < 3; i++ {
+		primary.Exec(context.Background(), "INSERT INTO t SELECT g FROM generate_series(1, 1000) g")
+		switchAndWaitArchived(t, primary)
+	}
+
+	r1 := mustRun(t, r.env, "verify", b.ID, "--json")
+	var rep struct {
+		OK      bool
+		Objects []struct {
+			Key   string
+			Files int `json:"files_checked"`
+		}
+		WAL struct {
+			OK          bool
+			LastSegment string `json:"last_segment"`
+			WindowTo    string `json:"window_to_lsn"`
+		}
+	}
+	if err := json.Unmarshal([]byte(r1.stdout), &rep); err != nil || !rep.OK || !rep.WAL.OK {
+		t.Fatalf("verify of a healthy backup: %s", r1.stdout)
+	}
+	tars := 0
+	for _, o := range rep.Objects {
+		if strings.HasSuffix(o.Key, ".tar.zst.age") {
+			tars++
+			if o.Files == 0 {
+				t.Fatalf("tar %s: no file checked against backup_manifest", o.Key)
+			}
+		}
+	}
+	if tars != 2 {
+		t.Fatalf("want base.tar and the tablespace's tar, got %d tars: %s", tars, r1.stdout)
+	}
+	list := mustRun(t, r.env, "list", "--json")
+	if !strings.Contains(list.stdout, `"window"`) || !strings.Contains(list.stdout, rep.WAL.WindowTo) {
+		t.Fatalf("list --json lacks the restore window %s: %s", rep.WAL.WindowTo, list.stdout)
+	}
+
+	// The identical segment pushed again is accepted; a different file
+	// under an archived name is refused.
+	archived, _ := filepath.Glob(filepath.Join(r.repo, "wal", b.Physical.StopSegment+"."+strings.Repeat("?", 32)+".zst.age"))
+	if len(archived) != 1 {
+		t.Fatalf("archived copies of %s: %v", b.Physical.StopSegment, archived)
+	}
+	fake := filepath.Join(t.TempDir(), rep.WAL.LastSegment)
+	os.WriteFile(fake, []byte("not the archived segment"), 0o600)
+	mustFail(t, r.env, "two primaries", "wal-push", fake)
+
+	// A gap after the backup: restorable, but only up to the gap.
+	segs, _ := filepath.Glob(filepath.Join(r.repo, "wal", "00000001"+strings.Repeat("?", 16)+"."+strings.Repeat("?", 32)+".zst.age"))
+	sortStrings(segs)
+	var after string
+	for _, p := range segs {
+		name := filepath.Base(p)[:24]
+		if name > b.Physical.StopSegment && name < rep.WAL.LastSegment {
+			after = p
+			break
+		}
+	}
+	if after == "" {
+		t.Fatalf("no archived segment between %s and %s: %v", b.Physical.StopSegment, rep.WAL.LastSegment, segs)
+	}
+	os.Remove(after)
+	gapName := filepath.Base(after)[:24]
+	r2 := drctl(t, r.env, "verify", b.ID)
+	if r2.code != 3 || !strings.Contains(r2.stderr, gapName) || !strings.Contains(r2.stderr, "stops at") {
+		t.Fatalf("verify with %s deleted: exit %d\n%s", gapName, r2.code, r2.all())
+	}
+	// A gap inside the backup's own WAL: not restorable at all.
+	os.Remove(archived[0])
+	r3 := drctl(t, r.env, "verify", b.ID)
+	if r3.code != 3 || !strings.Contains(r3.stderr, b.Physical.StopSegment) || !strings.Contains(r3.stderr, "cannot be restored") {
+		t.Fatalf("verify with the backup's own segment deleted: exit %d\n%s", r3.code, r3.all())
+	}
+}
+
+func (r *physRig) tablespaceDir(t *testing.T) string {
+	dir := filepath.Join(r.work, "tablespace")
+	os.MkdirAll(dir, 0o700)
+	r.pg.GiveToServer(t, dir)
+	return dir
+}
+
+func sortStrings(s []string) { sort.Strings(s) }

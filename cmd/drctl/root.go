@@ -14,6 +14,7 @@ import (
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/logical"
+	"github.com/drctl/drctl/engine/wal"
 	"github.com/drctl/drctl/restore"
 	"github.com/drctl/drctl/storage"
 )
@@ -143,6 +144,20 @@ type backupSummary struct {
 	Encrypted   bool              `json:"encrypted"`
 	Labels      map[string]string `json:"labels"`
 	Server      string            `json:"server_version"`
+	// Physical backups: the WAL they need and the window they restore to.
+	Physical *catalog.Physical `json:"physical,omitempty"`
+	Window   *restoreWindow    `json:"window,omitempty"`
+}
+
+// restoreWindow is the range of WAL positions a base backup can be
+// recovered to with the WAL archived now.
+type restoreWindow struct {
+	FromLSN     string   `json:"from_lsn"`
+	ToLSN       string   `json:"to_lsn,omitempty"`
+	Restorable  bool     `json:"restorable"`
+	Timelines   []uint32 `json:"timelines"`
+	Missing     []string `json:"missing_segments,omitempty"`
+	LastSegment string   `json:"last_segment,omitempty"`
 }
 
 func summarize(m *catalog.Manifest) backupSummary {
@@ -153,7 +168,7 @@ func summarize(m *catalog.Manifest) backupSummary {
 	return backupSummary{
 		ID: m.ID, Kind: m.Kind, Database: m.Database, StartTime: m.StartTime, EndTime: m.EndTime,
 		StoredBytes: m.StoredSize(), RawBytes: m.RawSize(), Encrypted: m.Encryption.Method != "none",
-		Labels: labels, Server: m.Server.Version,
+		Labels: labels, Server: m.Server.Version, Physical: m.Physical,
 	}
 }
 
@@ -164,7 +179,7 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Short: "List the complete backups in the repository, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, st, err := g.open(cmd, stderr)
+			s, st, err := g.open(cmd, stderr)
 			if err != nil {
 				return err
 			}
@@ -172,25 +187,89 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			windows, err := restoreWindows(cmd, s, st, all)
+			if err != nil {
+				return err
+			}
 			if asJSON {
 				out := make([]backupSummary, 0, len(all))
 				for _, m := range all {
-					out = append(out, summarize(m))
+					sum := summarize(m)
+					sum.Window = windows[m.ID]
+					out = append(out, sum)
 				}
 				return writeJSON(stdout, out)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tKIND\tDATABASE\tSTARTED\tDURATION\tDUMPED\tSTORED\tLABELS")
+			fmt.Fprintln(tw, "ID\tKIND\tDATABASE\tSTARTED\tDURATION\tDUMPED\tSTORED\tRESTORES TO\tLABELS")
 			for _, m := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Kind, m.Database,
+				window := "-"
+				if w := windows[m.ID]; w != nil {
+					window = w.FromLSN + ".." + w.ToLSN
+					if !w.Restorable {
+						window = "UNRESTORABLE: WAL missing"
+					} else if len(w.Missing) > 0 {
+						window += " (gap at " + w.Missing[0] + ")"
+					}
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Kind, m.Database,
 					m.StartTime.Format(time.RFC3339), m.EndTime.Sub(m.StartTime).Round(time.Millisecond),
-					humanBytes(m.RawSize()), humanBytes(m.StoredSize()), formatLabels(m.Labels))
+					humanBytes(m.RawSize()), humanBytes(m.StoredSize()), window, formatLabels(m.Labels))
 			}
 			return tw.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
 	return cmd
+}
+
+// restoreWindows computes each base backup's recovery window from the WAL
+// archive. Following timelines needs the identity (history files are
+// encrypted); without one, each backup's own timeline is used.
+func restoreWindows(cmd *cobra.Command, s *settings, st storage.Store, all []*catalog.Manifest) (map[string]*restoreWindow, error) {
+	out := map[string]*restoreWindow{}
+	var entries []wal.Entry
+	var keys *codec.Keys
+	for _, m := range all {
+		if m.Kind != catalog.KindPhysical {
+			continue
+		}
+		if entries == nil {
+			var err error
+			if entries, err = (&wal.Archive{Store: st}).List(cmd.Context()); err != nil {
+				return nil, err
+			}
+			if keys, err = s.decryptKeys(); err != nil {
+				return nil, err
+			}
+		}
+		var chain *wal.ChainReport
+		var err error
+		if len(keys.Identities) > 0 {
+			chain, err = restore.VerifyWAL(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, m, entries)
+		} else {
+			chain, err = ownTimelineChain(m, entries)
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[m.ID] = &restoreWindow{FromLSN: chain.WindowFrom, ToLSN: chain.WindowTo, Restorable: chain.Restorable,
+			Timelines: chain.Timelines, Missing: chain.Missing, LastSegment: chain.LastSegment}
+	}
+	return out, nil
+}
+
+func ownTimelineChain(m *catalog.Manifest, entries []wal.Entry) (*wal.ChainReport, error) {
+	p := m.Physical
+	start, ok := wal.ParseSegmentName(p.StartSegment, p.WALSegmentSize)
+	if !ok {
+		return nil, fmt.Errorf("backup %s: bad start segment %q", m.ID, p.StartSegment)
+	}
+	stop, err := wal.ParseLSN(p.StopLSN)
+	if err != nil {
+		return nil, err
+	}
+	return wal.Chain(entries, nil, start, stop, p.WALSegmentSize), nil
 }
 
 func formatLabels(l map[string]string) string {
@@ -269,8 +348,17 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 						status = "FAILED"
 					}
 					fmt.Fprintf(stdout, "%s %s\n", m.ID, status)
+					if w := rep.WAL; w != nil {
+						if w.OK {
+							fmt.Fprintf(stdout, "  WAL: complete on timelines %v up to %s, restores to %s..%s\n", w.Timelines, w.LastSegment, w.WindowFrom, w.WindowTo)
+						} else {
+							fmt.Fprintf(stdout, "  WAL: %d segments missing: %s\n", len(w.Missing), strings.Join(w.Missing, ", "))
+						}
+					}
 					for _, o := range rep.Objects {
-						if o.OK {
+						if o.OK && o.Files > 0 {
+							fmt.Fprintf(stdout, "  %s: ok (%s, %d files match backup_manifest)\n", o.Key, humanBytes(o.Size), o.Files)
+						} else if o.OK {
 							fmt.Fprintf(stdout, "  %s: ok (%s, %d table-of-contents entries)\n", o.Key, humanBytes(o.Size), o.TOCEntries)
 						} else {
 							fmt.Fprintf(stdout, "  %s: %s\n", o.Key, o.Error)

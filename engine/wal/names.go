@@ -65,6 +65,8 @@ var (
 	segmentRe = regexp.MustCompile(`^[0-9A-F]{24}$`)
 	historyRe = regexp.MustCompile(`^[0-9A-F]{8}\.history$`)
 	backupRe  = regexp.MustCompile(`^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$`)
+	// The old timeline's last segment, archived at a promotion.
+	oldPartialRe = regexp.MustCompile(`^[0-9A-F]{24}\.partial$`)
 )
 
 // ParseSegmentName parses a segment file name.

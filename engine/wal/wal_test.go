@@ -1,0 +1,146 @@
+package wal
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"filippo.io/age"
+
+	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/storage/filestore"
+)
+
+const seg16 = 16 << 20
+
+func entriesFor(names ...string) []Entry {
+	var out []Entry
+	for _, n := range names {
+		out = append(out, Entry{Name: n, Hash: "00"})
+	}
+	return out
+}
+
+func TestSegmentNames(t *testing.T) {
+	s, ok := ParseSegmentName("0000000200000001000000FF", seg16)
+	if !ok || s.Timeline != 2 || s.No != 0x1FF {
+		t.Fatalf("parse: %+v %v", s, ok)
+	}
+	if got := s.Next().Name(seg16); got != "000000020000000200000000" {
+		t.Fatalf("next of ...01000000FF = %s", got)
+	}
+	if _, ok := ParseSegmentName("000000010000000000000100", seg16); ok {
+		t.Fatal("segment number past the last of a log id accepted")
+	}
+	lsn, _ := ParseLSN("1/FF000028")
+	if SegmentOf(1, lsn, seg16).Name(seg16) != "0000000100000001000000FF" || lsn.String() != "1/FF000028" {
+		t.Fatalf("SegmentOf(1/FF000028) = %s", SegmentOf(1, lsn, seg16).Name(seg16))
+	}
+}
+
+func TestChain(t *testing.T) {
+	start, _ := ParseSegmentName("000000010000000000000003", seg16)
+	stop, _ := ParseLSN("0/4000100") // needs segments 3 and 4
+	full := entriesFor("000000010000000000000003", "000000010000000000000004", "000000010000000000000005", "000000010000000000000006")
+
+	rep := Chain(full, nil, start, stop, seg16)
+	if !rep.OK || !rep.Restorable || rep.WindowTo != "0/7000000" || rep.LastSegment != "000000010000000000000006" {
+		t.Fatalf("complete chain: %+v", rep)
+	}
+	gapAfter := append(entriesFor("000000010000000000000003", "000000010000000000000004", "000000010000000000000006"))
+	rep = Chain(gapAfter, nil, start, stop, seg16)
+	if rep.OK || !rep.Restorable || fmt.Sprint(rep.Missing) != "[000000010000000000000005]" || rep.WindowTo != "0/5000000" {
+		t.Fatalf("gap after the backup: %+v", rep)
+	}
+	gapInside := entriesFor("000000010000000000000003", "000000010000000000000005")
+	rep = Chain(gapInside, nil, start, stop, seg16)
+	if rep.Restorable || rep.WindowTo != "" || fmt.Sprint(rep.Missing) != "[000000010000000000000004]" {
+		t.Fatalf("gap inside the backup: %+v", rep)
+	}
+	missingEnd := entriesFor("000000010000000000000003")
+	if rep = Chain(missingEnd, nil, start, stop, seg16); rep.Restorable {
+		t.Fatalf("backup's last segment not archived, still restorable: %+v", rep)
+	}
+
+	// Timeline 2 branched from 1 inside segment 5: 1/3..1/4, then 2/5..2/7.
+	at, _ := ParseLSN("0/5800000")
+	hist := map[uint32]Switch{2: {Parent: 1, At: at}}
+	tl := entriesFor("000000010000000000000003", "000000010000000000000004", "000000010000000000000005",
+		"000000020000000000000005", "000000020000000000000006", "000000020000000000000007")
+	rep = Chain(tl, hist, start, stop, seg16)
+	if !rep.OK || fmt.Sprint(rep.Timelines) != "[1 2]" || rep.LastSegment != "000000020000000000000007" {
+		t.Fatalf("across a promotion: %+v", rep)
+	}
+	rep = Chain(tl[:5], hist, start, stop, seg16) // 2/6 missing... and 2/7 is gone too
+	if !rep.OK || rep.LastSegment != "000000020000000000000006" {
+		t.Fatalf("newest on timeline 2 is 6: %+v", rep)
+	}
+	noTL2Start := append(entriesFor("000000010000000000000003", "000000010000000000000004"), tl[4:]...)
+	rep = Chain(noTL2Start, hist, start, stop, seg16)
+	if rep.OK || fmt.Sprint(rep.Missing) != "[000000020000000000000005]" {
+		t.Fatalf("first segment of timeline 2 missing: %+v", rep)
+	}
+}
+
+func TestPushIdenticalAndConflict(t *testing.T) {
+	st, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := age.GenerateX25519Identity()
+	keys := &codec.Keys{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}
+	a := &Archive{Store: st, Keys: keys}
+	dir := t.TempDir()
+	seg := filepath.Join(dir, "000000010000000000000007")
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	os.WriteFile(seg, data, 0o600)
+
+	res, err := a.Push(t.Context(), seg)
+	if err != nil || res.AlreadyArchived {
+		t.Fatalf("first push: %+v, %v", res, err)
+	}
+	res, err = a.Push(t.Context(), seg)
+	if err != nil || !res.AlreadyArchived {
+		t.Fatalf("identical re-push: %+v, %v; want accepted as already archived", res, err)
+	}
+	other := bytes.Clone(data)
+	other[100] ^= 1
+	os.WriteFile(seg, other, 0o600)
+	if _, err := a.Push(t.Context(), seg); !errors.Is(err, ErrConflict) {
+		t.Fatalf("different segment under the same name: %v, want ErrConflict", err)
+	}
+	entries, _ := a.Lookup(t.Context(), "000000010000000000000007")
+	if len(entries) != 1 {
+		t.Fatalf("conflicting push stored something: %+v", entries)
+	}
+	out := filepath.Join(dir, "fetched")
+	if err := a.Fetch(t.Context(), "000000010000000000000007", out); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, data) {
+		t.Fatal("fetched segment differs from the first push")
+	}
+	if err := a.Fetch(t.Context(), "000000010000000000000008", out); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("fetch of a missing segment: %v, want ErrNotFound", err)
+	}
+	if _, err := a.Push(t.Context(), filepath.Join(dir, "fetched")); err == nil {
+		t.Fatal("push of a file that is not WAL succeeded")
+	}
+	// A partial segment from wal-receive is served padded to the segment size.
+	a.SegmentSize = 2 << 20
+	if err := a.PutPartial(t.Context(), "000000010000000000000009", bytes.NewReader(data[:1000])); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Fetch(t.Context(), "000000010000000000000009", out); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(out)
+	if len(got) != 2<<20 || !bytes.Equal(got[:1000], data[:1000]) || !bytes.Equal(got[1000:], make([]byte, len(got)-1000)) {
+		t.Fatalf("partial segment served as %d bytes", len(got))
+	}
+}
