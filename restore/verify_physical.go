@@ -90,7 +90,9 @@ func verifyPhysical(ctx context.Context, opt VerifyOptions, m *catalog.Manifest,
 	}
 	// The manifest first: the tars are checked against it.
 	objs := append([]catalog.Object(nil), m.Objects...)
-	sort.SliceStable(objs, func(i, j int) bool { return objs[i].Role == catalog.RoleManifest && objs[j].Role != catalog.RoleManifest })
+	sort.SliceStable(objs, func(i, j int) bool {
+		return objs[i].Role == catalog.RoleManifest && objs[j].Role != catalog.RoleManifest
+	})
 	for _, o := range objs {
 		or := ObjectReport{Key: o.Key, Size: o.Size, OK: true}
 		err := func() error {

@@ -26,6 +26,52 @@ type Postgres struct {
 	Dir      string // holds data/, the socket and the log
 	BinDir   string
 	cred     *syscall.Credential
+	proc     *process
+	args     []string
+	logFile  string
+}
+
+// start runs the server with the recorded arguments and waits until it
+// accepts connections.
+func (pg *Postgres) start() (*process, error) {
+	p, err := startProcess(pg.command("postgres", pg.args...), pg.logFile)
+	if err != nil {
+		return nil, err
+	}
+	err = waitFor(p, 60*time.Second, pg.logFile, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, pg.DSN("postgres"))
+		if err != nil {
+			return err
+		}
+		return conn.Close(ctx)
+	})
+	if err != nil {
+		p.stop(syscall.SIGKILL, time.Second)
+		return nil, err
+	}
+	return p, nil
+}
+
+// Restart stops the server (fast shutdown) and starts it again on the
+// same port, as a maintenance restart would.
+func (pg *Postgres) Restart(t testing.TB) {
+	t.Helper()
+	pg.proc.stop(syscall.SIGINT, 30*time.Second)
+	p, err := pg.start()
+	if err != nil {
+		t.Fatalf("restart postgres: %v", err)
+	}
+	pg.proc = p
+}
+
+// Crash kills the postmaster with SIGKILL, as a machine failure would.
+// Its backends notice and exit on their own.
+func (pg *Postgres) Crash(t testing.TB) {
+	t.Helper()
+	pg.proc.cmd.Process.Signal(syscall.SIGKILL)
+	<-pg.proc.done
 }
 
 // BinDir returns the PostgreSQL server programs' folder (pg_config --bindir).
@@ -103,19 +149,8 @@ func StartPostgres(t testing.TB, settings ...string) *Postgres {
 		for _, s := range settings {
 			args = append(args, "-c", s)
 		}
-		if p, err = startProcess(pg.command("postgres", args...), logFile); err != nil {
-			t.Fatalf("start postgres: %v", err)
-		}
-		err = waitFor(p, 60*time.Second, logFile, func() error {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			defer cancel()
-			conn, err := pgx.Connect(ctx, pg.DSN("postgres"))
-			if err != nil {
-				return err
-			}
-			return conn.Close(ctx)
-		})
-		if err == nil {
+		pg.args, pg.logFile = args, logFile
+		if p, err = pg.start(); err == nil {
 			break
 		}
 		p.stop(syscall.SIGKILL, time.Second)
@@ -124,7 +159,8 @@ func StartPostgres(t testing.TB, settings ...string) *Postgres {
 		t.Fatalf("postgres: %v", err)
 	}
 	// SIGINT is PostgreSQL's fast shutdown.
-	t.Cleanup(func() { p.stop(syscall.SIGINT, 30*time.Second) })
+	pg.proc = p
+	t.Cleanup(func() { pg.proc.stop(syscall.SIGINT, 30*time.Second) })
 	return pg
 }
 

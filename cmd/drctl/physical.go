@@ -122,6 +122,55 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	return cmd
 }
 
+func newWALReceiveCommand(g *globalFlags, stderr io.Writer) *cobra.Command {
+	var (
+		slot         string
+		noEncryption bool
+		flush        time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "wal-receive --slot NAME",
+		Short: "Stream WAL from a physical replication slot into the archive (runs until stopped)",
+		Long: "Stream WAL over a physical replication slot (created when missing) and archive each completed\n" +
+			"segment; the unfinished segment is stored every --flush-interval, so the recovery point is\n" +
+			"seconds old. Survives server restarts and network drops. The slot holds WAL on the server\n" +
+			"until it is stored: set max_slot_wal_keep_size so a receiver that is down for long cannot\n" +
+			"fill the server's disk.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s, err := g.resolve(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			dsn, err := s.parseDSN(s.DSN)
+			if err != nil {
+				return err
+			}
+			keys, err := s.encryptKeys()
+			if err != nil {
+				return err
+			}
+			if !keys.Encrypted() && !noEncryption {
+				return physical.ErrNoRecipients
+			}
+			st, err := s.openStore(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return physical.Receive(cmd.Context(), physical.ReceiveOptions{
+				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption, Slot: slot,
+				FlushInterval: flush, Logger: s.Logger,
+			})
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&g.dsn, "dsn", "", "server to stream from (a role with REPLICATION) (env DRCTL_DSN; default: PG* variables)")
+	f.StringVar(&slot, "slot", "drctl", "physical replication slot")
+	f.DurationVar(&flush, "flush-interval", time.Second, "how often the unfinished segment is stored")
+	f.BoolVar(&noEncryption, "no-encryption", false, "archive unencrypted when no recipients are configured")
+	return cmd
+}
+
 // walFetchErrorExit is the exit status for real errors in wal-fetch:
 // PostgreSQL treats a status above 125 as fatal and stops recovery, where
 // any other failure would be taken for the end of the archive and end

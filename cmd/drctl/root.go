@@ -40,6 +40,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newWALPushCommand(g, stdout, stderr),
 		newWALFetchCommand(g, stdout, stderr),
 		newWALPrefetchCommand(g, stderr),
+		newWALReceiveCommand(g, stderr),
 	)
 	return root
 }

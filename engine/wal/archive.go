@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -130,15 +131,25 @@ type PushResult struct {
 // with ErrConflict when a different one is.
 func (a *Archive) Push(ctx context.Context, path string) (*PushResult, error) {
 	name := filepath.Base(path)
+	sum, err := hashFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("wal-push %s: %w", name, err)
+	}
+	return a.push(ctx, name, sum, func() (io.ReadCloser, error) { return os.Open(path) })
+}
+
+// PushData archives a file held in memory (a segment wal-receive completed).
+func (a *Archive) PushData(ctx context.Context, name string, data []byte) (*PushResult, error) {
+	sum, _ := hashReader(bytes.NewReader(data), sha256.New())
+	return a.push(ctx, name, sum, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+}
+
+func (a *Archive) push(ctx context.Context, name, sum string, open func() (io.ReadCloser, error)) (*PushResult, error) {
 	if !IsArchivable(name) {
 		return nil, fmt.Errorf("wal-push %s: not a WAL segment, timeline history or backup history file name", name)
 	}
 	if !(a.Keys != nil && a.Keys.Encrypted()) && !a.AllowUnencrypted {
 		return nil, fmt.Errorf("wal-push %s: no age recipients configured (or allow unencrypted WAL explicitly)", name)
-	}
-	sum, err := hashFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
 	res := &PushResult{Name: name, Key: Prefix + name + "." + sum + a.ext()}
 	if dup, err := a.checkExisting(ctx, name, sum); err != nil {
@@ -147,12 +158,12 @@ func (a *Archive) Push(ctx context.Context, path string) (*PushResult, error) {
 		res.AlreadyArchived = true
 		return res, nil
 	}
-	f, err := os.Open(path)
+	r, err := open()
 	if err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
-	defer f.Close()
-	err = a.put(ctx, res.Key, f, true)
+	defer r.Close()
+	err = a.put(ctx, res.Key, r, true)
 	if errors.Is(err, storage.ErrExists) {
 		res.AlreadyArchived = true // a concurrent push of the same file won
 	} else if err != nil {

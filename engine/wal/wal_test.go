@@ -51,7 +51,7 @@ func TestChain(t *testing.T) {
 	if !rep.OK || !rep.Restorable || rep.WindowTo != "0/7000000" || rep.LastSegment != "000000010000000000000006" {
 		t.Fatalf("complete chain: %+v", rep)
 	}
-	gapAfter := append(entriesFor("000000010000000000000003", "000000010000000000000004", "000000010000000000000006"))
+	gapAfter := entriesFor("000000010000000000000003", "000000010000000000000004", "000000010000000000000006")
 	rep = Chain(gapAfter, nil, start, stop, seg16)
 	if rep.OK || !rep.Restorable || fmt.Sprint(rep.Missing) != "[000000010000000000000005]" || rep.WindowTo != "0/5000000" {
 		t.Fatalf("gap after the backup: %+v", rep)
