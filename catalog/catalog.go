@@ -284,3 +284,101 @@ func Resolve(ctx context.Context, st storage.Store, ref string) (*Manifest, erro
 	}
 	return all[len(all)-1], nil
 }
+
+// Verification is the record a successful verify leaves beside a backup.
+type Verification struct {
+	Time time.Time `json:"time"`
+	OK   bool      `json:"ok"`
+}
+
+func verificationKey(id string) string { return backupsPrefix + id + "/verified.json" }
+
+// RecordVerification stores the outcome of verifying backup id.
+func RecordVerification(ctx context.Context, st storage.Store, id string, v Verification) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return st.Put(ctx, verificationKey(id), bytes.NewReader(body))
+}
+
+// LastVerification returns the recorded verification of backup id.
+func LastVerification(ctx context.Context, st storage.Store, id string) (*Verification, error) {
+	rc, err := st.Get(ctx, verificationKey(id))
+	if errors.Is(err, storage.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	var v Verification
+	if err := json.NewDecoder(rc).Decode(&v); err != nil {
+		return nil, nil // an unreadable record counts as none
+	}
+	return &v, nil
+}
+
+// Delete removes backup id: the manifest first, so that an interrupted
+// delete never leaves a backup that looks whole, then its other objects.
+func Delete(ctx context.Context, st storage.Store, id string) error {
+	if !ValidID(id) {
+		return fmt.Errorf("invalid backup id %q", id)
+	}
+	if err := st.Delete(ctx, ManifestKey(id)); err != nil {
+		return fmt.Errorf("delete backup %s: %w", id, err)
+	}
+	return deleteObjects(ctx, st, id)
+}
+
+func deleteObjects(ctx context.Context, st storage.Store, id string) error {
+	objs, err := st.List(ctx, backupsPrefix+id+"/")
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if err := st.Delete(ctx, o.Key); err != nil {
+			return fmt.Errorf("delete backup %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// Orphans returns the ids of backups that have objects but no manifest and
+// started before cutoff: the leftovers of failed backups or interrupted
+// deletes. (A backup still running has no manifest either: hence the cutoff.)
+func Orphans(ctx context.Context, st storage.Store, cutoff time.Time) ([]string, error) {
+	objs, err := st.List(ctx, backupsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	committed := map[string]bool{}
+	for _, o := range objs {
+		id, file, ok := strings.Cut(strings.TrimPrefix(o.Key, backupsPrefix), "/")
+		if !ok || !ValidID(id) {
+			continue
+		}
+		seen[id] = true
+		if file == "manifest.json" {
+			committed[id] = true
+		}
+	}
+	var out []string
+	for id := range seen {
+		started, err := time.Parse("20060102T150405Z", id[:16])
+		if err == nil && !committed[id] && started.Before(cutoff) {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// DeleteOrphan removes the objects of a backup that has no manifest.
+func DeleteOrphan(ctx context.Context, st storage.Store, id string) error {
+	if _, err := st.Stat(ctx, ManifestKey(id)); err == nil {
+		return fmt.Errorf("backup %s has a manifest: not an orphan", id)
+	}
+	return deleteObjects(ctx, st, id)
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/engine/wal"
+	"github.com/drctl/drctl/policy"
 	"github.com/drctl/drctl/restore"
 	"github.com/drctl/drctl/storage"
 )
@@ -41,6 +42,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newWALFetchCommand(g, stdout, stderr),
 		newWALPrefetchCommand(g, stderr),
 		newWALReceiveCommand(g, stderr),
+		newPruneCommand(g, stdout, stderr),
 	)
 	return root
 }
@@ -343,6 +345,10 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				if err != nil && firstErr == nil {
 					firstErr = err
 				}
+				// prune never deletes the newest verified backup.
+				if rerr := catalog.RecordVerification(cmd.Context(), st, m.ID, catalog.Verification{Time: time.Now().UTC(), OK: rep.OK}); rerr != nil {
+					s.Logger.Warn("could not record the verification", "backup", m.ID, "error", rerr)
+				}
 				if !asJSON {
 					status := "ok"
 					if !rep.OK {
@@ -454,5 +460,67 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	phys.register(cmd)
 	cmd.Flags().BoolVar(&clean, "clean", false, "restore into a non-empty database, replacing the backup's objects")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func newPruneCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var (
+		r              policy.Retention
+		dryRun, asJSON bool
+	)
+	cmd := &cobra.Command{
+		Use:   "prune --keep-last N --keep-within DURATION",
+		Short: "Delete old backups and exactly the WAL no kept backup needs",
+		Long: "Delete backups outside the retention rules, and the archived WAL older than the oldest kept\n" +
+			"base backup. The newest backup of each kind and the newest verified one are always kept;\n" +
+			"with --keep-within, so is the base backup the start of that recovery window needs.\n" +
+			"Manifests go first, so an interrupted prune never leaves a backup that looks whole but is not.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if r.KeepLast <= 0 && r.KeepWithin <= 0 {
+				return &exitCodeError{2, policy.ErrNoRule}
+			}
+			s, st, err := g.open(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			plan, err := policy.PlanPrune(cmd.Context(), st, r, time.Now())
+			if err != nil {
+				return err
+			}
+			if !dryRun {
+				if err := policy.Prune(cmd.Context(), st, plan); err != nil {
+					return err
+				}
+				s.Logger.Info("pruned", "backups", len(plan.Delete), "wal_files", plan.WALDeleteCount)
+			}
+			if asJSON {
+				return writeJSON(stdout, struct {
+					DryRun bool `json:"dry_run"`
+					*policy.Plan
+				}{dryRun, plan})
+			}
+			verb := "deleted"
+			if dryRun {
+				verb = "would delete"
+			}
+			for _, d := range plan.Delete {
+				fmt.Fprintf(stdout, "%s %s backup %s (%s)\n", verb, d.Kind, d.ID, d.Reason)
+			}
+			for _, d := range plan.Keep {
+				fmt.Fprintf(stdout, "keep %s backup %s (%s)\n", d.Kind, d.ID, d.Reason)
+			}
+			for _, id := range plan.Orphans {
+				fmt.Fprintf(stdout, "%s leftovers of unfinished backup %s\n", verb, id)
+			}
+			fmt.Fprintf(stdout, "%s %d WAL files (%s) before %s\n", verb, plan.WALDeleteCount, humanBytes(plan.WALDeleteBytes), first(plan.WALKeepFrom, "the oldest kept base backup"))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&r.KeepLast, "keep-last", 0, "keep the newest N backups of each kind")
+	f.DurationVar(&r.KeepWithin, "keep-within", 0, "keep backups that ended within this duration (e.g. 168h), and the base backup that window starts from")
+	f.BoolVar(&dryRun, "dry-run", false, "print the plan, delete nothing")
+	f.BoolVar(&asJSON, "json", false, "print the plan as JSON")
 	return cmd
 }

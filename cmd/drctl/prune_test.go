@@ -1,0 +1,112 @@
+package main_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+)
+
+func TestPrune(t *testing.T) {
+	r := newPhysRig(t)
+	primary := connect(t, r.pg.DSN("postgres"))
+	primary.Exec(context.Background(), "CREATE TABLE t (id int)")
+	env := append(r.env, r.pg.Env("postgres")...)
+	type backup struct {
+		ID       string
+		Kind     string
+		Physical struct {
+			StartSegment string `json:"start_wal_segment"`
+		}
+	}
+	var phys, logical []backup
+	for i := 0; i < 3; i++ {
+		var b backup
+		json.Unmarshal([]byte(mustRun(t, env, "basebackup", "--json").stdout), &b)
+		phys = append(phys, b)
+		primary.Exec(context.Background(), "INSERT INTO t SELECT generate_series(1, 1000)")
+		switchAndWaitArchived(t, primary)
+		if i < 2 {
+			json.Unmarshal([]byte(mustRun(t, env, "backup", "--json").stdout), &b)
+			logical = append(logical, b)
+		}
+	}
+	mustRun(t, r.env, "verify", phys[1].ID) // the newest verified backup is kept
+	orphan := filepath.Join(r.repo, "backups", "20200101T000000Z-abcdef", "base.tar.zst.age")
+	os.MkdirAll(filepath.Dir(orphan), 0o750)
+	os.WriteFile(orphan, []byte("leftover of a killed backup"), 0o640)
+	firstSeg := walFiles(t, r.repo, phys[0].Physical.StartSegment)
+	if len(firstSeg) == 0 {
+		t.Fatalf("segment %s not archived", phys[0].Physical.StartSegment)
+	}
+
+	before := repoFiles(t, r.repo)
+	res := mustRun(t, r.env, "prune", "--keep-last", "1", "--dry-run", "--json")
+	var plan struct {
+		DryRun bool `json:"dry_run"`
+		Keep   []struct{ ID, Reason string }
+		Delete []struct{ ID string }
+		WAL    int      `json:"wal_delete_count"`
+		Orph   []string `json:"orphans"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &plan); err != nil {
+		t.Fatal(err)
+	}
+	var deleted []string
+	for _, d := range plan.Delete {
+		deleted = append(deleted, d.ID)
+	}
+	sort.Strings(deleted)
+	want := []string{logical[0].ID, phys[0].ID}
+	sort.Strings(want)
+	if strings.Join(deleted, ",") != strings.Join(want, ",") || len(plan.Keep) != 3 || plan.WAL == 0 || len(plan.Orph) != 1 {
+		t.Fatalf("plan: %s\nwant to delete %v", res.stdout, want)
+	}
+	if after := repoFiles(t, r.repo); strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Fatal("--dry-run changed the repository")
+	}
+
+	mustRun(t, r.env, "prune", "--keep-last", "1")
+	var list []backup
+	json.Unmarshal([]byte(mustRun(t, r.env, "list", "--json").stdout), &list)
+	var ids []string
+	for _, b := range list {
+		ids = append(ids, b.ID)
+	}
+	if strings.Join(ids, ",") != strings.Join([]string{phys[1].ID, logical[1].ID, phys[2].ID}, ",") {
+		t.Fatalf("after prune: %v", ids)
+	}
+	if left := walFiles(t, r.repo, phys[0].Physical.StartSegment); len(left) != 0 {
+		t.Fatalf("WAL only the deleted backup needed is still there: %v", left)
+	}
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatalf("orphan left: %v", err)
+	}
+	res = mustRun(t, r.env, "prune", "--keep-last", "1", "--json")
+	if !strings.Contains(res.stdout, `"delete": []`) || !strings.Contains(res.stdout, `"wal_delete_count": 0`) {
+		t.Fatalf("a second prune still deletes: %s", res.stdout)
+	}
+	// What is left is whole: every kept backup verifies, WAL chain included.
+	mustRun(t, r.env, "verify", "--all")
+	mustFail(t, r.env, "--keep-last", "prune")
+}
+
+func walFiles(t *testing.T, repo, segment string) []string {
+	m, _ := filepath.Glob(filepath.Join(repo, "wal", segment+".*"))
+	return m
+}
+
+func repoFiles(t *testing.T, repo string) []string {
+	var out []string
+	filepath.Walk(repo, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && !strings.Contains(p, "verified.json") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
