@@ -8,7 +8,7 @@ VERSITYGW_STAMP := $(CACHE)/bin/.versitygw-$(VERSITYGW_VERSION)
 export DRCTL_CACHE_DIR := $(CACHE)
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build deps apt-deps test vet demo bench clean
+.PHONY: build deps apt-deps bench-deps test vet demo bench clean
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/drctl ./cmd/drctl
@@ -50,8 +50,13 @@ test: deps vet
 demo: deps build
 	bash scripts/demo.sh
 
-# pgbench scale 50: drctl against pg_dump and a shell pipeline, in one run.
-bench: deps build
+# pgBackRest 2.45 (Debian's) is the comparison point of the physical bench.
+bench-deps:
+	@command -v pgbackrest >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null; }
+
+# pgbench scale 50: drctl against the floors, pg_dump, a shell pipeline and
+# pgBackRest, each measured in the same run.
+bench: deps bench-deps build
 	$(GO) test ./bench -run '^$$' -bench . -benchtime 1x -timeout 60m -v
 
 clean:

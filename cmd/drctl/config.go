@@ -28,9 +28,9 @@ type fileConfig struct {
 	// configurations that drctl restore writes.
 	Identity string `yaml:"identity,omitempty"`
 	LogLevel string `yaml:"log_level,omitempty"`
-	// Env sets environment variables (AWS_*, DRCTL_S3_*) that the process
-	// lacks: archive_command and restore_command run with the server's
-	// environment, not the user's.
+	// Env sets environment variables (AWS_*, DRCTL_S3_*) for drctl,
+	// overriding inherited ones: archive_command and restore_command run
+	// with the server's environment, not the user's.
 	Env map[string]string `yaml:"env,omitempty"`
 }
 
@@ -86,10 +86,10 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 	if s.IdentityFile == "" {
 		s.Identity = fc.Identity
 	}
+	// The file's env wins over the inherited environment: it exists for
+	// archive_command and restore_command, which inherit the server's.
 	for k, v := range fc.Env {
-		if _, set := os.LookupEnv(k); !set {
-			os.Setenv(k, v)
-		}
+		os.Setenv(k, v)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(first(g.logLevel, os.Getenv("DRCTL_LOG_LEVEL"), fc.LogLevel, "warn"))); err != nil {

@@ -145,8 +145,11 @@ type baseBackupStream struct {
 
 func (b *baseBackupStream) label() string { return "drctl " + b.m.ID }
 
+// run sends BASE_BACKUP with WAIT false: the server would otherwise wait,
+// without limit, for its archiver; drctl waits for the WAL itself, bounded
+// by WALWait, and says which segment is missing.
 func (b *baseBackupStream) run(ctx context.Context, conn *pgconn.PgConn) error {
-	cmd := fmt.Sprintf("BASE_BACKUP (LABEL '%s', CHECKPOINT 'fast', WAL false, WAIT true, MANIFEST 'yes', "+
+	cmd := fmt.Sprintf("BASE_BACKUP (LABEL '%s', CHECKPOINT 'fast', WAL false, WAIT false, MANIFEST 'yes', "+
 		"MANIFEST_CHECKSUMS 'CRC32C', TABLESPACE_MAP true, TARGET 'client')", b.label())
 	conn.Frontend().Send(&pgproto3.Query{String: cmd})
 	if err := conn.Frontend().Flush(); err != nil {
@@ -347,7 +350,7 @@ func waitForWAL(ctx context.Context, opt BaseBackupOptions, m *catalog.Manifest)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -131,42 +130,64 @@ type PushResult struct {
 // with ErrConflict when a different one is.
 func (a *Archive) Push(ctx context.Context, path string) (*PushResult, error) {
 	name := filepath.Base(path)
-	sum, err := hashFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
-	return a.push(ctx, name, sum, func() (io.ReadCloser, error) { return os.Open(path) })
+	defer f.Close()
+	return a.push(ctx, name, f)
 }
 
 // PushData archives a file held in memory (a segment wal-receive completed).
 func (a *Archive) PushData(ctx context.Context, name string, data []byte) (*PushResult, error) {
-	sum, _ := hashReader(bytes.NewReader(data), sha256.New())
-	return a.push(ctx, name, sum, func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	return a.push(ctx, name, bytes.NewReader(data))
 }
 
-func (a *Archive) push(ctx context.Context, name, sum string, open func() (io.ReadCloser, error)) (*PushResult, error) {
+// push reads the file once: hashing it while it is compressed and
+// encrypted into memory (a compressed segment is a few MiB), while the
+// archive is asked in parallel what it holds under the name. Then one
+// upload. Identical content always gets the same key, so a plain Put is
+// safe when two pushers race with the same file.
+func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResult, error) {
 	if !IsArchivable(name) {
 		return nil, fmt.Errorf("wal-push %s: not a WAL segment, timeline history or backup history file name", name)
 	}
 	if !(a.Keys != nil && a.Keys.Encrypted()) && !a.AllowUnencrypted {
 		return nil, fmt.Errorf("wal-push %s: no age recipients configured (or allow unencrypted WAL explicitly)", name)
 	}
-	res := &PushResult{Name: name, Key: Prefix + name + "." + sum + a.ext()}
-	if dup, err := a.checkExisting(ctx, name, sum); err != nil {
-		return nil, err
-	} else if dup {
-		res.AlreadyArchived = true
-		return res, nil
+	type lookup struct {
+		entries []Entry
+		err     error
 	}
-	r, err := open()
+	existing := make(chan lookup, 1)
+	go func() {
+		e, err := a.Lookup(ctx, name)
+		existing <- lookup{e, err}
+	}()
+	h := sha256.New()
+	var stored bytes.Buffer
+	enc, err := codec.NewWriter(&stored, a.Keys, a.Codec)
+	if err == nil {
+		if _, err = io.Copy(enc, io.TeeReader(r, h)); err == nil {
+			err = enc.Close()
+		} else {
+			enc.Abort()
+		}
+	}
+	found := <-existing
 	if err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
-	defer r.Close()
-	err = a.put(ctx, res.Key, r, true)
-	if errors.Is(err, storage.ErrExists) {
-		res.AlreadyArchived = true // a concurrent push of the same file won
-	} else if err != nil {
+	if found.err != nil {
+		return nil, fmt.Errorf("wal-push %s: %w", name, found.err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))[:hashLen]
+	res := &PushResult{Name: name, Key: Prefix + name + "." + sum + a.ext()}
+	if dup, err := compareExisting(name, sum, found.entries); err != nil || dup {
+		res.AlreadyArchived = dup
+		return res, err
+	}
+	if err := a.Store.Put(ctx, res.Key, &stored); err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
 	// A different file pushed at the same moment under another hash.
@@ -181,6 +202,12 @@ func (a *Archive) checkExisting(ctx context.Context, name, sum string) (bool, er
 	if err != nil {
 		return false, fmt.Errorf("wal-push %s: %w", name, err)
 	}
+	return compareExisting(name, sum, entries)
+}
+
+// compareExisting reports whether the same file is archived, and refuses
+// a different one under the name.
+func compareExisting(name, sum string, entries []Entry) (bool, error) {
 	same := false
 	for _, e := range entries {
 		switch {
@@ -195,7 +222,7 @@ func (a *Archive) checkExisting(ctx context.Context, name, sum string) (bool, er
 }
 
 // put streams r through the codec into key.
-func (a *Archive) put(ctx context.Context, key string, r io.Reader, ifAbsent bool) error {
+func (a *Archive) put(ctx context.Context, key string, r io.Reader) error {
 	pr, pw := io.Pipe()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -216,12 +243,7 @@ func (a *Archive) put(ctx context.Context, key string, r io.Reader, ifAbsent boo
 		return pw.Close()
 	})
 	g.Go(func() error {
-		var err error
-		if ifAbsent {
-			err = a.Store.PutIfAbsent(gctx, key, pr)
-		} else {
-			err = a.Store.Put(gctx, key, pr)
-		}
+		err := a.Store.Put(gctx, key, pr)
 		pr.CloseWithError(err)
 		return err
 	})
@@ -231,7 +253,7 @@ func (a *Archive) put(ctx context.Context, key string, r io.Reader, ifAbsent boo
 // PutPartial stores the received part of an unfinished segment, replacing
 // the previous partial copy.
 func (a *Archive) PutPartial(ctx context.Context, name string, data io.Reader) error {
-	return a.put(ctx, Prefix+name+".partial"+a.ext(), data, false)
+	return a.put(ctx, Prefix+name+".partial"+a.ext(), data)
 }
 
 // DeletePartial removes the partial copy once the whole segment is archived.
@@ -323,20 +345,4 @@ func (a *Archive) fetchTo(ctx context.Context, e Entry, path string) error {
 		return fmt.Errorf("%s: content SHA-256 %s does not match its name", e.Key, got)
 	}
 	return f.Close()
-}
-
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	return hashReader(f, sha256.New())
-}
-
-func hashReader(r io.Reader, h hash.Hash) (string, error) {
-	if _, err := io.Copy(h, r); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil))[:hashLen], nil
 }

@@ -32,13 +32,13 @@ import (
 const (
 	minPartSize = 5 << 20 // S3's minimum for every part but the last
 	// DefaultPartSize is the first parts' size.
-	DefaultPartSize = 16 << 20
+	DefaultPartSize = 8 << 20
 	// DefaultConcurrency is how many parts upload at once.
 	DefaultConcurrency = 4
 	// DefaultMaxParts is S3's limit on parts per upload.
 	DefaultMaxParts = 10000
 	// DefaultGrowEvery doubles the part size every this many parts:
-	// 16 MiB parts for the first 16 GiB, 32 MiB for the next 32 GiB, ...
+	// 8 MiB parts for the first 8 GiB, 16 MiB for the next 16 GiB, ...
 	// so 10,000 parts cover more than S3's 5 TiB object limit.
 	DefaultGrowEvery = 1000
 	maxPartSize      = 5 << 30

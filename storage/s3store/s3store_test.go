@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +171,33 @@ func TestRemoveStaleUploads(t *testing.T) {
 	ups, err := c.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &srv.Bucket})
 	if err != nil || len(ups.Uploads) != 1 || *ups.Uploads[0].Key != "elsewhere/dump" {
 		t.Fatalf("uploads left: %+v, %v; want only the one outside the prefix", ups, err)
+	}
+}
+
+// TestTLSWithCABundle reaches an HTTPS server whose certificate only
+// AWS_CA_BUNDLE vouches for.
+func TestTLSWithCABundle(t *testing.T) {
+	srv := testrig.StartS3TLS(t)
+	srv.SetEnv(t)
+	client, err := s3store.NewClient(t.Context(), s3store.ClientOptions{ForcePathStyle: true, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := s3store.New(client, s3store.Options{Bucket: srv.Bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(t.Context(), "tls", strings.NewReader("over https")); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_CA_BUNDLE", "")
+	os.Unsetenv("AWS_CA_BUNDLE")
+	client, err = s3store.NewClient(t.Context(), s3store.ClientOptions{ForcePathStyle: true, MaxAttempts: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ = s3store.New(client, s3store.Options{Bucket: srv.Bucket})
+	if _, err := s.Stat(t.Context(), "tls"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("an untrusted certificate was accepted: %v", err)
 	}
 }
