@@ -189,10 +189,10 @@ func (s *S3) Env() []string {
 		env = append(env, "AWS_CA_BUNDLE="+s.CAFile)
 	}
 	return append(env,
-		"AWS_ACCESS_KEY_ID=" + s.AccessKey,
-		"AWS_SECRET_ACCESS_KEY=" + s.SecretKey,
-		"AWS_REGION=" + s.Region,
-		"AWS_ENDPOINT_URL_S3=" + s.Endpoint,
+		"AWS_ACCESS_KEY_ID="+s.AccessKey,
+		"AWS_SECRET_ACCESS_KEY="+s.SecretKey,
+		"AWS_REGION="+s.Region,
+		"AWS_ENDPOINT_URL_S3="+s.Endpoint,
 		"DRCTL_S3_FORCE_PATH_STYLE=true",
 	)
 }
