@@ -167,6 +167,10 @@ func verifyObject(ctx context.Context, opt VerifyOptions, pgRestore string, m *c
 var ErrWALGap = errors.New("WAL archive has a gap")
 
 func walError(m *catalog.Manifest, c *wal.ChainReport) error {
+	if len(c.Conflicts) > 0 && len(c.Missing) == 0 {
+		return fmt.Errorf("backup %s: %w: %s archived twice with different content (two primaries writing to one repository?): recovery refuses to choose",
+			m.ID, ErrWALGap, c.Conflicts[0])
+	}
 	if !c.Restorable {
 		return fmt.Errorf("backup %s: %w: segment %s, needed to make the backup consistent, is missing: the backup cannot be restored",
 			m.ID, ErrWALGap, c.Missing[0])

@@ -219,7 +219,7 @@ func TestCLIErrors(t *testing.T) {
 	mustFail(t, []string{}, "no repository", "list")
 	mustFail(t, []string{"DRCTL_REPO=ftp://example/x"}, "unsupported scheme", "list")
 	mustFail(t, []string{"DRCTL_REPO=s3://bucket/x", "AWS_ACCESS_KEY_ID=a", "AWS_SECRET_ACCESS_KEY=b",
-		"AWS_ENDPOINT_URL_S3=http://127.0.0.1:1", "DRCTL_S3_FORCE_PATH_STYLE=true"}, "connection refused", "list")
+		"AWS_ENDPOINT_URL_S3=http://127.0.0.1:1", "DRCTL_S3_FORCE_PATH_STYLE=true", "AWS_MAX_ATTEMPTS=2"}, "connection refused", "list")
 	mustFail(t, []string{"DRCTL_REPO=s3://bucket/x", "DRCTL_S3_FORCE_PATH_STYLE=maybe"}, "DRCTL_S3_FORCE_PATH_STYLE", "list")
 	if r := drctl(t, base, "list", "--json"); r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
 		t.Fatalf("list of an empty repository: %+v", r)

@@ -339,9 +339,6 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	if cfgPath == "" {
 		cfgPath = dir + ".drctl-recovery.yaml"
 	}
-	if err := writeRecoveryConfig(cfgPath, s, keys, owner); err != nil {
-		return err
-	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -354,6 +351,9 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	})
 	bar.finish()
 	if err != nil {
+		return err
+	}
+	if err := writeRecoveryConfig(cfgPath, s, keys, owner); err != nil {
 		return err
 	}
 	out := struct {

@@ -330,6 +330,18 @@ func TestWALVerifyAndGaps(t *testing.T) {
 	os.WriteFile(fake, []byte("not the archived segment"), 0o600)
 	mustFail(t, r.env, "two primaries", "wal-push", fake)
 
+	// The tablespace restores to a new place; the original is in use.
+	newTS := filepath.Join(r.work, "tablespace-restored")
+	conn, _, _ := r.restoreAndStart(t, "with-tablespace", "--tablespace-map", r.tablespaceDir(t)+"="+newTS)
+	if n := scalar[int64](t, conn, "SELECT count(*) FROM t"); n != 103000 { // to the end of the archive
+		t.Fatalf("table in the mapped tablespace: %d rows", n)
+	}
+	if loc := scalar[string](t, conn, "SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"); loc != newTS {
+		t.Fatalf("tablespace restored at %q, want %q", loc, newTS)
+	}
+	// A non-empty target directory is refused.
+	mustFail(t, r.env, "not empty", "restore", "latest", "--to", r.pg.DataDir())
+
 	// A gap after the backup: restorable, but only up to the gap.
 	segs, _ := filepath.Glob(filepath.Join(r.repo, "wal", "00000001"+strings.Repeat("?", 16)+"."+strings.Repeat("?", 32)+".zst.age"))
 	sortStrings(segs)
@@ -436,5 +448,70 @@ func TestWALReceive(t *testing.T) {
 	}
 	if scalar[int64](t, conn, "SELECT count(*) FROM filler") != 300000 {
 		t.Fatal("the table created across a segment boundary was not restored")
+	}
+}
+
+// TestWALFetchPrefetch: fetching one segment starts a background fetch of
+// the next ones into pg_wal/.drctl-prefetch, from which later calls are
+// served without the repository.
+func TestWALFetchPrefetch(t *testing.T) {
+	work := t.TempDir()
+	keys := testrig.NewKeys(t, work)
+	env := []string{"DRCTL_REPO=" + filepath.Join(work, "repo"), "DRCTL_AGE_RECIPIENTS_FILE=" + keys.RecipientsFile,
+		"DRCTL_AGE_IDENTITY_FILE=" + keys.IdentityFile}
+	src := filepath.Join(work, "src")
+	os.MkdirAll(src, 0o700)
+	var contents [][]byte
+	for i := 1; i <= 5; i++ {
+		name := fmt.Sprintf("0000000100000000000000%02X", i)
+		data := []byte(strings.Repeat(fmt.Sprintf("segment %d ", i), 100000))
+		contents = append(contents, data)
+		os.WriteFile(filepath.Join(src, name), data, 0o600)
+		mustRun(t, env, "wal-push", filepath.Join(src, name))
+	}
+	walDir := filepath.Join(work, "pg_wal")
+	os.MkdirAll(walDir, 0o700)
+	dest := filepath.Join(walDir, "RECOVERYXLOG")
+	mustRun(t, env, "wal-fetch", "--segment-size", "16777216", "000000010000000000000001", dest)
+	if got, _ := os.ReadFile(dest); string(got) != string(contents[0]) {
+		t.Fatal("fetched segment 1 differs")
+	}
+	spool := filepath.Join(walDir, ".drctl-prefetch")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		entries, _ := os.ReadDir(spool)
+		n := 0
+		for _, e := range entries {
+			if len(e.Name()) == 24 {
+				n++
+			}
+		}
+		if n == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prefetch spooled %d of 4 segments", n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// With the archive gone, the spooled segments are still served.
+	os.RemoveAll(filepath.Join(work, "repo", "wal"))
+	for i := 2; i <= 5; i++ {
+		mustRun(t, env, "wal-fetch", "--prefetch", "0", fmt.Sprintf("0000000100000000000000%02X", i), dest)
+		if got, _ := os.ReadFile(dest); string(got) != string(contents[i-1]) {
+			t.Fatalf("segment %d from the spool differs", i)
+		}
+	}
+	// Past the archive's end: exit 1, nothing on stderr.
+	r := drctl(t, env, "wal-fetch", "000000010000000000000006", dest)
+	if r.code != 1 || r.stderr != "" {
+		t.Fatalf("fetch past the end: exit %d, stderr %q", r.code, r.stderr)
+	}
+	// A broken repository is an error that stops recovery, not "not found".
+	r = drctl(t, []string{"DRCTL_REPO=s3://b/x", "AWS_ACCESS_KEY_ID=a", "AWS_SECRET_ACCESS_KEY=b",
+		"AWS_ENDPOINT_URL_S3=http://127.0.0.1:1", "DRCTL_S3_FORCE_PATH_STYLE=true", "AWS_MAX_ATTEMPTS=2", "DRCTL_AGE_IDENTITY_FILE=" + keys.IdentityFile},
+		"wal-fetch", "000000010000000000000007", dest)
+	if r.code != 126 {
+		t.Fatalf("fetch from an unreachable repository: exit %d, want 126\n%s", r.code, r.all())
 	}
 }

@@ -323,6 +323,9 @@ func waitForWAL(ctx context.Context, opt BaseBackupOptions, m *catalog.Manifest)
 	archive := &wal.Archive{Store: opt.Store}
 	deadline := time.Now().Add(opt.WALWait)
 	seg := first
+	// The last segment is usually archived within tens of milliseconds of
+	// the backup's end: poll fast first, then back off.
+	poll := 10 * time.Millisecond
 	for {
 		name := seg.Name(p.WALSegmentSize)
 		entries, err := archive.Lookup(ctx, name)
@@ -350,7 +353,8 @@ func waitForWAL(ctx context.Context, opt BaseBackupOptions, m *catalog.Manifest)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(poll):
 		}
+		poll = min(poll*2, 500*time.Millisecond)
 	}
 }

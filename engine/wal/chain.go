@@ -86,6 +86,9 @@ type ChainReport struct {
 	Timelines []uint32 `json:"timelines"`
 	// Missing segments, by name, in recovery order.
 	Missing []string `json:"missing,omitempty"`
+	// Conflicts are names archived twice with different content (two
+	// primaries wrote to one repository): wal-fetch refuses them.
+	Conflicts []string `json:"conflicts,omitempty"`
 	// Restorable is false when WAL the backup needs to become consistent
 	// is missing: the backup cannot be restored at all.
 	Restorable bool `json:"restorable"`
@@ -103,7 +106,15 @@ type ChainReport struct {
 func Chain(entries []Entry, history map[uint32]Switch, start Segment, stop LSN, segSize int64) *ChainReport {
 	have := map[Segment]bool{}
 	newest := map[uint32]uint64{}
+	hashes := map[string]string{}
+	var conflicts []string
 	for _, e := range entries {
+		if !e.Partial {
+			if h, seen := hashes[e.Name]; seen && h != e.Hash {
+				conflicts = append(conflicts, e.Name)
+			}
+			hashes[e.Name] = e.Hash
+		}
 		s, ok := ParseSegmentName(e.Name, segSize)
 		if !ok || e.Partial {
 			continue
@@ -155,7 +166,8 @@ func Chain(entries []Entry, history map[uint32]Switch, start Segment, stop LSN, 
 	if rep.Restorable {
 		rep.WindowTo = max(windowTo, stop).String()
 	}
-	rep.OK = len(rep.Missing) == 0
+	rep.Conflicts = conflicts
+	rep.OK = len(rep.Missing) == 0 && len(conflicts) == 0
 	return rep
 }
 

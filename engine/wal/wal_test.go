@@ -79,6 +79,11 @@ func TestChain(t *testing.T) {
 	if !rep.OK || rep.LastSegment != "000000020000000000000006" {
 		t.Fatalf("newest on timeline 2 is 6: %+v", rep)
 	}
+	twice := append(entriesFor("000000010000000000000003"), full...)
+	twice[0].Hash = "ff"
+	if rep = Chain(twice, nil, start, stop, seg16); rep.OK || fmt.Sprint(rep.Conflicts) != "[000000010000000000000003]" {
+		t.Fatalf("a name archived twice with different content: %+v", rep)
+	}
 	noTL2Start := append(entriesFor("000000010000000000000003", "000000010000000000000004"), tl[4:]...)
 	rep = Chain(noTL2Start, hist, start, stop, seg16)
 	if rep.OK || fmt.Sprint(rep.Missing) != "[000000020000000000000005]" {

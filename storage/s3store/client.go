@@ -40,9 +40,12 @@ func ClientOptionsFromEnv() (ClientOptions, error) {
 // NewClient builds an S3 client from the standard AWS SDK configuration
 // chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE and shared
 // config files, AWS_REGION, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL,
-// AWS_CA_BUNDLE, web identity and instance roles.
+// AWS_CA_BUNDLE, AWS_MAX_ATTEMPTS, web identity and instance roles.
 func NewClient(ctx context.Context, o ClientOptions) (*s3.Client, error) {
 	attempts := o.MaxAttempts
+	if n, err := strconv.Atoi(os.Getenv("AWS_MAX_ATTEMPTS")); attempts <= 0 && err == nil && n > 0 {
+		attempts = n // the SDK's standard variable
+	}
 	if attempts <= 0 {
 		attempts = 10
 	}
