@@ -515,3 +515,24 @@ func TestWALFetchPrefetch(t *testing.T) {
 		t.Fatalf("fetch from an unreachable repository: exit %d, want 126\n%s", r.code, r.all())
 	}
 }
+
+// TestBaseBackupWithoutWAL: with archiving off and no receiver, the backup's
+// WAL never reaches the repository: the base backup fails, naming the
+// missing segment, and nothing is listed or left behind.
+func TestBaseBackupWithoutWAL(t *testing.T) {
+	r := newPhysRigArchiving(t, false)
+	env := append(r.env, r.pg.Env("postgres")...)
+	res := mustFail(t, env, "did not reach the archive", "basebackup", "--wal-wait", "2s")
+	if !strings.Contains(res.stderr, "archive_command") {
+		t.Fatalf("the error does not say how to fix it: %s", res.stderr)
+	}
+	if out := mustRun(t, r.env, "list", "--json"); strings.TrimSpace(out.stdout) != "[]" {
+		t.Fatalf("a failed base backup is listed: %s", out.stdout)
+	}
+	left, _ := filepath.Glob(filepath.Join(r.repo, "backups", "*", "*"))
+	if len(left) != 0 {
+		t.Fatalf("a failed base backup left objects: %v", left)
+	}
+	mustFail(t, []string{"DRCTL_REPO=" + r.repo}, "--no-encryption", "basebackup", "--dsn", r.pg.DSN("postgres"))
+	mustFail(t, r.env, "password authentication failed", "basebackup", "--dsn", strings.Replace(r.pg.DSN("postgres"), r.pg.Password, "wrong", 1))
+}
