@@ -166,3 +166,38 @@ func oneLine(s string) string {
 	s = strings.TrimSpace(s)
 	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
 }
+
+// writer is what a command that writes to the repository from a database
+// needs.
+type writer struct {
+	*settings
+	dsn   *pgdsn.DSN
+	keys  *codec.Keys
+	store storage.Store
+}
+
+// openWriter resolves the settings, the database, the recipients (refusing
+// none unless allowUnencrypted) and opens the repository, in that order:
+// bad input is reported before anything is contacted.
+func (g *globalFlags) openWriter(cmd *cobra.Command, stderr io.Writer, allowUnencrypted bool) (*writer, error) {
+	s, err := g.resolve(cmd, stderr)
+	if err != nil {
+		return nil, err
+	}
+	dsn, err := s.parseDSN(s.DSN)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := s.encryptKeys()
+	if err != nil {
+		return nil, err
+	}
+	if !keys.Encrypted() && !allowUnencrypted {
+		return nil, codec.ErrNoRecipients
+	}
+	st, err := s.openStore(cmd.Context())
+	if err != nil {
+		return nil, err
+	}
+	return &writer{settings: s, dsn: dsn, keys: keys, store: st}, nil
+}

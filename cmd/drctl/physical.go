@@ -35,29 +35,15 @@ func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Comma
 		Short: "Take a physical base backup over the replication protocol",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := g.resolve(cmd, stderr)
-			if err != nil {
-				return err
-			}
 			labelMap, err := parseLabels(labels)
 			if err != nil {
 				return err
 			}
-			dsn, err := s.parseDSN(s.DSN)
+			w, err := g.openWriter(cmd, stderr, noEncryption)
 			if err != nil {
 				return err
 			}
-			keys, err := s.encryptKeys()
-			if err != nil {
-				return err
-			}
-			if !keys.Encrypted() && !noEncryption {
-				return physical.ErrNoRecipients
-			}
-			st, err := s.openStore(cmd.Context())
-			if err != nil {
-				return err
-			}
+			s, st, dsn, keys := w.settings, w.store, w.dsn, w.keys
 			m, err := physical.BaseBackup(cmd.Context(), physical.BaseBackupOptions{
 				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption, Labels: labelMap,
 				ToolVersion: version, WALWait: walWait, Logger: s.Logger,
@@ -138,28 +124,13 @@ func newWALReceiveCommand(g *globalFlags, stderr io.Writer) *cobra.Command {
 			"fill the server's disk.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := g.resolve(cmd, stderr)
-			if err != nil {
-				return err
-			}
-			dsn, err := s.parseDSN(s.DSN)
-			if err != nil {
-				return err
-			}
-			keys, err := s.encryptKeys()
-			if err != nil {
-				return err
-			}
-			if !keys.Encrypted() && !noEncryption {
-				return physical.ErrNoRecipients
-			}
-			st, err := s.openStore(cmd.Context())
+			w, err := g.openWriter(cmd, stderr, noEncryption)
 			if err != nil {
 				return err
 			}
 			return physical.Receive(cmd.Context(), physical.ReceiveOptions{
-				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption, Slot: slot,
-				FlushInterval: flush, Logger: s.Logger,
+				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: noEncryption, Slot: slot,
+				FlushInterval: flush, Logger: w.Logger,
 			})
 		},
 	}

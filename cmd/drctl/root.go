@@ -64,29 +64,15 @@ func newBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Short: "Take a logical backup (pg_dump) into the repository",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := g.resolve(cmd, stderr)
-			if err != nil {
-				return err
-			}
 			labelMap, err := parseLabels(labels)
 			if err != nil {
 				return err
 			}
-			dsn, err := s.parseDSN(s.DSN)
+			w, err := g.openWriter(cmd, stderr, noEncryption)
 			if err != nil {
 				return err
 			}
-			keys, err := s.encryptKeys()
-			if err != nil {
-				return err
-			}
-			if !keys.Encrypted() && !noEncryption {
-				return logical.ErrNoRecipients
-			}
-			st, err := s.openStore(cmd.Context())
-			if err != nil {
-				return err
-			}
+			s, st, dsn, keys := w.settings, w.store, w.dsn, w.keys
 			if c, ok := st.(storage.StaleCleaner); ok {
 				// Leftovers of backups killed more than a day ago.
 				if n, err := c.RemoveStaleTemp(cmd.Context(), 24*time.Hour, time.Now()); err != nil {
@@ -246,13 +232,7 @@ func restoreWindows(cmd *cobra.Command, s *settings, st storage.Store, all []*ca
 				return nil, err
 			}
 		}
-		var chain *wal.ChainReport
-		var err error
-		if len(keys.Identities) > 0 {
-			chain, err = restore.VerifyWAL(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, m, entries)
-		} else {
-			chain, err = ownTimelineChain(m, entries)
-		}
+		chain, err := restore.VerifyWAL(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, m, entries)
 		if err != nil {
 			return nil, err
 		}
@@ -260,19 +240,6 @@ func restoreWindows(cmd *cobra.Command, s *settings, st storage.Store, all []*ca
 			Timelines: chain.Timelines, Missing: chain.Missing, LastSegment: chain.LastSegment}
 	}
 	return out, nil
-}
-
-func ownTimelineChain(m *catalog.Manifest, entries []wal.Entry) (*wal.ChainReport, error) {
-	p := m.Physical
-	start, ok := wal.ParseSegmentName(p.StartSegment, p.WALSegmentSize)
-	if !ok {
-		return nil, fmt.Errorf("backup %s: bad start segment %q", m.ID, p.StartSegment)
-	}
-	stop, err := wal.ParseLSN(p.StopLSN)
-	if err != nil {
-		return nil, err
-	}
-	return wal.Chain(entries, nil, start, stop, p.WALSegmentSize), nil
 }
 
 func formatLabels(l map[string]string) string {

@@ -165,6 +165,9 @@ func (w *Writer) Abort() {
 	w.zw.Close()
 }
 
+// ErrNoRecipients refuses to write a backup nobody meant to leave unencrypted.
+var ErrNoRecipients = errors.New("no age recipients: give --recipients-file or DRCTL_AGE_RECIPIENTS_FILE, or --no-encryption to store the backup unencrypted")
+
 // ErrNoIdentity means an encrypted object was read without an identity.
 var ErrNoIdentity = errors.New("backup is encrypted: give the age identity with --identity-file or DRCTL_AGE_IDENTITY_FILE")
 

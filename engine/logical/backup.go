@@ -38,9 +38,6 @@ type BackupOptions struct {
 	Logger      *slog.Logger
 }
 
-// ErrNoRecipients refuses to write a backup nobody meant to leave unencrypted.
-var ErrNoRecipients = errors.New("no age recipients: give --recipients-file or DRCTL_AGE_RECIPIENTS_FILE, or --no-encryption to store the backup unencrypted")
-
 // Backup dumps the database and returns the committed manifest.
 func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 	if opt.Now == nil {
@@ -51,7 +48,7 @@ func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 	}
 	encrypted := opt.Keys != nil && opt.Keys.Encrypted()
 	if !encrypted && !opt.AllowUnencrypted {
-		return nil, ErrNoRecipients
+		return nil, codec.ErrNoRecipients
 	}
 	pgDump, err := pgtools.Resolve(opt.PgDump, "pg_dump")
 	if err != nil {

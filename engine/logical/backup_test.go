@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/restore"
@@ -162,7 +163,7 @@ func TestRefusesUnencryptedUnlessAsked(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = logical.Backup(t.Context(), logical.BackupOptions{Store: st, DSN: dsn(t, pg.DSN("postgres"))})
-	if !errors.Is(err, logical.ErrNoRecipients) {
+	if !errors.Is(err, codec.ErrNoRecipients) {
 		t.Fatalf("backup without recipients: %v", err)
 	}
 	m, err := logical.Backup(t.Context(), logical.BackupOptions{Store: st, DSN: dsn(t, pg.DSN("postgres")), AllowUnencrypted: true})

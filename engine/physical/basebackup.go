@@ -37,9 +37,6 @@ type BaseBackupOptions struct {
 	Logger  *slog.Logger
 }
 
-// ErrNoRecipients refuses to write a backup nobody meant to leave unencrypted.
-var ErrNoRecipients = errors.New("no age recipients: give --recipients-file or DRCTL_AGE_RECIPIENTS_FILE, or --no-encryption to store the backup unencrypted")
-
 // BaseBackup streams a base backup of the whole cluster: one tar per
 // tablespace and the server's backup_manifest, each through the codec into
 // its own object. The manifest is committed only after the WAL from the
@@ -57,7 +54,7 @@ func BaseBackup(ctx context.Context, opt BaseBackupOptions) (*catalog.Manifest, 
 	}
 	encrypted := opt.Keys != nil && opt.Keys.Encrypted()
 	if !encrypted && !opt.AllowUnencrypted {
-		return nil, ErrNoRecipients
+		return nil, codec.ErrNoRecipients
 	}
 	conn, err := connectReplication(ctx, opt.DSN)
 	if err != nil {

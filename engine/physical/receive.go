@@ -46,7 +46,7 @@ func Receive(ctx context.Context, opt ReceiveOptions) error {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	if !(opt.Keys != nil && opt.Keys.Encrypted()) && !opt.AllowUnencrypted {
-		return ErrNoRecipients
+		return codec.ErrNoRecipients
 	}
 	if opt.Slot == "" || strings.ContainsAny(opt.Slot, " '\"") {
 		return fmt.Errorf("invalid replication slot name %q", opt.Slot)
