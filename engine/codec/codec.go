@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
 
 	"filippo.io/age"
@@ -91,13 +92,14 @@ func ParseIdentities(r io.Reader) ([]age.Identity, error) {
 type Options struct {
 	// Level is the zstd level: 1 fastest .. 4 best (klauspost's levels).
 	Level int
-	// Concurrency is the number of zstd encoding goroutines.
+	// Concurrency is the number of zstd frames compressed at once
+	// (default: GOMAXPROCS).
 	Concurrency int
 }
 
 // Writer compresses, then encrypts, into the destination.
 type Writer struct {
-	zw  *zstd.Encoder
+	zw  *framedWriter
 	aw  io.WriteCloser // nil when not encrypting
 	raw int64
 }
@@ -122,9 +124,9 @@ func NewWriter(dst io.Writer, keys *Keys, opt Options) (*Writer, error) {
 	}
 	conc := opt.Concurrency
 	if conc <= 0 {
-		conc = 2
+		conc = runtime.GOMAXPROCS(0)
 	}
-	zw, err := zstd.NewWriter(next, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(conc), zstd.WithEncoderCRC(true))
+	zw, err := newFramedWriter(next, level, conc)
 	if err != nil {
 		return nil, err
 	}
@@ -160,10 +162,7 @@ func (w *Writer) Close() error {
 }
 
 // Abort releases the encoder without producing a valid stream.
-func (w *Writer) Abort() {
-	w.zw.Reset(io.Discard)
-	w.zw.Close()
-}
+func (w *Writer) Abort() { w.zw.abort() }
 
 // ErrNoRecipients refuses to write a backup nobody meant to leave unencrypted.
 var ErrNoRecipients = errors.New("no age recipients: give --recipients-file or DRCTL_AGE_RECIPIENTS_FILE, or --no-encryption to store the backup unencrypted")

@@ -1,0 +1,180 @@
+package codec
+
+import (
+	"errors"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// frameSize is the plaintext of one zstd frame. Independent frames
+// compress on every core at once, so one big relation file or WAL segment
+// does not serialize on a single compressor; a zstd stream may hold any
+// number of frames, and zstd -d reads them as one.
+const frameSize = 4 << 20
+
+// framedWriter compresses fixed-size chunks into independent zstd frames
+// on a pool of workers and writes the frames, in order, to out. Memory is
+// bounded: at most 2 x workers chunks are in flight.
+type framedWriter struct {
+	out     io.Writer
+	buf     []byte
+	jobs    chan *frameJob
+	order   chan *frameJob
+	done    chan struct{}
+	free    chan []byte
+	workers sync.WaitGroup
+
+	mu   sync.Mutex
+	werr error // first error writing to out
+	n    int64 // frames submitted
+}
+
+type frameJob struct {
+	in, out []byte
+	ready   chan struct{}
+}
+
+func newFramedWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*framedWriter, error) {
+	w := &framedWriter{
+		out:   out,
+		jobs:  make(chan *frameJob, workers),
+		order: make(chan *frameJob, 2*workers),
+		done:  make(chan struct{}),
+		free:  make(chan []byte, 2*workers+1),
+	}
+	for i := 0; i < workers; i++ {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
+			zstd.WithEncoderCRC(true), zstd.WithWindowSize(frameSize))
+		if err != nil {
+			return nil, err
+		}
+		w.workers.Add(1)
+		go func() {
+			defer w.workers.Done()
+			defer enc.Close()
+			for j := range w.jobs {
+				j.out = enc.EncodeAll(j.in, j.out[:0])
+				close(j.ready)
+			}
+		}()
+	}
+	go w.writeFrames()
+	w.buf = w.chunk()
+	return w, nil
+}
+
+func (w *framedWriter) chunk() []byte {
+	select {
+	case b := <-w.free:
+		return b[:0]
+	default:
+		return make([]byte, 0, frameSize)
+	}
+}
+
+// writeFrames writes finished frames in submission order. After an error
+// it keeps draining, so producers never block on a dead writer.
+func (w *framedWriter) writeFrames() {
+	defer close(w.done)
+	for j := range w.order {
+		<-j.ready
+		if w.err() == nil {
+			if _, err := w.out.Write(j.out); err != nil {
+				w.mu.Lock()
+				w.werr = err
+				w.mu.Unlock()
+			}
+		}
+		select {
+		case w.free <- j.in:
+		default:
+		}
+	}
+}
+
+func (w *framedWriter) err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.werr
+}
+
+func (w *framedWriter) submit() error {
+	if err := w.err(); err != nil {
+		return err
+	}
+	j := &frameJob{in: w.buf, ready: make(chan struct{})}
+	w.order <- j
+	w.jobs <- j
+	w.n++
+	w.buf = w.chunk()
+	return nil
+}
+
+func (w *framedWriter) Write(p []byte) (int, error) {
+	written := 0
+	for len(p) > 0 {
+		k := min(len(p), frameSize-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p, written = p[k:], written+k
+		if len(w.buf) == frameSize {
+			if err := w.submit(); err != nil {
+				return written, err
+			}
+		}
+	}
+	return written, w.err()
+}
+
+// ReadFrom fills chunks straight from r.
+func (w *framedWriter) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for {
+		n, err := r.Read(w.buf[len(w.buf):frameSize])
+		w.buf = w.buf[:len(w.buf)+n]
+		total += int64(n)
+		if len(w.buf) == frameSize {
+			if serr := w.submit(); serr != nil {
+				return total, serr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return total, w.err()
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// Close compresses what is left (an empty stream still gets one frame),
+// waits for every frame to be written and stops the workers.
+func (w *framedWriter) Close() error {
+	var err error
+	if len(w.buf) > 0 || w.n == 0 {
+		err = w.submit()
+	}
+	w.stop()
+	if err != nil {
+		return err
+	}
+	return w.err()
+}
+
+// abort stops the workers without caring for the output.
+func (w *framedWriter) abort() {
+	w.mu.Lock()
+	if w.werr == nil {
+		w.werr = errors.New("aborted")
+	}
+	w.mu.Unlock()
+	w.stop()
+}
+
+func (w *framedWriter) stop() {
+	close(w.jobs)
+	close(w.order)
+	<-w.done
+	w.workers.Wait()
+}
