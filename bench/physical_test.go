@@ -121,14 +121,14 @@ func runPhysical(b *testing.B) {
 	// names neither archive has seen, one process per segment as
 	// archive_command runs it.
 	segs := sampleSegments(b, filepath.Join(data, "pg_wal"), work, 8)
-	walPush := timePerFile(b, "drctl wal-push (per 16 MiB segment)", segs, func(f string) measurement {
+	walPush := timePerFile(b, "drctl wal-push (median per 16 MiB segment)", segs, func(f string) measurement {
 		return run(b, "", drctlEnv, nil, bin, "wal-push", f)
 	})
 	best[walPush.name] = walPush
 	var pgbrPush measurement
 	if havePgbr {
 		segs2 := sampleSegments(b, filepath.Join(data, "pg_wal"), work, 8)
-		pgbrPush = timePerFile(b, "pgbackrest archive-push (per segment)", segs2, func(f string) measurement {
+		pgbrPush = timePerFile(b, "pgbackrest archive-push (median per segment)", segs2, func(f string) measurement {
 			return run(b, "", pgEnv, nil, pgbackrest, "--config="+pgbrCfg, "--stanza=bench", "archive-push", f)
 		})
 		best[pgbrPush.name] = pgbrPush
@@ -182,14 +182,18 @@ func bestOf(variants []func() measurement, rounds int) map[string]measurement {
 	return best
 }
 
+// timePerFile runs fn on each file and reports the median time, robust
+// to the odd slow run on a shared machine.
 func timePerFile(b *testing.B, name string, files []string, fn func(string) measurement) measurement {
 	out := measurement{name: name}
+	var walls []time.Duration
 	for _, f := range files {
 		m := fn(f)
-		out.wall += m.wall
+		walls = append(walls, m.wall)
 		out.rssKiB = max(out.rssKiB, m.rssKiB)
 	}
-	out.wall /= time.Duration(len(files))
+	sort.Slice(walls, func(i, j int) bool { return walls[i] < walls[j] })
+	out.wall = walls[len(walls)/2]
 	return out
 }
 

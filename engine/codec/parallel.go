@@ -16,14 +16,15 @@ const frameSize = 4 << 20
 
 // framedWriter compresses fixed-size chunks into independent zstd frames
 // on a pool of workers and writes the frames, in order, to out. Memory is
-// bounded: at most 2 x workers chunks are in flight.
+// bounded: at most workers + 2 chunks are in flight.
 type framedWriter struct {
 	out     io.Writer
 	buf     []byte
 	jobs    chan *frameJob
 	order   chan *frameJob
 	done    chan struct{}
-	free    chan []byte
+	free    chan []byte // plaintext chunks to reuse
+	outs    chan []byte // compressed frames to reuse
 	workers sync.WaitGroup
 
 	mu   sync.Mutex
@@ -40,9 +41,10 @@ func newFramedWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*fram
 	w := &framedWriter{
 		out:   out,
 		jobs:  make(chan *frameJob, workers),
-		order: make(chan *frameJob, 2*workers),
+		order: make(chan *frameJob, workers+1),
 		done:  make(chan struct{}),
-		free:  make(chan []byte, 2*workers+1),
+		free:  make(chan []byte, workers+2),
+		outs:  make(chan []byte, workers+2),
 	}
 	for i := 0; i < workers; i++ {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
@@ -55,7 +57,12 @@ func newFramedWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*fram
 			defer w.workers.Done()
 			defer enc.Close()
 			for j := range w.jobs {
-				j.out = enc.EncodeAll(j.in, j.out[:0])
+				var dst []byte
+				select {
+				case dst = <-w.outs:
+				default:
+				}
+				j.out = enc.EncodeAll(j.in, dst[:0])
 				close(j.ready)
 			}
 		}()
@@ -89,6 +96,10 @@ func (w *framedWriter) writeFrames() {
 		}
 		select {
 		case w.free <- j.in:
+		default:
+		}
+		select {
+		case w.outs <- j.out:
 		default:
 		}
 	}
