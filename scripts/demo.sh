@@ -21,16 +21,33 @@ if [ "$(id -u)" = 0 ]; then
   as_pg=(runuser -u postgres --)
 fi
 pgdata="$work/data"
+pitrdata="$work/pitr"
 cleanup() {
-  if [ -f "$pgdata/postmaster.pid" ]; then
-    "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null 2>&1 || true
-  fi
+  for d in "$pitrdata" "$pgdata"; do
+    if [ -f "$d/postmaster.pid" ]; then
+      "${as_pg[@]}" "$bindir/pg_ctl" -D "$d" -m fast -w stop >/dev/null 2>&1 || true
+    fi
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-port=55432
-while (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; do port=$((port + 1)); [ $port -lt 55532 ] || { echo "demo: no free port" >&2; exit 1; }; done
+free_port() {
+  local p=$1
+  while (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; do p=$((p + 1)); [ $p -lt $(($1 + 100)) ] || { echo "demo: no free port" >&2; exit 1; }; done
+  echo $p
+}
+port=$(free_port 55432)
+
+# The repository, and what archive_command (run by the server's user) needs.
+mkdir -p demo-work
+rm -rf demo-work/repo demo-work/key.txt demo-work/recipients.txt demo-work/archive.yaml
+mkdir -p demo-work/repo/wal demo-work/repo/.drctl-tmp
+[ "$(id -u)" != 0 ] || chown postgres: demo-work/repo demo-work/repo/wal demo-work/repo/.drctl-tmp
+age-keygen -o demo-work/key.txt 2>/dev/null
+age-keygen -y demo-work/key.txt > demo-work/recipients.txt
+printf 'repo: file://%s/demo-work/repo\nrecipients_file: %s/demo-work/recipients.txt\n' "$root" "$root" > demo-work/archive.yaml
+chmod 644 demo-work/recipients.txt demo-work/archive.yaml
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -40,7 +57,8 @@ printf '%s\n' "$password" > "$work/pw"; [ "$(id -u)" != 0 ] || chown postgres: "
 "${as_pg[@]}" "$bindir/initdb" -D "$pgdata" -U postgres --pwfile="$work/pw" --auth=scram-sha-256 -E UTF8 --locale=C --no-sync >/dev/null
 rm -f "$work/pw"
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdata" -l "$work/postgres.log" -w \
-  -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work" start >/dev/null
+  -o "-c port=$port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$work -c archive_mode=on -c wal_level=replica" \
+  -o "-c archive_command='$drctl --config $root/demo-work/archive.yaml wal-push %p'" start >/dev/null
 export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGPASSWORD=$password PGSSLMODE=disable
 
 step "load the retail sample schema (products, stock moves, orders, payments)"
@@ -49,11 +67,7 @@ step "load the retail sample schema (products, stock moves, orders, payments)"
 "$bindir/psql" -d retail -Atc "SELECT format('%s products, %s stock moves, %s orders, %s payments',
   (SELECT count(*) FROM products), (SELECT count(*) FROM stock_moves), (SELECT count(*) FROM orders), (SELECT count(*) FROM payments))"
 
-step "generate an age key pair (the backup host needs only the public half)"
-mkdir -p demo-work
-rm -rf demo-work/repo demo-work/key.txt demo-work/recipients.txt
-age-keygen -o demo-work/key.txt 2>/dev/null
-age-keygen -y demo-work/key.txt > demo-work/recipients.txt
+step "an age key pair was generated: the backup host needs only the public half"
 cat demo-work/recipients.txt
 
 export DRCTL_REPO="file://$root/demo-work/repo"
@@ -83,5 +97,37 @@ else
   exit 1
 fi
 
-step "done: the repository stays in demo-work/repo, the cluster is stopped and removed"
+step "physical: drctl basebackup (WAL is archived by archive_command = 'drctl wal-push %p')"
+"$drctl" basebackup --dsn "dbname=postgres" --label process=demo
+
+step "a sale, then a mistake: both committed after the base backup"
+"$bindir/psql" -q -d retail -c "INSERT INTO orders (store, ordered_at, total) VALUES ('store-demo', now(), 42.00)"
+sleep 1
+before_mistake=$("$bindir/psql" -d retail -Atc "SELECT now()")
+sleep 1
+"$bindir/psql" -q -d retail -c "DELETE FROM payments WHERE method = 'voucher'"
+"$bindir/psql" -d retail -Atc "SELECT format('now: %s payments, demo sale present: %s', (SELECT count(*) FROM payments), EXISTS (SELECT 1 FROM orders WHERE store = 'store-demo'))"
+seg=$("$bindir/psql" -d postgres -Atc "SELECT pg_walfile_name(pg_switch_wal())")
+for _ in $(seq 1 100); do
+  [ "$("$bindir/psql" -d postgres -Atc "SELECT coalesce(last_archived_wal, '') >= '$seg' FROM pg_stat_archiver")" = t ] && break
+  sleep 0.1
+done
+
+step "drctl verify latest (every file against backup_manifest, and WAL continuity)"
+"$drctl" verify latest
+
+pitrport=$(free_port $((port + 1)))
+step "drctl restore latest --to DIR --target-time '$before_mistake' --start (port $pitrport)"
+"$drctl" restore latest --to "$pitrdata" --target-time "$before_mistake" --start \
+  --start-option port=$pitrport --start-option listen_addresses=127.0.0.1 \
+  --start-option unix_socket_directories=$work --start-option archive_mode=off \
+  --dsn "host=127.0.0.1 port=$pitrport dbname=postgres"
+"$bindir/psql" -p "$pitrport" -d retail -Atc "SELECT format('restored: %s payments, demo sale present: %s', (SELECT count(*) FROM payments), EXISTS (SELECT 1 FROM orders WHERE store = 'store-demo'))"
+ok=$("$bindir/psql" -p "$pitrport" -d retail -Atc "SELECT (SELECT count(*) FROM payments) = 20000 AND EXISTS (SELECT 1 FROM orders WHERE store = 'store-demo')")
+[ "$ok" = t ] || { echo "demo: point-in-time restore did not land between the sale and the mistake" >&2; exit 1; }
+
+step "drctl list"
+"$drctl" list
+
+step "done: the repository stays in demo-work/repo, the clusters are stopped and removed"
 find demo-work/repo -type f -not -path '*/.drctl-tmp/*' | sort
