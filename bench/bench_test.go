@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -203,5 +202,3 @@ func shellPipeline(b *testing.B, srv *testrig.S3, env []string, key, script stri
 	}
 	return measurement{name: "pg_dump -Fc -Z0 | zstd -T2 | age | upload", wall: time.Since(start)}
 }
-
-var _ = sort.Strings

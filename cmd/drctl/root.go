@@ -330,11 +330,14 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 						}
 					}
 					for _, o := range rep.Objects {
-						if o.OK && o.Files > 0 {
+						switch {
+						case o.OK && o.Files > 0:
 							fmt.Fprintf(stdout, "  %s: ok (%s, %d files match backup_manifest)\n", o.Key, humanBytes(o.Size), o.Files)
-						} else if o.OK {
+						case o.OK && o.TOCEntries > 0:
 							fmt.Fprintf(stdout, "  %s: ok (%s, %d table-of-contents entries)\n", o.Key, humanBytes(o.Size), o.TOCEntries)
-						} else {
+						case o.OK:
+							fmt.Fprintf(stdout, "  %s: ok (%s)\n", o.Key, humanBytes(o.Size))
+						default:
 							fmt.Fprintf(stdout, "  %s: %s\n", o.Key, o.Error)
 						}
 					}
