@@ -255,6 +255,10 @@ func TestPITR(t *testing.T) {
 		}
 		tl2 := insertMarkers(t, conn, "tl2", 3)
 		switchAndWaitArchived(t, conn)
+		// The promotion archived timeline 2's history file.
+		if history, _ := filepath.Glob(filepath.Join(r.repo, "wal", "00000002.history.*")); len(history) != 1 {
+			t.Fatalf("after the promotion the archive holds history files %v", history)
+		}
 		target2 := tl2[0].after.Add(tl2[1].before.Sub(tl2[0].after) / 2)
 		conn2, _, _ := r.restoreAndStart(t, "pitr-tl2-restored", "--target-time", pgTime(target2))
 		wantMarkers(t, markerIDs(t, conn2, "m"), markers, 2)

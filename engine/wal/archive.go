@@ -206,7 +206,7 @@ func compareExisting(name, sum string, entries []Entry) (bool, error) {
 		case e.Hash == sum:
 			same = true
 		default:
-			return false, fmt.Errorf("wal-push %s: %w: archived SHA-256 %s..., this file %s...", name, ErrConflict, e.Hash[:12], sum[:12])
+			return false, fmt.Errorf("wal-push %s: %w: archived SHA-256 %s, this file %s (prefixes)", name, ErrConflict, e.Hash[:12], sum[:12])
 		}
 	}
 	return same, nil

@@ -88,9 +88,10 @@ func ParseSegmentName(name string, segSize int64) (Segment, bool) {
 func IsSegmentName(name string) bool { return segmentRe.MatchString(name) }
 
 // IsArchivable reports whether name is a file archive_command may be
-// given: a segment, a timeline history file, or a backup history file.
+// given: a segment, a timeline history or a backup history file, or the
+// .partial segment a promotion leaves of the old timeline.
 func IsArchivable(name string) bool {
-	return segmentRe.MatchString(name) || historyRe.MatchString(name) || backupRe.MatchString(name)
+	return segmentRe.MatchString(name) || historyRe.MatchString(name) || backupRe.MatchString(name) || oldPartialRe.MatchString(name)
 }
 
 // IsHistoryName reports whether name is a timeline history file name.

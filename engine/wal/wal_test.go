@@ -42,6 +42,30 @@ func TestSegmentNames(t *testing.T) {
 	}
 }
 
+func TestArchivableNames(t *testing.T) {
+	for name, want := range map[string]bool{
+		"000000010000000000000003":                 true,
+		"00000002.history":                         true,
+		"000000010000000000000003.00000028.backup": true,
+		"000000010000000000000005.partial":         true, // left by a promotion
+		"RECOVERYXLOG":                             false,
+		"000000010000000000000003.tmp":             false,
+		"../000000010000000000000003":              false,
+	} {
+		if IsArchivable(name) != want {
+			t.Errorf("IsArchivable(%q) = %v", name, !want)
+		}
+	}
+	e, ok := ParseKey("wal/000000010000000000000005.partial.0123456789abcdef0123456789abcdef.zst.age")
+	if !ok || e.Name != "000000010000000000000005.partial" || e.Partial {
+		t.Fatalf("key of an archived .partial: %+v %v", e, ok)
+	}
+	e, ok = ParseKey("wal/000000010000000000000005.partial.zst.age")
+	if !ok || e.Name != "000000010000000000000005" || !e.Partial {
+		t.Fatalf("key of wal-receive's partial: %+v %v", e, ok)
+	}
+}
+
 func TestChain(t *testing.T) {
 	start, _ := ParseSegmentName("000000010000000000000003", seg16)
 	stop, _ := ParseLSN("0/4000100") // needs segments 3 and 4
