@@ -5,6 +5,8 @@ CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/drctl
 VERSITYGW_VERSION := v1.8.0
 VERSITYGW := $(CACHE)/bin/versitygw
 VERSITYGW_STAMP := $(CACHE)/bin/.versitygw-$(VERSITYGW_VERSION)
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK_STAMP := $(CACHE)/bin/.staticcheck-$(STATICCHECK_VERSION)
 export DRCTL_CACHE_DIR := $(CACHE)
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -14,7 +16,7 @@ build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/drctl ./cmd/drctl
 
 # Everything the tests, demo and bench need on a fresh Debian machine.
-deps: apt-deps $(VERSITYGW_STAMP)
+deps: apt-deps $(VERSITYGW_STAMP) $(STATICCHECK_STAMP)
 
 apt-deps:
 	@missing=""; \
@@ -38,9 +40,15 @@ $(VERSITYGW_STAMP):
 	GOBIN=$(CACHE)/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
 	@touch $@
 
-vet:
+$(STATICCHECK_STAMP):
+	@mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@touch $@
+
+vet: $(STATICCHECK_STAMP)
 	@fmt=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$fmt" ]; then echo "gofmt needed: $$fmt" >&2; exit 1; fi
 	$(GO) vet ./...
+	$(CACHE)/bin/staticcheck ./...
 
 # All tests, against real PostgreSQL 15 and a real versitygw S3 server.
 test: deps vet
