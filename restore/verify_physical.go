@@ -213,15 +213,29 @@ func verifyTar(r io.Reader, prefix string, files map[string]*manifestFile) (int,
 // timelines needs the identity (history files are encrypted); without one,
 // only the backup's own timeline is followed.
 func VerifyWAL(ctx context.Context, opt VerifyOptions, m *catalog.Manifest, entries []wal.Entry) (*wal.ChainReport, error) {
-	p := m.Physical
-	var history map[uint32]wal.Switch
-	if opt.Keys != nil && len(opt.Keys.Identities) > 0 {
-		a := &wal.Archive{Store: opt.Store, Keys: opt.Keys, SegmentSize: p.WALSegmentSize}
-		var err error
-		if history, err = a.History(ctx, entries); err != nil {
-			return nil, fmt.Errorf("read timeline history: %w", err)
-		}
+	history, err := ReadHistory(ctx, opt, entries)
+	if err != nil {
+		return nil, err
 	}
+	return WALChain(m, entries, history)
+}
+
+// ReadHistory reads the archive's timeline history files, or returns none
+// when no identity is at hand to decrypt them.
+func ReadHistory(ctx context.Context, opt VerifyOptions, entries []wal.Entry) (map[uint32]wal.Switch, error) {
+	if opt.Keys == nil || len(opt.Keys.Identities) == 0 {
+		return nil, nil
+	}
+	history, err := (&wal.Archive{Store: opt.Store, Keys: opt.Keys}).History(ctx, entries)
+	if err != nil {
+		return nil, fmt.Errorf("read timeline history: %w", err)
+	}
+	return history, nil
+}
+
+// WALChain is VerifyWAL with the archive listing and history already read.
+func WALChain(m *catalog.Manifest, entries []wal.Entry, history map[uint32]wal.Switch) (*wal.ChainReport, error) {
+	p := m.Physical
 	start, ok := wal.ParseSegmentName(p.StartSegment, p.WALSegmentSize)
 	if !ok {
 		return nil, fmt.Errorf("backup %s: bad start segment %q", m.ID, p.StartSegment)

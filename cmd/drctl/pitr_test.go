@@ -372,6 +372,18 @@ func TestWALVerifyAndGaps(t *testing.T) {
 	if r3.code != 3 || !strings.Contains(r3.stderr, b.Physical.StopSegment) || !strings.Contains(r3.stderr, "cannot be restored") {
 		t.Fatalf("verify with the backup's own segment deleted: exit %d\n%s", r3.code, r3.all())
 	}
+	// One flipped byte in the base backup's tar is named before any WAL gap.
+	tarKey := "backups/" + b.ID + "/base.tar.zst.age"
+	tarPath := filepath.Join(r.repo, filepath.FromSlash(tarKey))
+	data, err := os.ReadFile(tarPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/3] ^= 0x10
+	os.WriteFile(tarPath, data, 0o640)
+	if r4 := drctl(t, r.env, "verify", b.ID); r4.code != 3 || !strings.Contains(r4.stderr, tarKey) {
+		t.Fatalf("verify of a base backup with a flipped byte: exit %d\n%s", r4.code, r4.all())
+	}
 }
 
 func (r *physRig) tablespaceDir(t *testing.T) string {

@@ -218,21 +218,26 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 func restoreWindows(cmd *cobra.Command, s *settings, st storage.Store, all []*catalog.Manifest) (map[string]*restoreWindow, error) {
 	out := map[string]*restoreWindow{}
 	var entries []wal.Entry
-	var keys *codec.Keys
+	var history map[uint32]wal.Switch
+	loaded := false
 	for _, m := range all {
 		if m.Kind != catalog.KindPhysical {
 			continue
 		}
-		if entries == nil {
-			var err error
+		if !loaded {
+			keys, err := s.decryptKeys()
+			if err != nil {
+				return nil, err
+			}
 			if entries, err = (&wal.Archive{Store: st}).List(cmd.Context()); err != nil {
 				return nil, err
 			}
-			if keys, err = s.decryptKeys(); err != nil {
+			if history, err = restore.ReadHistory(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, entries); err != nil {
 				return nil, err
 			}
+			loaded = true
 		}
-		chain, err := restore.VerifyWAL(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, m, entries)
+		chain, err := restore.WALChain(m, entries, history)
 		if err != nil {
 			return nil, err
 		}
