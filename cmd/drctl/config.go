@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
@@ -199,5 +200,28 @@ func (g *globalFlags) openWriter(cmd *cobra.Command, stderr io.Writer, allowUnen
 	if err != nil {
 		return nil, err
 	}
+	if c, ok := st.(storage.StaleCleaner); ok {
+		// Leftovers of writers killed more than a day ago: temp files,
+		// unfinished multipart uploads. Never visible; this frees space.
+		if n, err := c.RemoveStaleTemp(cmd.Context(), 24*time.Hour, time.Now()); err != nil {
+			s.Logger.Warn("could not clean up leftovers of killed backups", "error", err)
+		} else if n > 0 {
+			s.Logger.Info("cleaned up leftovers of killed backups", "count", n)
+		}
+	}
 	return &writer{settings: s, dsn: dsn, keys: keys, store: st}, nil
+}
+
+// backupFlags are the options every backup command shares.
+type backupFlags struct {
+	asJSON, noEncryption bool
+	labels               []string
+}
+
+func (b *backupFlags) register(cmd *cobra.Command, g *globalFlags, dsnHelp string) {
+	f := cmd.Flags()
+	f.StringVar(&g.dsn, "dsn", "", dsnHelp)
+	f.StringArrayVar(&b.labels, "label", nil, "key=value label recorded with the backup (repeatable)")
+	f.BoolVar(&b.asJSON, "json", false, "print the result as JSON")
+	f.BoolVar(&b.noEncryption, "no-encryption", false, "store the backup unencrypted when no recipients are configured")
 }

@@ -26,32 +26,30 @@ import (
 
 func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var (
-		asJSON, noEncryption bool
-		labels               []string
-		walWait              time.Duration
+		bf      backupFlags
+		walWait time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "basebackup",
 		Short: "Take a physical base backup over the replication protocol",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			labelMap, err := parseLabels(labels)
+			labels, err := parseLabels(bf.labels)
 			if err != nil {
 				return err
 			}
-			w, err := g.openWriter(cmd, stderr, noEncryption)
+			w, err := g.openWriter(cmd, stderr, bf.noEncryption)
 			if err != nil {
 				return err
 			}
-			s, st, dsn, keys := w.settings, w.store, w.dsn, w.keys
 			m, err := physical.BaseBackup(cmd.Context(), physical.BaseBackupOptions{
-				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption, Labels: labelMap,
-				ToolVersion: version, WALWait: walWait, Logger: s.Logger,
+				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: bf.noEncryption, Labels: labels,
+				ToolVersion: version, WALWait: walWait, Logger: w.Logger,
 			})
 			if err != nil {
 				return err
 			}
-			if asJSON {
+			if bf.asJSON {
 				return writeJSON(stdout, summarize(m))
 			}
 			fmt.Fprintf(stdout, "base backup %s: %s read, %s stored, WAL %s..%s (%.1fs)\n", m.ID,
@@ -60,12 +58,8 @@ func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Comma
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&g.dsn, "dsn", "", "server to back up (a role with REPLICATION): URL or key=value conninfo (env DRCTL_DSN; default: PG* variables)")
-	f.StringArrayVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
-	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
-	f.BoolVar(&noEncryption, "no-encryption", false, "store the backup unencrypted when no recipients are configured")
-	f.DurationVar(&walWait, "wal-wait", 2*time.Minute, "how long to wait for the backup's WAL to reach the archive")
+	bf.register(cmd, g, "server to back up (a role with REPLICATION): URL or key=value conninfo (env DRCTL_DSN; default: PG* variables)")
+	cmd.Flags().DurationVar(&walWait, "wal-wait", 2*time.Minute, "how long to wait for the backup's WAL to reach the archive")
 	return cmd
 }
 

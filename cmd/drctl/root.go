@@ -55,54 +55,40 @@ func writeJSON(w io.Writer, v any) error {
 
 func newBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var (
-		asJSON, noEncryption bool
-		labels               []string
-		zstdLevel            int
+		bf        backupFlags
+		zstdLevel int
 	)
 	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Take a logical backup (pg_dump) into the repository",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			labelMap, err := parseLabels(labels)
+			labels, err := parseLabels(bf.labels)
 			if err != nil {
 				return err
 			}
-			w, err := g.openWriter(cmd, stderr, noEncryption)
+			w, err := g.openWriter(cmd, stderr, bf.noEncryption)
 			if err != nil {
 				return err
-			}
-			s, st, dsn, keys := w.settings, w.store, w.dsn, w.keys
-			if c, ok := st.(storage.StaleCleaner); ok {
-				// Leftovers of backups killed more than a day ago.
-				if n, err := c.RemoveStaleTemp(cmd.Context(), 24*time.Hour, time.Now()); err != nil {
-					s.Logger.Warn("could not clean up leftovers of killed backups", "error", err)
-				} else if n > 0 {
-					s.Logger.Info("cleaned up leftovers of killed backups", "count", n)
-				}
 			}
 			m, err := logical.Backup(cmd.Context(), logical.BackupOptions{
-				Store: st, DSN: dsn, Keys: keys, AllowUnencrypted: noEncryption,
-				Labels: labelMap, Codec: codec.Options{Level: zstdLevel},
-				ToolVersion: version, Logger: s.Logger,
+				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: bf.noEncryption,
+				Labels: labels, Codec: codec.Options{Level: zstdLevel},
+				ToolVersion: version, Logger: w.Logger,
 			})
 			if err != nil {
 				return err
 			}
-			if asJSON {
+			if bf.asJSON {
 				return writeJSON(stdout, summarize(m))
 			}
 			fmt.Fprintf(stdout, "backup %s of %s: %s dumped, %s stored in %s (%.1fs)\n", m.ID, m.Database,
-				humanBytes(m.RawSize()), humanBytes(m.StoredSize()), st, m.EndTime.Sub(m.StartTime).Seconds())
+				humanBytes(m.RawSize()), humanBytes(m.StoredSize()), w.store, m.EndTime.Sub(m.StartTime).Seconds())
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&g.dsn, "dsn", "", "database to back up: URL or key=value conninfo (env DRCTL_DSN; default: libpq PG* variables)")
-	f.StringArrayVar(&labels, "label", nil, "key=value label recorded with the backup (repeatable)")
-	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
-	f.BoolVar(&noEncryption, "no-encryption", false, "store the backup unencrypted when no recipients are configured")
-	f.IntVar(&zstdLevel, "zstd-level", 1, "zstd level, 1 (fastest) to 4 (smallest)")
+	bf.register(cmd, g, "database to back up: URL or key=value conninfo (env DRCTL_DSN; default: libpq PG* variables)")
+	cmd.Flags().IntVar(&zstdLevel, "zstd-level", 1, "zstd level, 1 (fastest) to 4 (smallest)")
 	return cmd
 }
 
