@@ -132,21 +132,20 @@ func Chain(entries []Entry, history map[uint32]Switch, start Segment, stop LSN, 
 	gap := false
 	for i, tli := range path {
 		cur.Timeline = tli
+		// end is one past the last segment needed on this timeline.
 		var end uint64
 		if i+1 < len(path) {
 			// The segment holding the switch point is read from the new timeline.
-			end = uint64(history[path[i+1]].At)/uint64(segSize) - 1
+			end = uint64(history[path[i+1]].At) / uint64(segSize)
+		} else if n, ok := newest[tli]; ok && n >= cur.No {
+			end = n + 1
 		} else {
-			n, ok := newest[tli]
-			if !ok || n < cur.No {
-				n = cur.No - 1
-			}
-			end = n
+			end = cur.No
 		}
-		if i == 0 && end < stopSeg {
-			end = stopSeg // the backup's own WAL is needed whatever else is there
+		if i == 0 && end <= stopSeg {
+			end = stopSeg + 1 // the backup's own WAL is needed whatever else is there
 		}
-		for ; cur.No <= end; cur = cur.Next() {
+		for ; cur.No < end; cur = cur.Next() {
 			if have[cur] {
 				rep.LastSegment = cur.Name(segSize)
 				if !gap {
