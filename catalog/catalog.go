@@ -83,6 +83,9 @@ type Encryption struct {
 	Recipients []string `json:"recipients,omitempty"` // public age recipients
 }
 
+// Encrypted reports whether the objects are encrypted.
+func (e Encryption) Encrypted() bool { return e.Method == "age" }
+
 // Object is one stored object of the backup.
 type Object struct {
 	Key     string `json:"key"`

@@ -65,7 +65,7 @@ func Logical(ctx context.Context, opt LogicalOptions) (*LogicalResult, error) {
 	if !ok {
 		return nil, fmt.Errorf("backup %s: manifest lists no dump object", m.ID)
 	}
-	if m.Encryption.Method == "age" && (opt.Keys == nil || len(opt.Keys.Identities) == 0) {
+	if !opt.Keys.CanDecrypt(m.Encryption) {
 		return nil, codec.ErrNoIdentity
 	}
 	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")

@@ -49,7 +49,7 @@ func openObject(ctx context.Context, st storage.Store, m *catalog.Manifest, obj 
 		return nil, err
 	}
 	hr := &hashingReader{r: raw, h: sha256.New(), total: obj.Size, progress: progress}
-	decoded, err := codec.NewReader(hr, m.Encryption.Method == "age", keys)
+	decoded, err := codec.NewReader(hr, m.Encryption.Encrypted(), keys)
 	if err != nil {
 		raw.Close()
 		if errors.Is(err, codec.ErrNoIdentity) {

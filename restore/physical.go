@@ -105,7 +105,7 @@ func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error)
 	if err := opt.Target.Validate(); err != nil {
 		return nil, err
 	}
-	if m.Encryption.Method == "age" && (opt.Keys == nil || len(opt.Keys.Identities) == 0) {
+	if !opt.Keys.CanDecrypt(m.Encryption) {
 		return nil, codec.ErrNoIdentity
 	}
 	start := time.Now()

@@ -48,7 +48,7 @@ type VerifyOptions struct {
 // decompression (zstd frame checksums), and, for dumps, that pg_restore can
 // read the archive's table of contents. The error names the first bad object.
 func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*VerifyReport, error) {
-	if m.Encryption.Method == "age" && (opt.Keys == nil || len(opt.Keys.Identities) == 0) {
+	if !opt.Keys.CanDecrypt(m.Encryption) {
 		return nil, codec.ErrNoIdentity
 	}
 	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")

@@ -15,6 +15,8 @@ import (
 
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/drctl/drctl/catalog"
 )
 
 // Keys holds the age recipients backups are encrypted to and the
@@ -28,7 +30,20 @@ type Keys struct {
 }
 
 // Encrypted reports whether streams written with these keys are encrypted.
-func (k *Keys) Encrypted() bool { return len(k.Recipients) > 0 }
+func (k *Keys) Encrypted() bool { return k != nil && len(k.Recipients) > 0 }
+
+// Encryption is how a manifest records streams written with these keys.
+func (k *Keys) Encryption() catalog.Encryption {
+	if !k.Encrypted() {
+		return catalog.Encryption{Method: "none"}
+	}
+	return catalog.Encryption{Method: "age", Recipients: k.RecipientStrings}
+}
+
+// CanDecrypt reports whether these keys can read objects written with e.
+func (k *Keys) CanDecrypt(e catalog.Encryption) bool {
+	return !e.Encrypted() || (k != nil && len(k.Identities) > 0)
+}
 
 // LoadRecipients parses a recipients file: one age public key a line, as
 // `age-keygen -y` prints; blank lines and # comments are skipped.
@@ -111,7 +126,7 @@ type Writer struct {
 func NewWriter(dst io.Writer, keys *Keys, opt Options) (*Writer, error) {
 	w := &Writer{}
 	next := dst
-	if keys != nil && keys.Encrypted() {
+	if keys.Encrypted() {
 		aw, err := age.Encrypt(dst, keys.Recipients...)
 		if err != nil {
 			return nil, fmt.Errorf("age encrypt: %w", err)

@@ -46,7 +46,7 @@ func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	encrypted := opt.Keys != nil && opt.Keys.Encrypted()
+	encrypted := opt.Keys.Encrypted()
 	if !encrypted && !opt.AllowUnencrypted {
 		return nil, codec.ErrNoRecipients
 	}
@@ -68,14 +68,11 @@ func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 		Labels:        opt.Labels,
 		Server:        server,
 		Compression:   "zstd",
-		Encryption:    catalog.Encryption{Method: "none"},
+		Encryption:    opt.Keys.Encryption(),
 		Tool: catalog.Tool{
 			Name: "drctl", Version: opt.ToolVersion,
 			PgDump: pgtools.Version(pgDump), PgDumpArg: "-Fc -Z0",
 		},
-	}
-	if encrypted {
-		m.Encryption = catalog.Encryption{Method: "age", Recipients: opt.Keys.RecipientStrings}
 	}
 	key := catalog.DumpKey(m.ID, encrypted)
 	log := opt.Logger.With("backup", m.ID, "database", dbname)

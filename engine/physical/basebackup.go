@@ -52,7 +52,7 @@ func BaseBackup(ctx context.Context, opt BaseBackupOptions) (*catalog.Manifest, 
 	if opt.WALWait == 0 {
 		opt.WALWait = 2 * time.Minute
 	}
-	encrypted := opt.Keys != nil && opt.Keys.Encrypted()
+	encrypted := opt.Keys.Encrypted()
 	if !encrypted && !opt.AllowUnencrypted {
 		return nil, codec.ErrNoRecipients
 	}
@@ -92,12 +92,9 @@ func BaseBackup(ctx context.Context, opt BaseBackupOptions) (*catalog.Manifest, 
 		Labels:        opt.Labels,
 		Server:        server,
 		Compression:   "zstd",
-		Encryption:    catalog.Encryption{Method: "none"},
+		Encryption:    opt.Keys.Encryption(),
 		Tool:          catalog.Tool{Name: "drctl", Version: opt.ToolVersion},
 		Physical:      &catalog.Physical{WALSegmentSize: segSize},
-	}
-	if encrypted {
-		m.Encryption = catalog.Encryption{Method: "age", Recipients: opt.Keys.RecipientStrings}
 	}
 	log := opt.Logger.With("backup", m.ID)
 	log.Info("base backup started", "dsn", opt.DSN.Redacted(), "repository", opt.Store.String())

@@ -45,7 +45,7 @@ func Receive(ctx context.Context, opt ReceiveOptions) error {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
-	if !(opt.Keys != nil && opt.Keys.Encrypted()) && !opt.AllowUnencrypted {
+	if !opt.Keys.Encrypted() && !opt.AllowUnencrypted {
 		return codec.ErrNoRecipients
 	}
 	if opt.Slot == "" || strings.ContainsAny(opt.Slot, " '\"") {

@@ -80,7 +80,7 @@ type Archive struct {
 }
 
 func (a *Archive) ext() string {
-	if a.Keys != nil && a.Keys.Encrypted() {
+	if a.Keys.Encrypted() {
 		return ".zst.age"
 	}
 	return ".zst"
@@ -152,7 +152,7 @@ func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResu
 	if !IsArchivable(name) {
 		return nil, fmt.Errorf("wal-push %s: not a WAL segment, timeline history or backup history file name", name)
 	}
-	if !(a.Keys != nil && a.Keys.Encrypted()) && !a.AllowUnencrypted {
+	if !a.Keys.Encrypted() && !a.AllowUnencrypted {
 		return nil, fmt.Errorf("wal-push %s: no age recipients configured (or allow unencrypted WAL explicitly)", name)
 	}
 	type lookup struct {
