@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -65,7 +66,11 @@ type PhysicalOptions struct {
 	Dir string
 	// TablespaceMap maps a tablespace's OID or original path to a new one.
 	TablespaceMap map[string]string
-	Target        Target
+	// TablespaceOriginal lets a tablespace that TablespaceMap does not name
+	// be restored to the path the backup recorded. Off, such a tablespace
+	// is refused: the path comes from the repository, which is untrusted.
+	TablespaceOriginal bool
+	Target             Target
 	// RestoreCommand is PostgreSQL's restore_command (drctl wal-fetch).
 	RestoreCommand string
 	// Owner, when set, receives every file written (PostgreSQL must own
@@ -94,6 +99,10 @@ type PhysicalResult struct {
 }
 
 // Physical writes a base backup and its recovery settings into opt.Dir.
+// Everything it reads from the repository is untrusted: tar entries are
+// written only below their target directory (through os.Root), symlinks
+// only when they point inside it, and a tablespace only to a directory the
+// caller chose.
 func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
@@ -110,34 +119,33 @@ func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error)
 	}
 	start := time.Now()
 	res := &PhysicalResult{ID: m.ID, StartLSN: m.Physical.StartLSN, StopLSN: m.Physical.StopLSN, Tablespaces: map[string]string{}}
-	dirs := map[string]string{} // object key -> directory
-	for _, o := range m.Objects {
-		if o.Role != catalog.RoleTar {
-			continue
-		}
-		dir := opt.Dir
-		if o.TablespaceOID != "" {
-			dir = o.TablespacePath
-			if mapped, ok := opt.TablespaceMap[o.TablespaceOID]; ok {
-				dir = mapped
-			} else if mapped, ok := opt.TablespaceMap[o.TablespacePath]; ok {
-				dir = mapped
-			}
-			res.Tablespaces[o.TablespaceOID] = dir
-		}
-		abs, err := filepath.Abs(dir)
-		if err != nil {
-			return nil, err
-		}
-		if err := requireEmptyDir(abs); err != nil {
-			return nil, err
-		}
-		dirs[o.Key] = abs
+	dirs, err := targetDirs(opt, res)
+	if err != nil {
+		return nil, err
 	}
 	res.Dir = dirs[baseKey(m)]
 	if res.Dir == "" {
 		return nil, fmt.Errorf("backup %s has no base.tar", m.ID)
 	}
+	for _, dir := range dirs {
+		if err := requireEmptyDir(dir); err != nil {
+			return nil, err
+		}
+	}
+	roots := map[string]*os.Root{}
+	defer func() {
+		for _, r := range roots {
+			r.Close()
+		}
+	}()
+	for key, dir := range dirs {
+		r, err := os.OpenRoot(dir)
+		if err != nil {
+			return nil, err
+		}
+		roots[key] = r
+	}
+	dataRoot := roots[baseKey(m)]
 	var total int64
 	for _, o := range m.Objects {
 		total += o.Size
@@ -152,22 +160,20 @@ func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error)
 		var err error
 		switch o.Role {
 		case catalog.RoleTar:
-			err = extractObject(ctx, opt, o, dirs[o.Key], progress, res)
+			err = extractObject(ctx, opt, o, roots[o.Key], progress, res)
 		case catalog.RoleManifest:
 			// Beside the data, as pg_basebackup leaves it: pg_verifybackup reads it.
-			err = writeObject(ctx, opt, o, filepath.Join(res.Dir, "backup_manifest"), progress)
+			err = writeObject(ctx, opt, o, dataRoot, "backup_manifest", progress)
 		}
 		if err != nil {
 			return nil, err
 		}
 		done += o.Size
 	}
-	if len(res.Tablespaces) > 0 {
-		if err := rewriteTablespaceMap(res.Dir, res.Tablespaces); err != nil {
-			return nil, err
-		}
+	if err := rewriteTablespaceMap(dataRoot, res.Tablespaces); err != nil {
+		return nil, err
 	}
-	if err := writeRecoveryConfig(res.Dir, opt); err != nil {
+	if err := writeRecoveryConfig(dataRoot, opt); err != nil {
 		return nil, err
 	}
 	for _, dir := range dirs {
@@ -185,6 +191,88 @@ func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error)
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// targetDirs decides where each tar goes: base.tar into opt.Dir, each
+// tablespace into the directory the caller mapped it to, or to its original
+// location only when the caller allowed that. The manifest's paths are never
+// trusted on their own: anyone who can write to the repository could name
+// any directory of this host there.
+func targetDirs(opt PhysicalOptions, res *PhysicalResult) (map[string]string, error) {
+	m := opt.Manifest
+	dirs := map[string]string{} // object key -> absolute directory
+	used := map[string]bool{}
+	for k := range opt.TablespaceMap {
+		used[k] = false
+	}
+	for _, o := range m.Objects {
+		if o.Role != catalog.RoleTar {
+			continue
+		}
+		dir := opt.Dir
+		if o.TablespaceOID != "" {
+			if !validOID(o.TablespaceOID) {
+				return nil, fmt.Errorf("backup %s: tablespace OID %q is not a number: refusing", m.ID, o.TablespaceOID)
+			}
+			mapped, byOID := opt.TablespaceMap[o.TablespaceOID]
+			byPath := false
+			if !byOID && o.TablespacePath != "" {
+				mapped, byPath = opt.TablespaceMap[o.TablespacePath]
+			}
+			switch {
+			case byOID:
+				used[o.TablespaceOID] = true
+			case byPath:
+				used[o.TablespacePath] = true
+			case opt.TablespaceOriginal && filepath.IsAbs(o.TablespacePath) && filepath.Clean(o.TablespacePath) == o.TablespacePath:
+				mapped = o.TablespacePath
+			default:
+				return nil, fmt.Errorf("backup %s holds tablespace %s (originally %q): give --tablespace-map %s=NEWDIR, or --tablespace-original to restore it where it was",
+					m.ID, o.TablespaceOID, o.TablespacePath, o.TablespaceOID)
+			}
+			dir = mapped
+		}
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return nil, err
+		}
+		if o.TablespaceOID != "" {
+			if _, dup := res.Tablespaces[o.TablespaceOID]; dup {
+				return nil, fmt.Errorf("backup %s lists tablespace %s twice: refusing", m.ID, o.TablespaceOID)
+			}
+			res.Tablespaces[o.TablespaceOID] = abs
+		}
+		for _, other := range dirs {
+			if within(abs, other) || within(other, abs) {
+				return nil, fmt.Errorf("backup %s: %s and %s overlap: each tablespace needs a directory of its own, outside the data directory", m.ID, other, abs)
+			}
+		}
+		dirs[o.Key] = abs
+	}
+	for k, ok := range used {
+		if !ok {
+			return nil, fmt.Errorf("--tablespace-map %s: backup %s has no such tablespace (OID or original path)", k, m.ID)
+		}
+	}
+	return dirs, nil
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+func validOID(s string) bool {
+	if s == "" || len(s) > 10 {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func baseKey(m *catalog.Manifest) string {
@@ -210,7 +298,11 @@ func requireEmptyDir(dir string) error {
 	return os.Chmod(dir, 0o700)
 }
 
-func extractObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, dir string, progress Progress, res *PhysicalResult) error {
+// ErrUnsafeEntry marks a tar entry that would write outside its target
+// directory, or that a base backup never contains (devices, hard links).
+var ErrUnsafeEntry = errors.New("unsafe tar entry")
+
+func extractObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, root *os.Root, progress Progress, res *PhysicalResult) error {
 	stream, err := openObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
 	if err != nil {
 		return err
@@ -218,6 +310,10 @@ func extractObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, d
 	defer stream.Close()
 	tr := tar.NewReader(stream)
 	buf := make([]byte, 1<<20)
+	links := map[string]bool{} // symlinks written so far
+	unsafe := func(name, why string) error {
+		return fmt.Errorf("%s: %w %q: %s; refusing to restore this backup", o.Key, ErrUnsafeEntry, name, why)
+	}
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -226,38 +322,62 @@ func extractObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, d
 		if err != nil {
 			return fmt.Errorf("%s: %w", o.Key, err)
 		}
-		path, err := safeJoin(dir, hdr.Name)
-		if err != nil {
-			return fmt.Errorf("%s: %w", o.Key, err)
+		name, why := entryName(hdr.Name)
+		if why != "" {
+			return unsafe(hdr.Name, why)
+		}
+		for p := path.Dir(name); p != "."; p = path.Dir(p) {
+			if links[p] {
+				return unsafe(hdr.Name, "it lies below the symlink "+p)
+			}
 		}
 		switch hdr.Typeflag {
 		case tar.TypeDir:
-			if err := os.MkdirAll(path, 0o700); err != nil {
-				return err
+			if err := root.MkdirAll(name, 0o700); err != nil {
+				return fmt.Errorf("%s: %w", o.Key, err)
 			}
 		case tar.TypeReg:
-			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-				return err
+			if dir := path.Dir(name); dir != "." {
+				if err := root.MkdirAll(dir, 0o700); err != nil {
+					return fmt.Errorf("%s: %w", o.Key, err)
+				}
 			}
-			f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fs.FileMode(hdr.Mode)&0o700|0o600)
+			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fs.FileMode(hdr.Mode)&0o700|0o600)
 			if err != nil {
-				return err
+				return fmt.Errorf("%s: %w", o.Key, err)
 			}
 			n, err := io.CopyBuffer(f, tr, buf)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}
 			if err != nil {
-				return fmt.Errorf("write %s: %w", path, err)
+				return fmt.Errorf("write %s: %w", filepath.Join(root.Name(), name), err)
 			}
 			res.Files++
 			res.Bytes += n
 		case tar.TypeSymlink:
-			if err := os.Symlink(hdr.Linkname, path); err != nil {
-				return err
+			target := hdr.Linkname
+			if target == "" || strings.ContainsRune(target, 0) || path.IsAbs(target) {
+				return unsafe(hdr.Name, fmt.Sprintf("a symlink to %q, outside the directory", target))
 			}
+			if resolved := path.Join(path.Dir(name), target); resolved == ".." || strings.HasPrefix(resolved, "../") {
+				return unsafe(hdr.Name, fmt.Sprintf("a symlink to %q, outside the directory", target))
+			}
+			if dir := path.Dir(name); dir != "." {
+				if err := root.MkdirAll(dir, 0o700); err != nil {
+					return fmt.Errorf("%s: %w", o.Key, err)
+				}
+			}
+			if err := root.Symlink(target, name); err != nil {
+				return fmt.Errorf("%s: %w", o.Key, err)
+			}
+			links[name] = true
+		case tar.TypeLink:
+			return unsafe(hdr.Name, fmt.Sprintf("a hard link to %q (base backups hold none)", hdr.Linkname))
+		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+			return unsafe(hdr.Name, "a device file or FIFO (base backups hold none)")
 		default:
-			return fmt.Errorf("%s: unsupported tar entry %q (type %c)", o.Key, hdr.Name, hdr.Typeflag)
+			return unsafe(hdr.Name, fmt.Sprintf("unsupported entry type %q", hdr.Typeflag))
 		}
 	}
 	// The tar's end-of-archive blocks may leave padding unread.
@@ -267,13 +387,34 @@ func extractObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, d
 	return stream.check()
 }
 
-func writeObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, path string, progress Progress) error {
+// entryName cleans a tar entry's name to a relative slash path, or says why
+// it is refused: absolute, climbing out with "..", empty, or with a NUL.
+func entryName(name string) (string, string) {
+	switch {
+	case strings.ContainsRune(name, 0):
+		return "", "the name holds a NUL byte"
+	case strings.HasPrefix(name, "/"):
+		return "", "an absolute name"
+	}
+	for _, seg := range strings.Split(name, "/") {
+		if seg == ".." {
+			return "", "the name climbs out with \"..\""
+		}
+	}
+	clean := path.Clean(name)
+	if clean == "." || clean == "" {
+		return "", "an empty name"
+	}
+	return clean, ""
+}
+
+func writeObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, root *os.Root, name string, progress Progress) error {
 	stream, err := openObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
 	if err != nil {
 		return err
 	}
 	defer stream.Close()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
@@ -287,41 +428,59 @@ func writeObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, pat
 	return stream.check()
 }
 
-// safeJoin refuses tar entries that would land outside dir.
-func safeJoin(dir, name string) (string, error) {
-	rel := strings.TrimSuffix(strings.TrimPrefix(name, "./"), "/")
-	if rel == "" || rel == "." || strings.HasPrefix(rel, "/") || strings.Contains(rel, "\x00") {
-		return "", fmt.Errorf("invalid tar entry name %q", name)
+// replaceFile writes name afresh inside root: whatever the backup put
+// under that name (a symlink included) is removed first, never written through.
+func replaceFile(root *os.Root, name string, data []byte) error {
+	if err := root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
-	for _, seg := range strings.Split(rel, "/") {
-		if seg == ".." {
-			return "", fmt.Errorf("tar entry %q escapes the directory", name)
-		}
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
 	}
-	return filepath.Join(dir, filepath.FromSlash(rel)), nil
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
-// rewriteTablespaceMap points tablespace_map at the restored locations;
-// PostgreSQL creates pg_tblspc's links from it when recovery starts.
-func rewriteTablespaceMap(dir string, tablespaces map[string]string) error {
-	path := filepath.Join(dir, "tablespace_map")
-	data, err := os.ReadFile(path)
+// rewriteTablespaceMap writes tablespace_map afresh from the locations
+// chosen for the restore; PostgreSQL creates pg_tblspc's links from it when
+// recovery starts. A line for a tablespace the manifest does not list would
+// make PostgreSQL link to a place nobody chose: refused.
+func rewriteTablespaceMap(root *os.Root, tablespaces map[string]string) error {
+	data, err := root.ReadFile("tablespace_map")
+	if errors.Is(err, fs.ErrNotExist) && len(tablespaces) == 0 {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("tablespace_map: %w", err)
 	}
 	var out strings.Builder
+	seen := map[string]bool{}
 	for _, line := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
-		oid, _, ok := strings.Cut(line, " ")
-		if newDir, mapped := tablespaces[oid]; ok && mapped {
-			line = oid + " " + newDir
+		if line == "" {
+			continue
 		}
-		out.WriteString(line + "\n")
+		oid, _, _ := strings.Cut(line, " ")
+		dir, ok := tablespaces[oid]
+		if !ok {
+			return fmt.Errorf("tablespace_map names tablespace %q, which the backup's manifest does not list: refusing", oid)
+		}
+		seen[oid] = true
+		out.WriteString(oid + " " + dir + "\n")
 	}
-	return os.WriteFile(path, []byte(out.String()), 0o600)
+	for oid := range tablespaces {
+		if !seen[oid] {
+			return fmt.Errorf("tablespace_map lacks tablespace %s, which the backup's manifest lists", oid)
+		}
+	}
+	return replaceFile(root, "tablespace_map", []byte(out.String()))
 }
 
 // writeRecoveryConfig makes the directory start in targeted recovery.
-func writeRecoveryConfig(dir string, opt PhysicalOptions) error {
+func writeRecoveryConfig(root *os.Root, opt PhysicalOptions) error {
 	var conf strings.Builder
 	conf.WriteString("\n# Added by drctl restore of backup " + opt.Manifest.ID + "\n")
 	set := func(k, v string) { fmt.Fprintf(&conf, "%s = '%s'\n", k, strings.ReplaceAll(v, "'", "''")) }
@@ -352,19 +511,18 @@ func writeRecoveryConfig(dir string, opt PhysicalOptions) error {
 		}
 		set("recovery_target_action", action)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
+	const auto = "postgresql.auto.conf"
+	old, err := root.ReadFile(auto)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	if _, err := f.WriteString(conf.String()); err != nil {
-		f.Close()
+	if err := replaceFile(root, auto, append(old, conf.String()...)); err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
+	if err := root.Remove("standby.signal"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	os.Remove(filepath.Join(dir, "standby.signal"))
-	return os.WriteFile(filepath.Join(dir, "recovery.signal"), nil, 0o600)
+	return replaceFile(root, "recovery.signal", nil)
 }
 
 func chownTree(dir string, o Owner) error {

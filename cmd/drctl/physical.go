@@ -248,6 +248,7 @@ type physicalRestoreFlags struct {
 	to             string
 	target         restore.Target
 	tablespaceMap  []string
+	tsOriginal     bool
 	start          bool
 	startOptions   []string
 	recoveryConfig string
@@ -263,6 +264,7 @@ func (p *physicalRestoreFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.target.Timeline, "target-timeline", "latest", "timeline to follow: latest, current or a number")
 	f.StringVar(&p.target.Action, "target-action", "promote", "at the target: promote, pause or shutdown")
 	f.StringArrayVar(&p.tablespaceMap, "tablespace-map", nil, "OLD=NEW: restore the tablespace with OID or path OLD into NEW (repeatable)")
+	f.BoolVar(&p.tsOriginal, "tablespace-original", false, "restore tablespaces not named by --tablespace-map to their original paths (taken from the backup: trust it first)")
 	f.BoolVar(&p.start, "start", false, "start PostgreSQL and wait until recovery reached the target")
 	f.StringArrayVar(&p.startOptions, "start-option", nil, "name=value server setting for --start, e.g. port=5433 (repeatable)")
 	f.StringVar(&p.recoveryConfig, "recovery-config", "", "where to write the configuration restore_command uses (default DIR.drctl-recovery.yaml, beside DIR)")
@@ -311,7 +313,7 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	restoreCmd := fmt.Sprintf("%s --config %s wal-fetch --segment-size %d %%f %%p", exe, cfgPath, m.Physical.WALSegmentSize)
 	bar := newProgressBar(stderr, !asJSON)
 	res, err := restore.Physical(cmd.Context(), restore.PhysicalOptions{
-		Store: st, Manifest: m, Keys: keys, Dir: dir, TablespaceMap: tsMap, Target: p.target,
+		Store: st, Manifest: m, Keys: keys, Dir: dir, TablespaceMap: tsMap, TablespaceOriginal: p.tsOriginal, Target: p.target,
 		RestoreCommand: restoreCmd, Owner: owner, PauseAtTarget: p.start, Progress: bar.update, Logger: s.Logger,
 	})
 	bar.finish()
