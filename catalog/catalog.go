@@ -165,10 +165,20 @@ func ObjectKey(id, name string) string { return backupsPrefix + id + "/" + name 
 var ErrUnknownBackup = errors.New("no such backup")
 
 // Commit stores the manifest, making the backup visible. It refuses to
-// replace an existing manifest.
+// replace an existing manifest, and to commit a backup any of whose objects
+// is missing or of another size than the manifest says.
 func Commit(ctx context.Context, st storage.Store, m *Manifest) error {
 	if err := m.validate(); err != nil {
 		return fmt.Errorf("commit backup %s: %w", m.ID, err)
+	}
+	for _, o := range m.Objects {
+		info, err := st.Stat(ctx, o.Key)
+		if err != nil {
+			return fmt.Errorf("commit backup %s: check %s: %w", m.ID, o.Key, err)
+		}
+		if info.Size != o.Size {
+			return fmt.Errorf("commit backup %s: %s holds %d bytes, %d were written", m.ID, o.Key, info.Size, o.Size)
+		}
 	}
 	body, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
@@ -347,13 +357,14 @@ func deleteObjects(ctx context.Context, st storage.Store, id string) error {
 	return nil
 }
 
-// Orphans returns the ids of backups that have objects but no manifest and
-// started before cutoff: the leftovers of failed backups or interrupted
-// deletes. (A backup still running has no manifest either: hence the cutoff.)
-func Orphans(ctx context.Context, st storage.Store, cutoff time.Time) ([]string, error) {
+// Orphans returns the ids of backups that have objects but no manifest
+// and whose writer is provably dead (its lease expired; see Reaper): the
+// leftovers of failed backups or interrupted deletes. Those whose writer
+// may be alive, or whose lease could not be read, are returned as kept.
+func Orphans(ctx context.Context, st storage.Store, r *Reaper) (orphans, kept []string, err error) {
 	objs, err := st.List(ctx, backupsPrefix)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	seen := map[string]bool{}
 	committed := map[string]bool{}
@@ -367,21 +378,47 @@ func Orphans(ctx context.Context, st storage.Store, cutoff time.Time) ([]string,
 			committed[id] = true
 		}
 	}
-	var out []string
 	for id := range seen {
-		started, err := time.Parse("20060102T150405Z", id[:16])
-		if err == nil && !committed[id] && started.Before(cutoff) {
-			out = append(out, id)
+		if committed[id] {
+			continue
+		}
+		if r.BackupDead(ctx, id) {
+			orphans = append(orphans, id)
+		} else {
+			kept = append(kept, id)
 		}
 	}
-	sort.Strings(out)
-	return out, nil
+	sort.Strings(orphans)
+	sort.Strings(kept)
+	return orphans, kept, nil
 }
 
-// DeleteOrphan removes the objects of a backup that has no manifest.
-func DeleteOrphan(ctx context.Context, st storage.Store, id string) error {
-	if _, err := st.Stat(ctx, ManifestKey(id)); err == nil {
-		return fmt.Errorf("backup %s has a manifest: not an orphan", id)
+// DeleteOrphan removes the objects of a backup that has no manifest, and
+// then its expired lease. It checks both again first, freshly: only a
+// definite "no manifest" and a dead writer let it delete anything.
+func DeleteOrphan(ctx context.Context, st storage.Store, id string, now time.Time) error {
+	if !ValidID(id) {
+		return fmt.Errorf("invalid backup id %q", id)
 	}
-	return deleteObjects(ctx, st, id)
+	_, err := st.Stat(ctx, ManifestKey(id))
+	switch {
+	case err == nil:
+		return fmt.Errorf("backup %s has a manifest: not an orphan", id)
+	case !errors.Is(err, storage.ErrNotExist):
+		return fmt.Errorf("leftovers of %s kept: cannot tell whether it has a manifest: %w", id, err)
+	}
+	r := NewReaper(st, now)
+	if !r.BackupDead(ctx, id) {
+		if len(r.Errors) > 0 {
+			return fmt.Errorf("leftovers of %s kept: %w", id, r.Errors[0])
+		}
+		return fmt.Errorf("leftovers of %s kept: its writer's lease is live", id)
+	}
+	if err := deleteObjects(ctx, st, id); err != nil {
+		return err
+	}
+	if err := st.Delete(ctx, LeaseKey(id)); err != nil {
+		return fmt.Errorf("delete lease of %s: %w", id, err)
+	}
+	return nil
 }

@@ -30,9 +30,15 @@ type Plan struct {
 	WALDeleteCount int      `json:"wal_delete_count"`
 	WALDeleteBytes int64    `json:"wal_delete_bytes"`
 	WALKeepFrom    string   `json:"wal_keep_from_segment,omitempty"`
+	now            time.Time
 	// Orphans are objects of backups that never committed (or whose delete
-	// was interrupted), started over a day ago.
+	// was interrupted) and whose writer is provably dead: lease expired.
 	Orphans []string `json:"orphans"`
+	// Unfinished are backups without a manifest whose writer may still be
+	// running (live lease) or could not be checked: never deleted.
+	Unfinished []string `json:"unfinished"`
+	// Warnings say what could not be read; what they concern was kept.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Decision is one backup and why it is kept or deleted.
@@ -119,12 +125,20 @@ func PlanPrune(ctx context.Context, st storage.Store, r Retention, now time.Time
 			return nil, err
 		}
 	}
-	if p.Orphans, err = catalog.Orphans(ctx, st, now.Add(-24*time.Hour)); err != nil {
+	reaper := catalog.NewReaper(st, now)
+	if p.Orphans, p.Unfinished, err = catalog.Orphans(ctx, st, reaper); err != nil {
 		return nil, err
+	}
+	for _, e := range reaper.Errors {
+		p.Warnings = append(p.Warnings, e.Error())
 	}
 	if p.Orphans == nil {
 		p.Orphans = []string{}
 	}
+	if p.Unfinished == nil {
+		p.Unfinished = []string{}
+	}
+	p.now = now
 	return p, nil
 }
 
@@ -167,16 +181,18 @@ func planWAL(ctx context.Context, st storage.Store, oldest *catalog.Manifest, p 
 
 // Prune carries out a plan: backups first (manifest before data), then
 // orphans, then WAL, so that an interruption at any point leaves every
-// listed backup whole and restorable.
+// listed backup whole and restorable. An orphan that cannot be checked is
+// kept and reported; the rest of the plan goes on.
 func Prune(ctx context.Context, st storage.Store, p *Plan) error {
 	for _, d := range p.Delete {
 		if err := catalog.Delete(ctx, st, d.ID); err != nil {
 			return err
 		}
 	}
+	var errs []error
 	for _, id := range p.Orphans {
-		if err := catalog.DeleteOrphan(ctx, st, id); err != nil {
-			return err
+		if err := catalog.DeleteOrphan(ctx, st, id, p.now); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	for _, key := range p.WALDelete {
@@ -184,5 +200,5 @@ func Prune(ctx context.Context, st storage.Store, p *Plan) error {
 			return fmt.Errorf("delete %s: %w", key, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -88,5 +88,10 @@ func quote(s string) string { return "\"" + s + "\"" }
 // left behind: temporary files, unfinished multipart uploads. Such leftovers
 // are never visible as objects; cleaning them only frees space.
 type StaleCleaner interface {
-	RemoveStaleTemp(ctx context.Context, age time.Duration, now time.Time) (int, error)
+	//
+	// RemoveStaleTemp removes the leftovers for which dead reports true:
+	// key is the object the leftover was to become ("" when the store
+	// cannot tell), since when it was begun or last written. The caller
+	// decides from the writers' leases; a store never judges by age alone.
+	RemoveStaleTemp(ctx context.Context, dead func(key string, since time.Time) bool) (int, error)
 }

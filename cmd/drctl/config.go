@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/storage"
@@ -201,9 +202,12 @@ func (g *globalFlags) openWriter(cmd *cobra.Command, stderr io.Writer, allowUnen
 		return nil, err
 	}
 	if c, ok := st.(storage.StaleCleaner); ok {
-		// Leftovers of writers killed more than a day ago: temp files,
-		// unfinished multipart uploads. Never visible; this frees space.
-		if n, err := c.RemoveStaleTemp(cmd.Context(), 24*time.Hour, time.Now()); err != nil {
+		// Leftovers of killed writers (temp files, unfinished multipart
+		// uploads) whose lease expired. Never visible; this frees space.
+		reaper := catalog.NewReaper(st, time.Now())
+		if n, err := c.RemoveStaleTemp(cmd.Context(), func(key string, since time.Time) bool {
+			return reaper.LeftoverDead(cmd.Context(), key, since)
+		}); err != nil {
 			s.Logger.Warn("could not clean up leftovers of killed backups", "error", err)
 		} else if n > 0 {
 			s.Logger.Info("cleaned up leftovers of killed backups", "count", n)

@@ -344,7 +344,9 @@ func TestWALVerifyAndGaps(t *testing.T) {
 		t.Fatalf("tablespace restored at %q, want %q", loc, newTS)
 	}
 	// A non-empty target directory is refused.
-	mustFail(t, r.env, "not empty", "restore", "latest", "--to", r.pg.DataDir())
+	mustFail(t, r.env, "not empty", "restore", "latest", "--to", r.pg.DataDir(), "--tablespace-map", r.tablespaceDir(t)+"="+filepath.Join(r.work, "ts-unused"))
+	// The tablespace's recorded path is not used without the user's word.
+	mustFail(t, r.env, "--tablespace-map", "restore", "latest", "--to", filepath.Join(r.work, "no-ts-map"))
 
 	// A gap after the backup: restorable, but only up to the gap.
 	segs, _ := filepath.Glob(filepath.Join(r.repo, "wal", "00000001"+strings.Repeat("?", 16)+"."+strings.Repeat("?", 32)+".zst.age"))

@@ -449,6 +449,9 @@ func newPruneCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			for _, w := range plan.Warnings {
+				s.Logger.Warn("kept what could not be checked", "error", w)
+			}
 			if !dryRun {
 				if err := policy.Prune(cmd.Context(), st, plan); err != nil {
 					return err
@@ -473,6 +476,9 @@ func newPruneCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			}
 			for _, id := range plan.Orphans {
 				fmt.Fprintf(stdout, "%s leftovers of unfinished backup %s\n", verb, id)
+			}
+			for _, id := range plan.Unfinished {
+				fmt.Fprintf(stdout, "keep unfinished backup %s (its writer's lease is live or could not be read)\n", id)
 			}
 			fmt.Fprintf(stdout, "%s %d WAL files (%s) before %s\n", verb, plan.WALDeleteCount, humanBytes(plan.WALDeleteBytes), first(plan.WALKeepFrom, "the oldest kept base backup"))
 			return nil

@@ -35,7 +35,10 @@ type BackupOptions struct {
 	PgDump      string
 	ToolVersion string
 	Now         func() time.Time
-	Logger      *slog.Logger
+	// Lease tunes the writer's lease (see catalog.AcquireLease); its Now
+	// defaults to the backup's.
+	Lease  catalog.LeaseOptions
+	Logger *slog.Logger
 }
 
 // Backup dumps the database and returns the committed manifest.
@@ -78,7 +81,15 @@ func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 	log := opt.Logger.With("backup", m.ID, "database", dbname)
 	log.Info("backup started", "dsn", opt.DSN.Redacted(), "object", key, "repository", opt.Store.String())
 
+	lease, err := catalog.AcquireLease(ctx, opt.Store, m.ID, catalog.LeaseBackup, opt.Lease.Defaults(opt.Now, log))
+	if err != nil {
+		return nil, err
+	}
+	defer lease.Release(ctx)
 	obj, err := streamDump(ctx, opt, pgDump, key)
+	if err == nil {
+		err = lease.Check()
+	}
 	if err != nil {
 		// A half-written object is invisible already; a whole one without a
 		// manifest is harmless, but tidy it up when the server lets us.

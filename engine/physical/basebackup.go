@@ -34,7 +34,9 @@ type BaseBackupOptions struct {
 	// (default 2 minutes). A backup whose WAL never arrives is not committed.
 	WALWait time.Duration
 	Now     func() time.Time
-	Logger  *slog.Logger
+	// Lease tunes the writer's lease (see catalog.AcquireLease).
+	Lease  catalog.LeaseOptions
+	Logger *slog.Logger
 }
 
 // BaseBackup streams a base backup of the whole cluster: one tar per
@@ -99,10 +101,18 @@ func BaseBackup(ctx context.Context, opt BaseBackupOptions) (*catalog.Manifest, 
 	log := opt.Logger.With("backup", m.ID)
 	log.Info("base backup started", "dsn", opt.DSN.Redacted(), "repository", opt.Store.String())
 
+	lease, err := catalog.AcquireLease(ctx, opt.Store, m.ID, catalog.LeaseBaseBackup, opt.Lease.Defaults(opt.Now, log))
+	if err != nil {
+		return nil, err
+	}
+	defer lease.Release(ctx)
 	bb := &baseBackupStream{opt: opt, m: m, encrypted: encrypted, log: log}
 	err = bb.run(ctx, conn)
 	if err == nil {
 		err = waitForWAL(ctx, opt, m)
+	}
+	if err == nil {
+		err = lease.Check()
 	}
 	if err != nil {
 		bb.abort()

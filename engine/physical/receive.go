@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/wal"
@@ -30,7 +31,9 @@ type ReceiveOptions struct {
 	// FlushInterval is how often the unfinished segment is stored as a
 	// partial segment (default 1s): the recovery point's age.
 	FlushInterval time.Duration
-	Logger        *slog.Logger
+	// Lease tunes the receiver's lease, wal-receive-<slot>.
+	Lease  catalog.LeaseOptions
+	Logger *slog.Logger
 }
 
 // Receive streams WAL from the slot into the archive until ctx ends. Each
@@ -51,6 +54,11 @@ func Receive(ctx context.Context, opt ReceiveOptions) error {
 	if opt.Slot == "" || strings.ContainsAny(opt.Slot, " '\"") {
 		return fmt.Errorf("invalid replication slot name %q", opt.Slot)
 	}
+	lease, err := catalog.AcquireLease(ctx, opt.Store, "wal-receive-"+opt.Slot, catalog.LeaseWALReceive, opt.Lease.Defaults(time.Now, opt.Logger))
+	if err != nil {
+		return err
+	}
+	defer lease.Release(ctx)
 	backoff := time.Second
 	for {
 		r := &receiver{opt: opt, archive: &wal.Archive{Store: opt.Store, Keys: opt.Keys, AllowUnencrypted: opt.AllowUnencrypted}}

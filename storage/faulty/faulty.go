@@ -32,6 +32,60 @@ type Store struct {
 	Latency time.Duration
 	// Puts counts Put and PutIfAbsent calls.
 	Puts int
+	// Fail, when set, is asked before every call ("Put", "PutIfAbsent",
+	// "Get", "Stat", "List", "Delete") and the call fails with the error
+	// it returns, if any, without reaching the store.
+	Fail func(method, key string) error
+}
+
+// SetFail sets Fail while calls may be running.
+func (s *Store) SetFail(f func(method, key string) error) {
+	s.mu.Lock()
+	s.Fail = f
+	s.mu.Unlock()
+}
+
+func (s *Store) fail(method, key string) error {
+	s.mu.Lock()
+	f := s.Fail
+	s.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f(method, key)
+}
+
+// Stat injects Fail.
+func (s *Store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error) {
+	if err := s.delay(ctx); err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	if err := s.fail("Stat", key); err != nil {
+		return storage.ObjectInfo{}, err
+	}
+	return s.Store.Stat(ctx, key)
+}
+
+// List injects Fail.
+func (s *Store) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, error) {
+	if err := s.delay(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.fail("List", prefix); err != nil {
+		return nil, err
+	}
+	return s.Store.List(ctx, prefix)
+}
+
+// Delete injects Fail.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if err := s.delay(ctx); err != nil {
+		return err
+	}
+	if err := s.fail("Delete", key); err != nil {
+		return err
+	}
+	return s.Store.Delete(ctx, key)
 }
 
 func (s *Store) settings() (failPut, failGet, trunc int64, lat time.Duration) {
@@ -55,11 +109,17 @@ func (s *Store) delay(ctx context.Context) error {
 
 // Put injects FailPutAfter.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
+	if err := s.fail("Put", key); err != nil {
+		return err
+	}
 	return s.put(ctx, key, r, s.Store.Put)
 }
 
 // PutIfAbsent injects FailPutAfter.
 func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	if err := s.fail("PutIfAbsent", key); err != nil {
+		return err
+	}
 	return s.put(ctx, key, r, s.Store.PutIfAbsent)
 }
 
@@ -79,6 +139,9 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader, next func(cont
 // Get injects FailGetAfter and TruncateGetAt.
 func (s *Store) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if err := s.delay(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.fail("Get", key); err != nil {
 		return nil, err
 	}
 	rc, err := s.Store.Get(ctx, key)

@@ -6,6 +6,7 @@ package filestore
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -72,7 +73,7 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader, exclusive bool
 	if err != nil {
 		return err
 	}
-	tmp, err := s.writeTemp(ctx, r)
+	tmp, err := s.writeTemp(ctx, key, r)
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
@@ -97,12 +98,39 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader, exclusive bool
 	return nil
 }
 
-func (s *Store) writeTemp(ctx context.Context, r io.Reader) (string, error) {
+// tempName names a temporary file: random, then the key it becomes (when
+// it fits a file name), so that a cleanup can ask whose it is.
+func tempName(key string) (string, error) {
 	var rnd [12]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return "", err
 	}
-	name := filepath.Join(s.root, tmpDir, hex.EncodeToString(rnd[:]))
+	name := hex.EncodeToString(rnd[:])
+	if enc := base64.RawURLEncoding.EncodeToString([]byte(key)); len(enc) <= 200 {
+		name += "." + enc
+	}
+	return name, nil
+}
+
+// tempKey is the key a temporary file was to become, "" when unknown.
+func tempKey(name string) string {
+	_, enc, ok := strings.Cut(name, ".")
+	if !ok {
+		return ""
+	}
+	key, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil || storage.ValidKey(string(key)) != nil {
+		return ""
+	}
+	return string(key)
+}
+
+func (s *Store) writeTemp(ctx context.Context, key string, r io.Reader) (string, error) {
+	base, err := tempName(key)
+	if err != nil {
+		return "", err
+	}
+	name := filepath.Join(s.root, tmpDir, base)
 	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {
 		return "", err
@@ -250,9 +278,10 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// RemoveStaleTemp deletes temporary files older than age, the leftovers of
-// writers that were killed. It returns how many it removed.
-func (s *Store) RemoveStaleTemp(_ context.Context, age time.Duration, now time.Time) (int, error) {
+// RemoveStaleTemp deletes the temporary files of killed writers for which
+// dead reports true, given the key each was to become (kept in its name).
+// It returns how many it removed.
+func (s *Store) RemoveStaleTemp(_ context.Context, dead func(key string, since time.Time) bool) (int, error) {
 	entries, err := os.ReadDir(filepath.Join(s.root, tmpDir))
 	if err != nil {
 		return 0, err
@@ -260,7 +289,7 @@ func (s *Store) RemoveStaleTemp(_ context.Context, age time.Duration, now time.T
 	n := 0
 	for _, e := range entries {
 		fi, err := e.Info()
-		if err != nil || now.Sub(fi.ModTime()) < age {
+		if err != nil || !dead(tempKey(e.Name()), fi.ModTime()) {
 			continue
 		}
 		if os.Remove(filepath.Join(s.root, tmpDir, e.Name())) == nil {

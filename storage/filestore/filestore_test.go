@@ -1,6 +1,7 @@
 package filestore_test
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -21,6 +22,8 @@ func TestConformance(t *testing.T) {
 	}, storagetest.Options{})
 }
 
+// A cleanup is told which key each temporary file was to become, so it
+// can ask whether that writer is alive; only what it calls dead goes.
 func TestRemoveStaleTemp(t *testing.T) {
 	dir := t.TempDir()
 	s, err := filestore.Open(dir)
@@ -31,14 +34,27 @@ func TestRemoveStaleTemp(t *testing.T) {
 	if err := os.WriteFile(stale, []byte("x"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, now); err != nil || n != 0 {
-		t.Fatalf("fresh temp file removed: %d, %v", n, err)
+	// A writer in progress: its temp file exists until the Put ends.
+	pr, pw := io.Pipe()
+	putDone := make(chan error, 1)
+	go func() { putDone <- s.Put(t.Context(), "backups/20261126T000000Z-abcdef/base.tar.zst.age", pr) }()
+	pw.Write([]byte("partial"))
+	seen := map[string]bool{}
+	if n, err := s.RemoveStaleTemp(t.Context(), func(key string, since time.Time) bool {
+		seen[key] = true
+		return key == ""
+	}); err != nil || n != 1 {
+		t.Fatalf("removed %d, %v; want only the leftover without a key", n, err)
 	}
-	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, now.Add(2*time.Hour)); err != nil || n != 1 {
-		t.Fatalf("stale temp file not removed: %d, %v", n, err)
+	if !seen["backups/20261126T000000Z-abcdef/base.tar.zst.age"] || !seen[""] || len(seen) != 2 {
+		t.Fatalf("keys asked about: %v", seen)
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("stale file still there: %v", err)
+	}
+	pw.Write([]byte(" and the rest"))
+	pw.Close()
+	if err := <-putDone; err != nil {
+		t.Fatalf("the live writer's Put failed: %v", err)
 	}
 }

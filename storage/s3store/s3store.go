@@ -485,10 +485,10 @@ func crc32c(b []byte) *string {
 	return aws.String(base64.StdEncoding.EncodeToString(sum[:]))
 }
 
-// RemoveStaleTemp aborts multipart uploads below the store's prefix that
-// were started more than age before now: the parts of writers that were
-// killed before they could abort. It returns how many it aborted.
-func (s *Store) RemoveStaleTemp(ctx context.Context, age time.Duration, now time.Time) (int, error) {
+// RemoveStaleTemp aborts the multipart uploads below the store's prefix
+// for which dead reports true: the parts of writers that were killed before
+// they could abort. It returns how many it aborted.
+func (s *Store) RemoveStaleTemp(ctx context.Context, dead func(key string, since time.Time) bool) (int, error) {
 	in := &s3.ListMultipartUploadsInput{Bucket: &s.opt.Bucket}
 	if s.opt.Prefix != "" {
 		in.Prefix = aws.String(s.opt.Prefix + "/")
@@ -500,7 +500,11 @@ func (s *Store) RemoveStaleTemp(ctx context.Context, age time.Duration, now time
 			return n, fmt.Errorf("list multipart uploads: %w", err)
 		}
 		for _, u := range out.Uploads {
-			if u.Initiated == nil || now.Sub(*u.Initiated) < age {
+			key := aws.ToString(u.Key)
+			if s.opt.Prefix != "" {
+				key = strings.TrimPrefix(key, s.opt.Prefix+"/")
+			}
+			if u.Initiated == nil || !dead(key, *u.Initiated) {
 				continue
 			}
 			if _, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.opt.Bucket, Key: u.Key, UploadId: u.UploadId}); err != nil {

@@ -162,10 +162,20 @@ func TestRemoveStaleUploads(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, time.Now()); err != nil || n != 0 {
-		t.Fatalf("fresh uploads aborted: %d, %v", n, err)
+	var asked []string
+	if n, err := s.RemoveStaleTemp(t.Context(), func(key string, since time.Time) bool {
+		asked = append(asked, key)
+		if time.Since(since) > time.Hour || since.After(time.Now().Add(time.Minute)) {
+			t.Errorf("upload of %s began at %v", key, since)
+		}
+		return false
+	}); err != nil || n != 0 {
+		t.Fatalf("uploads of live writers aborted: %d, %v", n, err)
 	}
-	if n, err := s.RemoveStaleTemp(t.Context(), time.Hour, time.Now().Add(2*time.Hour)); err != nil || n != 1 {
+	if len(asked) != 1 || asked[0] != "backups/x/dump" {
+		t.Fatalf("asked about %q; want the key below the prefix only", asked)
+	}
+	if n, err := s.RemoveStaleTemp(t.Context(), func(string, time.Time) bool { return true }); err != nil || n != 1 {
 		t.Fatalf("stale uploads below the prefix: aborted %d, %v; want 1", n, err)
 	}
 	ups, err := c.ListMultipartUploads(t.Context(), &s3.ListMultipartUploadsInput{Bucket: &srv.Bucket})
