@@ -283,19 +283,91 @@ func List(ctx context.Context, st storage.Store) ([]*Manifest, error) {
 	return out, nil
 }
 
-// Resolve finds a backup by id, or the newest one for "latest".
-func Resolve(ctx context.Context, st storage.Store, ref string) (*Manifest, error) {
+// Query selects backups. Zero fields select everything.
+type Query struct {
+	Kind     string // KindLogical or KindPhysical
+	Database string // the database a logical backup dumped
+	// Accept, when set, must also hold (e.g. a base backup ends before the
+	// recovery target).
+	Accept func(*Manifest) bool
+	// What the query is for, in the error when nothing matches
+	// ("before the recovery target").
+	Purpose string
+}
+
+// Match reports whether m is selected.
+func (q Query) Match(m *Manifest) bool {
+	return (q.Kind == "" || m.Kind == q.Kind) && (q.Database == "" || m.Database == q.Database) &&
+		(q.Accept == nil || q.Accept(m))
+}
+
+// Select returns the backups of all that q selects, in their order.
+func Select(all []*Manifest, q Query) []*Manifest {
+	var out []*Manifest
+	for _, m := range all {
+		if q.Match(m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// ErrAmbiguous is returned by Resolve when "latest" could mean backups of
+// several databases.
+var ErrAmbiguous = errors.New("ambiguous")
+
+// Resolve finds a backup by id, or for "latest" the newest complete one
+// that q selects. A logical "latest" without a database is refused when
+// the repository holds logical backups of several databases: a restore of
+// the wrong database is worse than a question. An id of another kind than
+// q.Kind is refused, naming the right use.
+func Resolve(ctx context.Context, st storage.Store, ref string, q Query) (*Manifest, error) {
 	if ref != "latest" {
-		return Load(ctx, st, ref)
+		m, err := Load(ctx, st, ref)
+		if err != nil {
+			return nil, err
+		}
+		if q.Kind != "" && m.Kind != q.Kind {
+			use := map[string]string{KindLogical: "restore it into a database with --into DSN", KindPhysical: "restore it into a data directory with --to DIR"}[m.Kind]
+			return nil, fmt.Errorf("backup %s is a %s backup, not a %s one: %s", ref, m.Kind, q.Kind, use)
+		}
+		return m, nil
 	}
 	all, err := List(ctx, st)
 	if err != nil {
 		return nil, err
 	}
-	if len(all) == 0 {
-		return nil, fmt.Errorf("latest: %w: the repository %s holds no complete backup", ErrUnknownBackup, st)
+	if q.Kind == KindLogical && q.Database == "" {
+		dbs := map[string]bool{}
+		for _, m := range Select(all, Query{Kind: KindLogical}) {
+			dbs[m.Database] = true
+		}
+		if len(dbs) > 1 {
+			names := make([]string, 0, len(dbs))
+			for db := range dbs {
+				names = append(names, db)
+			}
+			sort.Strings(names)
+			return nil, fmt.Errorf("latest: %w: %s holds logical backups of %d databases (%s): give --database NAME",
+				ErrAmbiguous, st, len(names), strings.Join(names, ", "))
+		}
 	}
-	return all[len(all)-1], nil
+	matched := Select(all, q)
+	if len(matched) == 0 {
+		what := "complete"
+		if q.Kind != "" {
+			what += " " + q.Kind
+		}
+		what += " backup"
+		if q.Database != "" {
+			what += " of database " + q.Database
+		}
+		if q.Purpose != "" {
+			what += " " + q.Purpose
+		}
+		return nil, fmt.Errorf("latest: %w: the repository %s holds no %s", ErrUnknownBackup, st, what)
+	}
+	return matched[len(matched)-1], nil
 }
 
 // Verification is the record a successful verify leaves beside a backup.

@@ -56,7 +56,7 @@ func TestFormatV1Repository(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := &codec.Keys{Identities: ids}
-	m, err := catalog.Resolve(t.Context(), st, "latest")
+	m, err := catalog.Resolve(t.Context(), st, "latest", catalog.Query{})
 	if err != nil {
 		t.Fatal(err)
 	}

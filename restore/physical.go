@@ -18,6 +18,7 @@ import (
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/wal"
 	"github.com/drctl/drctl/storage"
 )
 
@@ -55,6 +56,35 @@ func (t Target) Validate() error {
 		return errors.New("recovery target contains a quote, backslash or newline")
 	}
 	return nil
+}
+
+// Reachable reports whether recovery from base backup m can reach the
+// target: the backup ended before the target time or LSN. (Names and xids
+// cannot be placed in time: any base backup may reach them.)
+func (t Target) Reachable(m *catalog.Manifest) bool {
+	if m.Physical == nil {
+		return false
+	}
+	if at, ok := parseTargetTime(t.Time); ok && m.EndTime.After(at) {
+		return false
+	}
+	if t.LSN != "" {
+		target, err := wal.ParseLSN(t.LSN)
+		stop, serr := wal.ParseLSN(m.Physical.StopLSN)
+		if err == nil && (serr != nil || stop > target) {
+			return false
+		}
+	}
+	return true
+}
+
+func parseTargetTime(s string) (time.Time, bool) {
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999"} {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
 }
 
 // PhysicalOptions configure writing a base backup into a data directory.

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	osuser "os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -20,8 +22,11 @@ type StartOptions struct {
 	Dir string
 	// Settings are passed to the server as -c name=value (port, sockets...).
 	Settings []string
-	// DSN reaches the started server, to follow recovery.
-	DSN    *pgdsn.DSN
+	// Login is the role (user, password, dbname) to follow recovery with;
+	// its host and port are ignored: Start connects only to the server it
+	// started, over a private socket directory. Nil: the data directory
+	// owner's user name (or this user's), database postgres.
+	Login  *pgdsn.DSN
 	Owner  *Owner
 	Target Target
 	// Timeout bounds the whole recovery (default 1 hour).
@@ -36,6 +41,10 @@ type Reached struct {
 	Timeline        int64   `json:"timeline"`
 	Promoted        bool    `json:"promoted"`
 	RecoverySeconds float64 `json:"recovery_seconds"`
+	// SocketDir is the private socket directory the server listens on
+	// (besides its TCP settings); removed when the server was shut down.
+	SocketDir string `json:"socket_dir,omitempty"`
+	Port      int    `json:"port"`
 }
 
 // Start starts PostgreSQL on the restored directory and waits until
@@ -54,14 +63,16 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		return nil, err
 	}
 	start := time.Now()
-	args := []string{"-D", opt.Dir, "-l", opt.LogFile, "-w", "-t", fmt.Sprint(int(opt.Timeout.Seconds())), "start"}
-	if len(opt.Settings) > 0 {
-		var o []string
-		for _, s := range opt.Settings {
-			o = append(o, "-c "+shellQuote(s))
-		}
-		args = append(args, "-o", strings.Join(o, " "))
+	sockDir, err := privateSocketDir(opt.Owner)
+	if err != nil {
+		return nil, err
 	}
+	args := []string{"-D", opt.Dir, "-l", opt.LogFile, "-w", "-t", fmt.Sprint(int(opt.Timeout.Seconds())), "start"}
+	var o []string
+	for _, s := range withSocketDir(opt.Settings, sockDir) {
+		o = append(o, "-c "+shellQuote(s))
+	}
+	args = append(args, "-o", strings.Join(o, " "))
 	if opt.Owner != nil {
 		f, err := os.OpenFile(opt.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 		if err == nil {
@@ -70,13 +81,22 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		}
 	}
 	if err := runAs(ctx, opt.Owner, pgCtl, args...); err != nil {
+		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("start PostgreSQL: %w; log: %s", err, tailFile(opt.LogFile))
+	}
+	port, err := postmasterPort(opt.Dir)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := loginDSN(opt.Login, opt.Owner, sockDir, port)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
-	reached := &Reached{}
+	reached := &Reached{SocketDir: sockDir, Port: port}
 	for {
-		done, err := pollRecovery(ctx, opt, reached)
+		done, err := pollRecovery(ctx, conn, opt, reached)
 		if err == nil && done {
 			break
 		}
@@ -93,18 +113,83 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		if err := runAs(ctx, opt.Owner, pgCtl, "-D", opt.Dir, "-m", "fast", "-w", "stop"); err != nil {
 			return nil, fmt.Errorf("stop PostgreSQL: %w", err)
 		}
+		os.RemoveAll(sockDir)
+		reached.SocketDir = ""
 	}
 	return reached, nil
 }
 
+// privateSocketDir makes a directory only the server's user (and root)
+// can enter, for a socket no other server can be behind.
+func privateSocketDir(owner *Owner) (string, error) {
+	dir, err := os.MkdirTemp("", "drctl-sock-")
+	if err != nil {
+		return "", err
+	}
+	if owner != nil {
+		if err := os.Chown(dir, owner.UID, owner.GID); err != nil {
+			os.RemoveAll(dir)
+			return "", err
+		}
+	}
+	return dir, nil
+}
+
+// withSocketDir adds dir to the server's unix_socket_directories, keeping
+// those the caller asked for.
+func withSocketDir(settings []string, dir string) []string {
+	out := make([]string, 0, len(settings)+1)
+	dirs := dir
+	for _, s := range settings {
+		if k, v, _ := strings.Cut(s, "="); strings.TrimSpace(k) == "unix_socket_directories" {
+			if v = strings.TrimSpace(v); v != "" {
+				dirs = v + "," + dir
+			}
+			continue
+		}
+		out = append(out, s)
+	}
+	return append(out, "unix_socket_directories="+dirs)
+}
+
+// postmasterPort reads the port the started server listens on from
+// postmaster.pid (its fourth line).
+func postmasterPort(dir string) (int, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "postmaster.pid"))
+	if err != nil {
+		return 0, fmt.Errorf("the started server's postmaster.pid: %w", err)
+	}
+	lines := strings.Split(string(data), "\n")
+	if len(lines) < 4 {
+		return 0, fmt.Errorf("postmaster.pid of %s has no port line", dir)
+	}
+	port, err := strconv.Atoi(strings.TrimSpace(lines[3]))
+	if err != nil || port <= 0 || port > 65535 {
+		return 0, fmt.Errorf("postmaster.pid of %s: bad port %q", dir, lines[3])
+	}
+	return port, nil
+}
+
+// loginDSN connects to the started server through its private socket with
+// the login role's user, password and database.
+func loginDSN(login *pgdsn.DSN, owner *Owner, sockDir string, port int) (*pgdsn.DSN, error) {
+	user := ""
+	if owner != nil {
+		if u, err := osuser.LookupId(strconv.Itoa(owner.UID)); err == nil {
+			user = u.Username
+		}
+	}
+	return pgdsn.ForServer(login, sockDir, port, user, "postgres")
+}
+
 // pollRecovery reports whether recovery is over (promoted, or paused at
 // the target, then promoted when asked).
-func pollRecovery(ctx context.Context, opt StartOptions, r *Reached) (bool, error) {
+func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reached) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(cctx, opt.DSN.ConnString())
+	conn, err := pgx.Connect(cctx, dsn.ConnString())
 	if err != nil {
-		return false, fmt.Errorf("connect: %s", opt.DSN.RedactError(err))
+		return false, fmt.Errorf("connect: %s", dsn.RedactError(err))
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var inRecovery bool

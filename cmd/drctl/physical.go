@@ -18,10 +18,10 @@ import (
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/physical"
 	"github.com/drctl/drctl/engine/wal"
 	"github.com/drctl/drctl/restore"
-	"github.com/drctl/drctl/storage"
 )
 
 func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -290,7 +290,7 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 		}
 		tsMap[k] = v
 	}
-	m, err := resolvePhysical(cmd, st, ref, p.target)
+	m, err := catalog.Resolve(cmd.Context(), st, ref, catalog.Query{Kind: catalog.KindPhysical, Accept: p.target.Reachable, Purpose: "that ends before the recovery target"})
 	if err != nil {
 		return err
 	}
@@ -328,12 +328,16 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 		Reached *restore.Reached `json:"reached,omitempty"`
 	}{PhysicalResult: res}
 	if p.start {
-		dsn, err := s.parseDSN(s.DSN)
-		if err != nil {
-			return err
+		// Only --dsn itself names the login role: DRCTL_DSN and the
+		// config file's dsn name the server backed up, never this one.
+		var login *pgdsn.DSN
+		if cmd.Flags().Changed("dsn") {
+			if login, err = pgdsn.Parse(g.dsn); err != nil {
+				return &exitCodeError{2, fmt.Errorf("--dsn: %w", err)}
+			}
 		}
 		out.Reached, err = restore.Start(cmd.Context(), restore.StartOptions{
-			Dir: dir, Settings: p.startOptions, DSN: dsn, Owner: owner, Target: p.target,
+			Dir: dir, Settings: p.startOptions, Login: login, Owner: owner, Target: p.target,
 		})
 		if err != nil {
 			return err
@@ -349,52 +353,6 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 		fmt.Fprintf(stdout, "start it with: pg_ctl -D %s start\n", res.Dir)
 	}
 	return nil
-}
-
-// resolvePhysical picks the base backup: by id, or for "latest" the newest
-// one that ends before the recovery target.
-func resolvePhysical(cmd *cobra.Command, st storage.Store, ref string, t restore.Target) (*catalog.Manifest, error) {
-	if ref != "latest" {
-		m, err := catalog.Load(cmd.Context(), st, ref)
-		if err != nil {
-			return nil, err
-		}
-		if m.Kind != catalog.KindPhysical {
-			return nil, fmt.Errorf("backup %s is a logical backup: restore it with --into DSN", ref)
-		}
-		return m, nil
-	}
-	all, err := catalog.List(cmd.Context(), st)
-	if err != nil {
-		return nil, err
-	}
-	targetTime, hasTime := parseTargetTime(t.Time)
-	targetLSN, lsnErr := wal.ParseLSN(t.LSN)
-	for i := len(all) - 1; i >= 0; i-- {
-		m := all[i]
-		if m.Kind != catalog.KindPhysical {
-			continue
-		}
-		if hasTime && m.EndTime.After(targetTime) {
-			continue
-		}
-		if t.LSN != "" && lsnErr == nil {
-			if stop, err := wal.ParseLSN(m.Physical.StopLSN); err != nil || stop > targetLSN {
-				continue
-			}
-		}
-		return m, nil
-	}
-	return nil, fmt.Errorf("latest: %w: no base backup in %s ends before the recovery target", catalog.ErrUnknownBackup, st)
-}
-
-func parseTargetTime(s string) (time.Time, bool) {
-	for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05.999999999Z07:00", "2006-01-02 15:04:05.999999999Z07", "2006-01-02 15:04:05.999999999-07", "2006-01-02 15:04:05.999999999"} {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t, true
-		}
-	}
-	return time.Time{}, false
 }
 
 // dataOwner is who must own a restored data directory: when drctl runs as

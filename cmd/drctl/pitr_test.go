@@ -142,7 +142,11 @@ func (r *physRig) restoreAndStart(t *testing.T, name string, args ...string) (*p
 	dir := filepath.Join(r.work, name)
 	port := testrig.FreePort(t)
 	dsn := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable", port, r.pg.User, r.pg.Password)
-	full := append([]string{"restore", "latest", "--to", dir, "--start", "--json", "--dsn", dsn,
+	// --dsn names the primary's host and port, as DRCTL_DSN does: drctl
+	// must use only its login role and follow the server it started (the
+	// primary is not in recovery and would look "promoted" at once).
+	login := fmt.Sprintf("host=127.0.0.1 port=%d user=%s password=%s dbname=postgres sslmode=disable", r.pg.Port, r.pg.User, r.pg.Password)
+	full := append([]string{"restore", "latest", "--to", dir, "--start", "--json", "--dsn", login,
 		"--start-option", fmt.Sprintf("port=%d", port), "--start-option", "listen_addresses=127.0.0.1",
 		"--start-option", "unix_socket_directories="}, args...)
 	t.Cleanup(func() {

@@ -35,6 +35,21 @@ func TestPrune(t *testing.T) {
 		}
 	}
 	mustRun(t, r.env, "verify", phys[1].ID) // the newest verified backup is kept
+	// The newest backup is a base backup: latest --into still means the
+	// newest logical one, and latest --to the newest physical one.
+	res := mustRun(t, append(r.env, r.pg.Env("postgres")...), "restore", "latest", "--into", "dbname=from_latest", "--json")
+	if !strings.Contains(res.stdout, logical[1].ID) {
+		t.Fatalf("restore latest --into restored %s, want %s", res.stdout, logical[1].ID)
+	}
+	if n := r.pg.QueryInt(t, "from_latest", "SELECT count(*) FROM t"); n != 2000 {
+		t.Fatalf("restored table has %d rows, want the 2000 of the newest dump", n)
+	}
+	var onlyLogical []backup
+	json.Unmarshal([]byte(mustRun(t, r.env, "list", "--json", "--kind", "logical").stdout), &onlyLogical)
+	if len(onlyLogical) != 2 || onlyLogical[1].ID != logical[1].ID {
+		t.Fatalf("list --kind logical: %+v", onlyLogical)
+	}
+	mustFail(t, r.env, "not a physical one", "restore", logical[1].ID, "--to", filepath.Join(r.work, "wrong-kind"))
 	orphan := filepath.Join(r.repo, "backups", "20200101T000000Z-abcdef", "base.tar.zst.age")
 	os.MkdirAll(filepath.Dir(orphan), 0o750)
 	os.WriteFile(orphan, []byte("leftover of a killed backup"), 0o640)
@@ -44,7 +59,7 @@ func TestPrune(t *testing.T) {
 	}
 
 	before := repoFiles(t, r.repo)
-	res := mustRun(t, r.env, "prune", "--keep-last", "1", "--dry-run", "--json")
+	res = mustRun(t, r.env, "prune", "--keep-last", "1", "--dry-run", "--json")
 	var plan struct {
 		DryRun bool `json:"dry_run"`
 		Keep   []struct{ ID, Reason string }

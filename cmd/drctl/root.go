@@ -149,6 +149,7 @@ func summarize(m *catalog.Manifest) backupSummary {
 
 func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var asJSON bool
+	var q catalog.Query
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List the complete backups in the repository, oldest first",
@@ -158,10 +159,16 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			switch q.Kind {
+			case "", catalog.KindLogical, catalog.KindPhysical:
+			default:
+				return &exitCodeError{2, fmt.Errorf("--kind %q: want logical or physical", q.Kind)}
+			}
 			all, err := catalog.List(cmd.Context(), st)
 			if err != nil {
 				return err
 			}
+			all = catalog.Select(all, q)
 			windows, err := restoreWindows(cmd, s, st, all)
 			if err != nil {
 				return err
@@ -195,6 +202,8 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	cmd.Flags().StringVar(&q.Kind, "kind", "", "only backups of this kind: logical or physical")
+	cmd.Flags().StringVar(&q.Database, "database", "", "only backups of this database")
 	return cmd
 }
 
@@ -286,7 +295,7 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 					return err
 				}
 			} else {
-				m, err := catalog.Resolve(cmd.Context(), st, args[0])
+				m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{})
 				if err != nil {
 					return err
 				}
@@ -361,9 +370,9 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 
 func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var (
-		into          string
-		asJSON, clean bool
-		phys          physicalRestoreFlags
+		into, database string
+		asJSON, clean  bool
+		phys           physicalRestoreFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "restore ID|latest (--into DSN | --to DIR)",
@@ -377,6 +386,9 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if toSet {
 				if phys.to == "" {
 					return &exitCodeError{2, fmt.Errorf("--to needs a directory")}
+				}
+				if database != "" {
+					return &exitCodeError{2, fmt.Errorf("--database selects a logical backup for --into; a base backup (--to) holds the whole cluster")}
 				}
 				return runPhysicalRestore(cmd, g, &phys, args[0], asJSON, stdout, stderr)
 			}
@@ -396,7 +408,7 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if err != nil {
 				return err
 			}
-			m, err := catalog.Resolve(cmd.Context(), st, args[0])
+			m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{Kind: catalog.KindLogical, Database: database})
 			if err != nil {
 				return err
 			}
@@ -417,7 +429,8 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		},
 	}
 	cmd.Flags().StringVar(&into, "into", "", "database to restore into: URL or key=value conninfo")
-	cmd.Flags().StringVar(&g.dsn, "dsn", "", "with --start: how to reach the started server (default: PG* variables)")
+	cmd.Flags().StringVar(&database, "database", "", "with latest --into: the newest logical backup of this database (needed when the repository holds several)")
+	cmd.Flags().StringVar(&g.dsn, "dsn", "", "with --start: the login role (user, password, dbname) for following recovery; drctl always connects to the server it started, over a private socket (default: the data directory owner's name)")
 	phys.register(cmd)
 	cmd.Flags().BoolVar(&clean, "clean", false, "restore into a non-empty database, replacing the backup's objects")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")

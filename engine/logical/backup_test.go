@@ -68,7 +68,7 @@ func TestRoundTripS3(t *testing.T) {
 		t.Errorf("stored object is not an age file: %q", stored[:20])
 	}
 
-	latest, err := catalog.Resolve(t.Context(), st, "latest")
+	latest, err := catalog.Resolve(t.Context(), st, "latest", catalog.Query{})
 	if err != nil || latest.ID != m.ID {
 		t.Fatalf("latest = %v, %v; want %s", latest, err, m.ID)
 	}

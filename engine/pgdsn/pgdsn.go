@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -207,6 +208,32 @@ func (d *DSN) Database() string {
 		return d.params["dbname"]
 	}
 	return cfg.Database
+}
+
+// ForServer returns a DSN that reaches the server at host (a socket
+// directory or address) and port, logging in with login's user, password,
+// database and passfile only: login's own host, port and service are
+// dropped. defaultUser and defaultDB fill in what login lacks.
+func ForServer(login *DSN, host string, port int, defaultUser, defaultDB string) (*DSN, error) {
+	p := map[string]string{"host": host, "port": strconv.Itoa(port), "sslmode": "disable"}
+	if login != nil {
+		for _, k := range []string{"user", "password", "dbname", "passfile", "application_name", "connect_timeout"} {
+			if v, ok := login.params[k]; ok {
+				p[k] = v
+			}
+		}
+	}
+	if p["user"] == "" && defaultUser != "" && os.Getenv("PGUSER") == "" {
+		p["user"] = defaultUser
+	}
+	if p["dbname"] == "" {
+		p["dbname"] = defaultDB
+	}
+	d := &DSN{params: p}
+	if _, err := pgx.ParseConfig(d.conninfo(true)); err != nil {
+		return nil, fmt.Errorf("bad DSN: %s", redactErr(err, p["password"]))
+	}
+	return d, nil
 }
 
 // WithDatabase returns a copy that connects to another database.
