@@ -32,6 +32,12 @@ type StartOptions struct {
 	// Timeout bounds the whole recovery (default 1 hour).
 	Timeout time.Duration
 	LogFile string
+	// PgCtl is the pg_ctl program (empty: found on PATH or by pg_config).
+	PgCtl string
+	// Env is the environment of pg_ctl and so of the server and its
+	// restore_command (nil: this process's). It should not carry drctl's or
+	// AWS settings: restore_command reads the recovery configuration.
+	Env []string
 }
 
 // Reached is where recovery stopped.
@@ -58,7 +64,7 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 	if opt.LogFile == "" {
 		opt.LogFile = opt.Dir + ".log"
 	}
-	pgCtl, err := pgtools.Find("pg_ctl")
+	pgCtl, err := pgtools.Resolve(opt.PgCtl, "pg_ctl")
 	if err != nil {
 		return nil, err
 	}
@@ -80,7 +86,7 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 			os.Chown(opt.LogFile, opt.Owner.UID, opt.Owner.GID)
 		}
 	}
-	if err := runAs(ctx, opt.Owner, pgCtl, args...); err != nil {
+	if err := runAs(ctx, opt.Owner, opt.Env, pgCtl, args...); err != nil {
 		os.RemoveAll(sockDir)
 		return nil, fmt.Errorf("start PostgreSQL: %w; log: %s", err, tailFile(opt.LogFile))
 	}
@@ -110,7 +116,7 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 	}
 	reached.RecoverySeconds = time.Since(start).Seconds()
 	if !opt.Target.Empty() && opt.Target.Action == "shutdown" {
-		if err := runAs(ctx, opt.Owner, pgCtl, "-D", opt.Dir, "-m", "fast", "-w", "stop"); err != nil {
+		if err := runAs(ctx, opt.Owner, opt.Env, pgCtl, "-D", opt.Dir, "-m", "fast", "-w", "stop"); err != nil {
 			return nil, fmt.Errorf("stop PostgreSQL: %w", err)
 		}
 		os.RemoveAll(sockDir)
@@ -233,15 +239,7 @@ func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reac
 // file's timeline lags behind a promotion until the next checkpoint).
 const currentPosition = `SELECT pg_current_wal_lsn()::text, ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint`
 
-func runAs(ctx context.Context, owner *Owner, prog string, args ...string) error {
-	// The server's restore_command reads the recovery configuration drctl
-	// wrote; this process's own drctl and AWS settings would override it.
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "DRCTL_") && !strings.HasPrefix(kv, "AWS_") {
-			env = append(env, kv)
-		}
-	}
+func runAs(ctx context.Context, owner *Owner, env []string, prog string, args ...string) error {
 	cmd := pgtools.NewCommand(ctx, prog, args, env)
 	if owner != nil && os.Geteuid() == 0 {
 		cmd.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(owner.UID), Gid: uint32(owner.GID)}}

@@ -51,10 +51,6 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 	if !opt.Keys.CanDecrypt(m.Encryption) {
 		return nil, codec.ErrNoIdentity
 	}
-	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")
-	if err != nil {
-		return nil, err
-	}
 	rep := &VerifyReport{ID: m.ID, Kind: m.Kind, OK: true}
 	if m.Kind == catalog.KindPhysical {
 		err := verifyPhysical(ctx, opt, m, rep)
@@ -80,6 +76,11 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 			}
 		}
 		return rep, err
+	}
+	// Only a dump's table of contents needs pg_restore.
+	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")
+	if err != nil {
+		return nil, err
 	}
 	var firstErr error
 	for _, obj := range m.Objects {

@@ -23,6 +23,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/drctl/drctl/storage/s3store"
 )
 
 // VersityGWVersion is the pinned S3 server the Makefile installs.
@@ -182,6 +184,12 @@ func selfSignedCert(certFile, keyFile string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// ClientOptions reach this server without any environment variable.
+func (s *S3) ClientOptions() s3store.ClientOptions {
+	return s3store.ClientOptions{ForcePathStyle: true, MaxAttempts: 3, Region: s.Region, Endpoint: s.Endpoint,
+		CABundle: s.CAFile, AccessKeyID: s.AccessKey, SecretAccessKey: s.SecretKey, DisableIMDS: true}
+}
+
 // Env is the environment a drctl process needs to use this server.
 func (s *S3) Env() []string {
 	env := []string{}
@@ -194,6 +202,8 @@ func (s *S3) Env() []string {
 		"AWS_REGION="+s.Region,
 		"AWS_ENDPOINT_URL_S3="+s.Endpoint,
 		"DRCTL_S3_FORCE_PATH_STYLE=true",
+		// Nothing in a test may reach the instance metadata address.
+		"AWS_EC2_METADATA_DISABLED=true",
 	)
 }
 

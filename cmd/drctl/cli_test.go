@@ -54,6 +54,8 @@ func drctl(t *testing.T, env []string, args ...string) result {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	// Nothing a test runs may reach the instance metadata address.
+	cmd.Env = append(cmd.Env, "AWS_EC2_METADATA_DISABLED=true")
 	cmd.Env = append(cmd.Env, env...)
 	var so, se strings.Builder
 	cmd.Stdout, cmd.Stderr = &so, &se
@@ -221,10 +223,20 @@ func TestCLIErrors(t *testing.T) {
 	mustFail(t, []string{"DRCTL_REPO=s3://bucket/x", "AWS_ACCESS_KEY_ID=a", "AWS_SECRET_ACCESS_KEY=b",
 		"AWS_ENDPOINT_URL_S3=http://127.0.0.1:1", "DRCTL_S3_FORCE_PATH_STYLE=true", "AWS_MAX_ATTEMPTS=2"}, "connection refused", "list")
 	mustFail(t, []string{"DRCTL_REPO=s3://bucket/x", "DRCTL_S3_FORCE_PATH_STYLE=maybe"}, "DRCTL_S3_FORCE_PATH_STYLE", "list")
+	// A new user without credentials: one line saying how to give them,
+	// no SDK warning.
+	noCreds := []string{"DRCTL_REPO=s3://bucket/x", "AWS_CONFIG_FILE=" + filepath.Join(dir, "none"), "AWS_SHARED_CREDENTIALS_FILE=" + filepath.Join(dir, "none")}
+	r0 := mustFail(t, noCreds, "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE", "list")
+	if strings.Contains(r0.stderr, "SDK") || strings.Contains(r0.stderr, "operation error") {
+		t.Fatalf("SDK internals in the error: %s", r0.stderr)
+	}
+	if r := drctl(t, noCreds, "list", "--log-level", "debug"); !strings.Contains(r.stderr, "credential chain failed") {
+		t.Fatalf("--log-level debug does not say why: %s", r.stderr)
+	}
 	if r := drctl(t, base, "list", "--json"); r.code != 0 || strings.TrimSpace(r.stdout) != "[]" {
 		t.Fatalf("list of an empty repository: %+v", r)
 	}
-	mustFail(t, withKeys, "holds no complete backup", "restore", "latest", "--into", pg.DSN("x"))
+	mustFail(t, withKeys, "holds no complete logical backup", "restore", "latest", "--into", pg.DSN("x"))
 
 	r = mustRun(t, withKeys, "backup", "--dsn", pg.DSN("shop"), "--json")
 	noSecrets(t, r.all(), secrets...)

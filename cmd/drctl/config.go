@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgdsn"
+	"github.com/drctl/drctl/engine/pgtools"
 	"github.com/drctl/drctl/storage"
 	"github.com/drctl/drctl/storage/backends"
 )
@@ -54,6 +56,104 @@ type settings struct {
 	IdentityFile   string
 	Identity       string
 	Logger         *slog.Logger
+	debug          bool
+	// fileEnv is the config file's env: block; it wins over the inherited
+	// environment (see getenv).
+	fileEnv map[string]string
+}
+
+// getenv looks up a variable of drctl's own settings (DRCTL_*, AWS_*): the
+// config file's env: block first, then the inherited environment. Only
+// cmd reads the environment; the packages below take options.
+func (s *settings) getenv(key string) string {
+	if v, ok := s.fileEnv[key]; ok {
+		return v
+	}
+	return os.Getenv(key)
+}
+
+// environ is the inherited environment with the config file's env: block
+// applied, for the child processes drctl starts.
+func (s *settings) environ() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, over := s.fileEnv[k]; !over {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range s.fileEnv {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// storeOptions are the repository settings from the environment and the
+// config file's env: block (the AWS SDK's variable names).
+func (s *settings) storeOptions() (backends.Options, error) {
+	e := s.getenv
+	o := backends.Options{SpoolDir: e("DRCTL_SPOOL_DIR")}
+	switch v := e("DRCTL_S3_CHECKSUMS"); v {
+	case "", "on":
+	case "off":
+		o.DisableChecksums = true
+	default:
+		return o, fmt.Errorf("DRCTL_S3_CHECKSUMS=%q: want on or off", v)
+	}
+	c := &o.S3Client
+	for _, b := range []struct {
+		name string
+		dst  *bool
+	}{{"DRCTL_S3_FORCE_PATH_STYLE", &c.ForcePathStyle}, {"AWS_EC2_METADATA_DISABLED", &c.DisableIMDS}} {
+		if v := e(b.name); v != "" {
+			parsed, err := strconv.ParseBool(v)
+			if err != nil {
+				return o, fmt.Errorf("%s=%q: want true or false", b.name, v)
+			}
+			*b.dst = parsed
+		}
+	}
+	if v := e("AWS_MAX_ATTEMPTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return o, fmt.Errorf("AWS_MAX_ATTEMPTS=%q: want a positive number", v)
+		}
+		c.MaxAttempts = n
+	}
+	c.Region = first(e("AWS_REGION"), e("AWS_DEFAULT_REGION"))
+	c.Profile = first(e("AWS_PROFILE"), e("AWS_DEFAULT_PROFILE"))
+	c.Endpoint = first(e("AWS_ENDPOINT_URL_S3"), e("AWS_ENDPOINT_URL"))
+	c.CABundle = e("AWS_CA_BUNDLE")
+	c.AccessKeyID, c.SecretAccessKey, c.SessionToken = e("AWS_ACCESS_KEY_ID"), e("AWS_SECRET_ACCESS_KEY"), e("AWS_SESSION_TOKEN")
+	if v := e("AWS_CONFIG_FILE"); v != "" {
+		c.ConfigFiles = []string{v}
+	}
+	if v := e("AWS_SHARED_CREDENTIALS_FILE"); v != "" {
+		c.CredentialsFiles = []string{v}
+	}
+	if s.debug {
+		c.Logger = s.Logger
+	}
+	return o, nil
+}
+
+// codecOptions: the zstd level, and DRCTL_ZSTD_WORKERS compression
+// workers (default: the number of cores).
+func (s *settings) codecOptions(level int) (codec.Options, error) {
+	o := codec.Options{Level: level}
+	if v := s.getenv("DRCTL_ZSTD_WORKERS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return o, fmt.Errorf("DRCTL_ZSTD_WORKERS=%q: want a positive number", v)
+		}
+		o.Concurrency = n
+	}
+	return o, nil
+}
+
+// program finds a PostgreSQL program, in DRCTL_PG_BINDIR when set.
+func (s *settings) program(name string) (string, error) {
+	return pgtools.Find(name, s.getenv("DRCTL_PG_BINDIR"))
 }
 
 func (g *globalFlags) register(cmd *cobra.Command) {
@@ -80,6 +180,7 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 		}
 	}
 	s := &settings{
+		fileEnv:        fc.Env,
 		Repo:           first(g.repo, os.Getenv("DRCTL_REPO"), fc.Repo),
 		DSN:            first(g.dsn, os.Getenv("DRCTL_DSN"), fc.DSN),
 		RecipientsFile: first(g.recipientsFile, os.Getenv("DRCTL_AGE_RECIPIENTS_FILE"), fc.RecipientsFile),
@@ -88,16 +189,17 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 	if s.IdentityFile == "" {
 		s.Identity = fc.Identity
 	}
-	// The file's env wins over the inherited environment: it exists for
-	// archive_command and restore_command, which inherit the server's.
-	for k, v := range fc.Env {
-		os.Setenv(k, v)
+	for k := range fc.Env {
+		if !strings.HasPrefix(k, "AWS_") && !strings.HasPrefix(k, "DRCTL_") {
+			return nil, fmt.Errorf("config %s: env: %s: only AWS_* and DRCTL_* settings go here", path, k)
+		}
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(first(g.logLevel, os.Getenv("DRCTL_LOG_LEVEL"), fc.LogLevel, "warn"))); err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
 	s.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	s.debug = level <= slog.LevelDebug
 	return s, nil
 }
 
@@ -111,7 +213,11 @@ func first(vals ...string) string {
 }
 
 func (s *settings) openStore(ctx context.Context) (storage.Store, error) {
-	return backends.Open(ctx, s.Repo)
+	o, err := s.storeOptions()
+	if err != nil {
+		return nil, err
+	}
+	return backends.Open(ctx, s.Repo, o)
 }
 
 // open resolves the settings and opens the repository.

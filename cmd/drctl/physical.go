@@ -42,7 +42,11 @@ func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Comma
 			if err != nil {
 				return err
 			}
-			m, err := physical.BaseBackup(cmd.Context(), physical.BaseBackupOptions{
+			copt, err := w.codecOptions(0)
+			if err != nil {
+				return err
+			}
+			m, err := physical.BaseBackup(cmd.Context(), physical.BaseBackupOptions{Codec: copt,
 				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: bf.noEncryption, Labels: labels,
 				ToolVersion: version, WALWait: walWait, Logger: w.Logger,
 			})
@@ -85,7 +89,11 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if err != nil {
 				return err
 			}
-			a := &wal.Archive{Store: st, Keys: keys, AllowUnencrypted: noEncryption}
+			copt, err := s.codecOptions(0)
+			if err != nil {
+				return err
+			}
+			a := &wal.Archive{Store: st, Keys: keys, AllowUnencrypted: noEncryption, Codec: copt}
 			res, err := a.Push(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -336,8 +344,13 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 				return &exitCodeError{2, fmt.Errorf("--dsn: %w", err)}
 			}
 		}
+		pgCtl, err := s.program("pg_ctl")
+		if err != nil {
+			return err
+		}
 		out.Reached, err = restore.Start(cmd.Context(), restore.StartOptions{
 			Dir: dir, Settings: p.startOptions, Login: login, Owner: owner, Target: p.target,
+			PgCtl: pgCtl, Env: serverEnv(),
 		})
 		if err != nil {
 			return err
@@ -398,9 +411,9 @@ func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *rest
 	case s.Identity != "":
 		cfg.Identity = s.Identity
 	}
-	for _, kv := range os.Environ() {
+	for _, kv := range s.environ() {
 		k, v, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "DRCTL_S3_") {
+		if strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "DRCTL_S3_") || k == "DRCTL_SPOOL_DIR" || k == "DRCTL_ZSTD_WORKERS" || k == "DRCTL_PG_BINDIR" {
 			cfg.Env[k] = v
 		}
 	}
@@ -419,3 +432,16 @@ func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *rest
 }
 
 var errQuiet = errors.New("")
+
+// serverEnv is the environment of a restored server: this one without
+// drctl's and AWS settings, which would override the recovery
+// configuration that restore_command reads.
+func serverEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DRCTL_") && !strings.HasPrefix(kv, "AWS_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}

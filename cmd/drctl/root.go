@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/drctl/drctl/catalog"
-	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/engine/wal"
 	"github.com/drctl/drctl/policy"
@@ -71,9 +70,17 @@ func newBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			copt, err := w.codecOptions(zstdLevel)
+			if err != nil {
+				return err
+			}
+			pgDump, err := w.program("pg_dump")
+			if err != nil {
+				return err
+			}
 			m, err := logical.Backup(cmd.Context(), logical.BackupOptions{
 				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: bf.noEncryption,
-				Labels: labels, Codec: codec.Options{Level: zstdLevel},
+				Labels: labels, Codec: copt, PgDump: pgDump,
 				ToolVersion: version, Logger: w.Logger,
 			})
 			if err != nil {
@@ -301,10 +308,12 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				}
 				targets = append(targets, m)
 			}
+			// Only a logical backup's check needs pg_restore.
+			pgRestore, _ := s.program("pg_restore")
 			var reports []*restore.VerifyReport
 			var firstErr error
 			for _, m := range targets {
-				rep, err := restore.Verify(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, m)
+				rep, err := restore.Verify(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys, PgRestore: pgRestore}, m)
 				if rep == nil {
 					return err
 				}
@@ -412,8 +421,12 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if err != nil {
 				return err
 			}
+			pgRestore, err := s.program("pg_restore")
+			if err != nil {
+				return err
+			}
 			bar := newProgressBar(stderr, !asJSON)
-			res, err := restore.Logical(cmd.Context(), restore.LogicalOptions{
+			res, err := restore.Logical(cmd.Context(), restore.LogicalOptions{PgRestore: pgRestore,
 				Store: st, Manifest: m, Keys: keys, Target: target, Clean: clean,
 				Progress: bar.update, Logger: s.Logger,
 			})

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 
 	"filippo.io/age"
@@ -139,9 +138,6 @@ func NewWriter(dst io.Writer, keys *Keys, opt Options) (*Writer, error) {
 		level = zstd.EncoderLevelFromZstd(opt.Level)
 	}
 	conc := opt.Concurrency
-	if v, err := strconv.Atoi(os.Getenv("DRCTL_ZSTD_WORKERS")); err == nil && v > 0 {
-		conc = v
-	}
 	if conc <= 0 {
 		conc = runtime.GOMAXPROCS(0)
 	}

@@ -18,13 +18,13 @@ import (
 	"time"
 )
 
-// Find locates a PostgreSQL program: in DRCTL_PG_BINDIR, then on PATH, then
-// in `pg_config --bindir`.
-func Find(name string) (string, error) {
-	if dir := os.Getenv("DRCTL_PG_BINDIR"); dir != "" {
-		p := filepath.Join(dir, name)
+// Find locates a PostgreSQL program: in binDir when it is set, else on
+// PATH, then in `pg_config --bindir`.
+func Find(name, binDir string) (string, error) {
+	if binDir != "" {
+		p := filepath.Join(binDir, name)
 		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("%s not found in DRCTL_PG_BINDIR=%s", name, dir)
+			return "", fmt.Errorf("%s not found in DRCTL_PG_BINDIR=%s", name, binDir)
 		}
 		return p, nil
 	}
@@ -45,7 +45,7 @@ func Resolve(program, name string) (string, error) {
 	if program != "" {
 		return program, nil
 	}
-	return Find(name)
+	return Find(name, "")
 }
 
 // ServerBinDirs lists where PostgreSQL's programs may live when they are not

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/drctl/drctl/storage"
@@ -13,9 +12,19 @@ import (
 	"github.com/drctl/drctl/storage/s3store"
 )
 
+// Options configure the backends; the caller reads them from its flags,
+// environment and configuration file.
+type Options struct {
+	S3Client s3store.ClientOptions
+	// DisableChecksums stops sending x-amz-checksum-crc32c headers.
+	DisableChecksums bool
+	// SpoolDir holds large upload parts (default os.TempDir()).
+	SpoolDir string
+}
+
 // Open opens the repository named by rawURL: file:///abs/path, a plain path,
-// or s3://bucket/prefix (configured by the AWS environment, see s3store).
-func Open(ctx context.Context, rawURL string) (storage.Store, error) {
+// or s3://bucket/prefix.
+func Open(ctx context.Context, rawURL string, o Options) (storage.Store, error) {
 	if rawURL == "" {
 		return nil, fmt.Errorf("no repository: give --repo or DRCTL_REPO (file:///path or s3://bucket/prefix)")
 	}
@@ -36,19 +45,12 @@ func Open(ctx context.Context, rawURL string) (storage.Store, error) {
 		if u.Host == "" {
 			return nil, fmt.Errorf("repository URL %q: missing bucket (s3://bucket/prefix)", rawURL)
 		}
-		copt, err := s3store.ClientOptionsFromEnv()
+		client, err := s3store.NewClient(ctx, o.S3Client)
 		if err != nil {
 			return nil, err
 		}
-		client, err := s3store.NewClient(ctx, copt)
-		if err != nil {
-			return nil, err
-		}
-		opt := s3store.Options{Bucket: u.Host, Prefix: strings.Trim(u.Path, "/")}
-		if os.Getenv("DRCTL_S3_CHECKSUMS") == "off" {
-			opt.DisableChecksums = true
-		}
-		return s3store.New(client, opt)
+		return s3store.New(client, s3store.Options{Bucket: u.Host, Prefix: strings.Trim(u.Path, "/"),
+			DisableChecksums: o.DisableChecksums, SpoolDir: o.SpoolDir})
 	default:
 		return nil, fmt.Errorf("repository URL %q: unsupported scheme %q (want file or s3)", rawURL, u.Scheme)
 	}

@@ -14,6 +14,7 @@ import (
 	"hash/crc32"
 	"io"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -42,6 +43,12 @@ const (
 	// so 10,000 parts cover more than S3's 5 TiB object limit.
 	DefaultGrowEvery = 1000
 	maxPartSize      = 5 << 30
+	// DefaultMemoryBudget is the memory one upload's parts may hold:
+	// five 8 MiB parts, or two 16 MiB parts and one being filled.
+	DefaultMemoryBudget = 40 << 20
+	// MaxMemoryPart is the largest part held in memory; larger parts
+	// (objects beyond 23 GiB) are spooled to disk.
+	MaxMemoryPart = 16 << 20
 )
 
 // Options configure a Store.
@@ -50,9 +57,15 @@ type Options struct {
 	Prefix string // key prefix inside the bucket, without leading slash
 	// PartSize is the size of the first parts (default DefaultPartSize).
 	PartSize int64
-	// Concurrency is the number of parts uploaded at once. Memory used by
-	// one upload is about PartSize x (Concurrency + 1).
+	// Concurrency is the number of parts uploaded at once.
 	Concurrency int
+	// MemoryBudget bounds the bytes of parts held in memory by one upload
+	// (default DefaultMemoryBudget). Parts larger than MaxMemoryPart (the
+	// part size grows with the object) are spooled to an unlinked file in
+	// SpoolDir instead, so memory stays bounded whatever the object's size.
+	MemoryBudget int64
+	// SpoolDir holds spooled parts (default os.TempDir()).
+	SpoolDir string
 	// MaxParts and GrowEvery shape the part-size schedule; tests lower them.
 	MaxParts  int
 	GrowEvery int
@@ -86,6 +99,13 @@ func New(client *s3.Client, opt Options) (*Store, error) {
 	}
 	if opt.Concurrency <= 0 {
 		opt.Concurrency = DefaultConcurrency
+	}
+	if opt.MemoryBudget <= 0 {
+		opt.MemoryBudget = DefaultMemoryBudget
+	}
+	opt.MemoryBudget = max(opt.MemoryBudget, min(opt.PartSize, MaxMemoryPart))
+	if opt.SpoolDir == "" {
+		opt.SpoolDir = os.TempDir()
 	}
 	if opt.MaxParts <= 0 || opt.MaxParts > DefaultMaxParts {
 		opt.MaxParts = DefaultMaxParts
@@ -173,7 +193,7 @@ func (s *Store) conditionalWrites(ctx context.Context) (bool, error) {
 			case httpStatus(err) == http.StatusNotImplemented || apiCode(err) == "NotImplemented":
 				s.condOK = false
 			default:
-				s.condErr = fmt.Errorf("probe conditional writes: %w", err)
+				s.condErr = fmt.Errorf("probe conditional writes: %w", cloud(err))
 			}
 			return
 		}
@@ -217,7 +237,7 @@ func (s *Store) putError(key string, err error) error {
 	if isPreconditionFailed(err) || httpStatus(err) == http.StatusConflict {
 		return fmt.Errorf("put %s: %w", key, storage.ErrExists)
 	}
-	return fmt.Errorf("put %s: %w", key, err)
+	return fmt.Errorf("put %s: %w", key, cloud(err))
 }
 
 func (s *Store) multipart(ctx context.Context, key, k string, first []byte, r io.Reader, ifAbsent bool) error {
@@ -227,7 +247,7 @@ func (s *Store) multipart(ctx context.Context, key, k string, first []byte, r io
 	}
 	up, err := s.client.CreateMultipartUpload(ctx, create)
 	if err != nil {
-		return fmt.Errorf("put %s: create multipart upload: %w", key, err)
+		return fmt.Errorf("put %s: create multipart upload: %w", key, cloud(err))
 	}
 	completed := false
 	defer func() {
@@ -240,64 +260,58 @@ func (s *Store) multipart(ctx context.Context, key, k string, first []byte, r io
 		}
 	}()
 
-	// buffers bounds memory: one part being filled plus Concurrency in flight.
-	buffers := make(chan []byte, s.opt.Concurrency+1)
-	for i := 0; i < s.opt.Concurrency; i++ {
-		buffers <- nil
-	}
 	g, gctx := errgroup.WithContext(ctx)
+	parts := newPartSource(s.opt, r)
+	defer parts.close()
 	var mu sync.Mutex
-	var parts []types.CompletedPart
-	upload := func(num int32, buf []byte, size int) {
+	var done []types.CompletedPart
+	upload := func(num int32, p *part) {
 		g.Go(func() error {
-			defer func() { buffers <- buf }()
+			defer parts.release(p)
 			in := &s3.UploadPartInput{
 				Bucket: &s.opt.Bucket, Key: &k, UploadId: up.UploadId, PartNumber: aws.Int32(num),
-				Body: bytes.NewReader(buf[:size]), ContentLength: aws.Int64(int64(size)),
+				Body: p.body(), ContentLength: aws.Int64(p.n),
 			}
 			if !s.opt.DisableChecksums {
-				in.ChecksumCRC32C = crc32c(buf[:size])
+				in.ChecksumCRC32C = p.crc32c()
 			}
 			out, err := s.client.UploadPart(gctx, in)
 			if err != nil {
-				return fmt.Errorf("put %s: upload part %d: %w", key, num, err)
+				return fmt.Errorf("put %s: upload part %d: %w", key, num, cloud(err))
 			}
 			mu.Lock()
-			parts = append(parts, types.CompletedPart{PartNumber: aws.Int32(num), ETag: out.ETag, ChecksumCRC32C: out.ChecksumCRC32C})
+			done = append(done, types.CompletedPart{PartNumber: aws.Int32(num), ETag: out.ETag, ChecksumCRC32C: out.ChecksumCRC32C})
 			mu.Unlock()
 			return nil
 		})
 	}
 
 	readErr := func() error {
-		upload(1, first, len(first))
+		firstPart, err := parts.fromBytes(gctx, first)
+		if err != nil {
+			return fmt.Errorf("put %s: %w", key, err)
+		}
+		upload(1, firstPart)
 		for num := 2; ; num++ {
-			var buf []byte
-			select {
-			case buf = <-buffers:
-			case <-gctx.Done():
+			p, err := parts.next(gctx, s.partSize(num))
+			if gctx.Err() != nil {
+				if p != nil {
+					parts.release(p)
+				}
 				return nil // an upload failed; g.Wait reports it
 			}
-			want := s.partSize(num)
-			if int64(cap(buf)) < want {
-				buf = make([]byte, want)
+			if err != nil {
+				return fmt.Errorf("put %s: %w", key, err)
 			}
-			buf = buf[:want]
-			n, err := io.ReadFull(r, buf)
-			if n == 0 && (errors.Is(err, io.EOF)) {
-				buffers <- buf
-				return nil
-			}
-			if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-				buffers <- buf
-				return fmt.Errorf("put %s: read: %w", key, err)
+			if p == nil {
+				return nil // end of stream
 			}
 			if num > s.opt.MaxParts {
-				buffers <- buf
+				parts.release(p)
 				return fmt.Errorf("put %s: stream exceeds %d parts (%d bytes uploaded)", key, s.opt.MaxParts, s.uploaded(num-1))
 			}
-			upload(int32(num), buf, n)
-			if err != nil { // short read: end of stream
+			upload(int32(num), p)
+			if p.last {
 				return nil
 			}
 		}
@@ -312,10 +326,10 @@ func (s *Store) multipart(ctx context.Context, key, k string, first []byte, r io
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	sort.Slice(parts, func(i, j int) bool { return *parts[i].PartNumber < *parts[j].PartNumber })
+	sort.Slice(done, func(i, j int) bool { return *done[i].PartNumber < *done[j].PartNumber })
 	complete := &s3.CompleteMultipartUploadInput{
 		Bucket: &s.opt.Bucket, Key: &k, UploadId: up.UploadId,
-		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: done},
 	}
 	if ifAbsent {
 		complete.IfNoneMatch = aws.String("*")
@@ -372,7 +386,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			return n, err
 		}
 		if r.ctx.Err() != nil || r.resumes >= maxResumes {
-			return 0, fmt.Errorf("get %s at byte %d: %w", r.key, r.off, err)
+			return 0, fmt.Errorf("get %s at byte %d: %w", r.key, r.off, cloud(err))
 		}
 		r.resumes++
 		r.body.Close()
@@ -381,7 +395,7 @@ func (r *resumingReader) Read(p []byte) (int, error) {
 			Range: aws.String(fmt.Sprintf("bytes=%d-", r.off)),
 		})
 		if gerr != nil {
-			return 0, fmt.Errorf("get %s: resume at byte %d after %v: %w", r.key, r.off, err, gerr)
+			return 0, fmt.Errorf("get %s: resume at byte %d after %v: %w", r.key, r.off, cloud(err), cloud(gerr))
 		}
 		r.body = out.Body
 	}
@@ -413,7 +427,7 @@ func (s *Store) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, 
 	for p.HasMorePages() {
 		page, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("list %s: %w", prefix, err)
+			return nil, fmt.Errorf("list %s in %s: %w", prefix, s, cloud(err))
 		}
 		for _, o := range page.Contents {
 			key := aws.ToString(o.Key)
@@ -440,7 +454,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		if httpStatus(err) == http.StatusNotFound {
 			return nil
 		}
-		return fmt.Errorf("delete %s: %w", key, err)
+		return fmt.Errorf("delete %s: %w", key, cloud(err))
 	}
 	return nil
 }
@@ -450,11 +464,11 @@ func (s *Store) lookupError(op, key string, err error) error {
 	var nf *types.NotFound
 	if errors.As(err, &nsk) || errors.As(err, &nf) || httpStatus(err) == http.StatusNotFound {
 		if apiCode(err) == "NoSuchBucket" {
-			return fmt.Errorf("%s %s: bucket %q does not exist: %w", op, key, s.opt.Bucket, err)
+			return fmt.Errorf("%s %s: bucket %q does not exist: %w", op, key, s.opt.Bucket, cloud(err))
 		}
 		return fmt.Errorf("%s %s: %w", op, key, storage.ErrNotExist)
 	}
-	return fmt.Errorf("%s %s: %w", op, key, err)
+	return fmt.Errorf("%s %s: %w", op, key, cloud(err))
 }
 
 func httpStatus(err error) int {
@@ -497,7 +511,7 @@ func (s *Store) RemoveStaleTemp(ctx context.Context, dead func(key string, since
 	for {
 		out, err := s.client.ListMultipartUploads(ctx, in)
 		if err != nil {
-			return n, fmt.Errorf("list multipart uploads: %w", err)
+			return n, fmt.Errorf("list multipart uploads: %w", cloud(err))
 		}
 		for _, u := range out.Uploads {
 			key := aws.ToString(u.Key)
@@ -508,7 +522,7 @@ func (s *Store) RemoveStaleTemp(ctx context.Context, dead func(key string, since
 				continue
 			}
 			if _, err := s.client.AbortMultipartUpload(ctx, &s3.AbortMultipartUploadInput{Bucket: &s.opt.Bucket, Key: u.Key, UploadId: u.UploadId}); err != nil {
-				return n, fmt.Errorf("abort stale upload of %s: %w", aws.ToString(u.Key), err)
+				return n, fmt.Errorf("abort stale upload of %s: %w", aws.ToString(u.Key), cloud(err))
 			}
 			n++
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,16 +35,12 @@ func TestConformance(t *testing.T) {
 	}, storagetest.Options{})
 }
 
-// TestEnvironmentClient opens the store the way drctl does: from the AWS
-// environment variables alone.
-func TestEnvironmentClient(t *testing.T) {
+// TestExplicitClient opens the store from options alone: drctl's cmd
+// reads the environment and the config file, the store takes options.
+func TestExplicitClient(t *testing.T) {
 	srv := testrig.StartS3(t)
-	srv.SetEnv(t)
-	opts, err := s3store.ClientOptionsFromEnv()
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := s3store.NewClient(t.Context(), opts)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	client, err := s3store.NewClient(t.Context(), srv.ClientOptions())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,17 +48,47 @@ func TestEnvironmentClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Put(t.Context(), "x", strings.NewReader("via env")); err != nil {
+	if err := s.Put(t.Context(), "x", strings.NewReader("explicit")); err != nil {
 		t.Fatal(err)
 	}
-	ok, err := s.SupportsConditionalWrites(t.Context())
-	t.Logf("server honours If-None-Match: %v (%v)", ok, err)
-	if err != nil {
+	if _, err := s.SupportsConditionalWrites(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	// The object landed under the prefix, in the bucket the URL names.
 	if _, err := srv.Client().HeadObject(t.Context(), &s3.HeadObjectInput{Bucket: &srv.Bucket, Key: strPtr("env/x")}); err != nil {
 		t.Fatalf("object not at env/x: %v", err)
+	}
+	// Wrong credentials: one line that names the problem.
+	bad := srv.ClientOptions()
+	bad.SecretAccessKey = "wrong"
+	client, err = s3store.NewClient(t.Context(), bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ = s3store.New(client, s3store.Options{Bucket: srv.Bucket})
+	_, err = s.List(t.Context(), "backups/")
+	if err == nil || !strings.Contains(err.Error(), "SignatureDoesNotMatch") || strings.Contains(err.Error(), "operation error") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	// No credentials anywhere: one line saying how to give them.
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	none := srv.ClientOptions()
+	none.AccessKeyID, none.SecretAccessKey = "", ""
+	if _, err := s3store.NewClient(t.Context(), none); !errors.Is(err, s3store.ErrNoCredentials) || !strings.Contains(err.Error(), "AWS_ACCESS_KEY_ID") {
+		t.Fatalf("no credentials: %v", err)
+	}
+	// An unreachable endpoint: one line naming it.
+	gone := srv.ClientOptions()
+	gone.Endpoint, gone.MaxAttempts = "http://127.0.0.1:1", 1
+	client, _ = s3store.NewClient(t.Context(), gone)
+	s, _ = s3store.New(client, s3store.Options{Bucket: srv.Bucket})
+	if _, err := s.List(t.Context(), "backups/"); err == nil || !strings.Contains(err.Error(), "cannot reach the S3 server http://127.0.0.1:1") {
+		t.Fatalf("unreachable endpoint: %v", err)
 	}
 }
 
@@ -188,8 +215,9 @@ func TestRemoveStaleUploads(t *testing.T) {
 // AWS_CA_BUNDLE vouches for.
 func TestTLSWithCABundle(t *testing.T) {
 	srv := testrig.StartS3TLS(t)
-	srv.SetEnv(t)
-	client, err := s3store.NewClient(t.Context(), s3store.ClientOptions{ForcePathStyle: true, MaxAttempts: 1})
+	opts := srv.ClientOptions()
+	opts.MaxAttempts = 1
+	client, err := s3store.NewClient(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,12 +230,70 @@ func TestTLSWithCABundle(t *testing.T) {
 	}
 	t.Setenv("AWS_CA_BUNDLE", "")
 	os.Unsetenv("AWS_CA_BUNDLE")
-	client, err = s3store.NewClient(t.Context(), s3store.ClientOptions{ForcePathStyle: true, MaxAttempts: 1})
+	opts.CABundle = ""
+	client, err = s3store.NewClient(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s, _ = s3store.New(client, s3store.Options{Bucket: srv.Bucket})
 	if _, err := s.Stat(t.Context(), "tls"); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("an untrusted certificate was accepted: %v", err)
+	}
+}
+
+// spoolWatch is a reader that, once it has handed out after bytes, looks
+// for a spooled part among this process's open files.
+type spoolWatch struct {
+	r       io.Reader
+	read    int64
+	after   int64
+	dir     string
+	spooled bool
+}
+
+func (w *spoolWatch) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	w.read += int64(n)
+	if w.read > w.after && !w.spooled {
+		fds, _ := os.ReadDir("/proc/self/fd")
+		for _, fd := range fds {
+			if target, err := os.Readlink("/proc/self/fd/" + fd.Name()); err == nil && strings.HasPrefix(target, w.dir+"/drctl-part-") {
+				w.spooled = true
+			}
+		}
+	}
+	return n, err
+}
+
+// Parts grow with the object; beyond MaxMemoryPart they are spooled to an
+// unlinked file, so memory stays bounded, and the object comes back whole.
+func TestLargePartsSpoolToDisk(t *testing.T) {
+	srv := testrig.StartS3(t)
+	spool := t.TempDir()
+	// Parts of 5, 10, 20, 40 MiB: the third and fourth are spooled.
+	s, err := s3store.New(srv.Client(), s3store.Options{Bucket: srv.Bucket, Prefix: "spool", PartSize: 5 << 20, GrowEvery: 1, SpoolDir: spool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 64<<20)
+	rand.Read(data)
+	w := &spoolWatch{r: bytes.NewReader(data), after: 36 << 20, dir: spool}
+	if err := s.Put(t.Context(), "big", w); err != nil {
+		t.Fatal(err)
+	}
+	if !w.spooled {
+		t.Fatal("no part was spooled to disk while the 20 MiB part was read")
+	}
+	rc, err := s.Get(t.Context(), "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("object read back differs (%d bytes, %v)", len(got), err)
+	}
+	if left, _ := os.ReadDir(spool); len(left) != 0 {
+		t.Fatalf("spool files left: %v", left)
 	}
 }
