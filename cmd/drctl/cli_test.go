@@ -346,7 +346,7 @@ func TestCLIKilledBackupNeverListed(t *testing.T) {
 			if r := mustRun(t, env, "list", "--json"); strings.TrimSpace(r.stdout) != "[]" {
 				t.Fatalf("a killed backup is listed: %s", r.stdout)
 			}
-			mustFail(t, env, "holds no complete backup", "restore", "latest", "--into", pg.DSN("from_killed"))
+			mustFail(t, env, "holds no complete logical backup", "restore", "latest", "--into", pg.DSN("from_killed"))
 			// The repository still works: the next backup is the latest.
 			r := mustRun(t, env, "backup", "--dsn", pg.DSN("big"), "--json")
 			var b struct{ ID string }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"filippo.io/age"
+	"github.com/klauspost/compress/zstd"
 	"go.uber.org/goleak"
 )
 
@@ -116,5 +117,27 @@ func TestCorruptionDetected(t *testing.T) {
 	}
 	if err == nil {
 		t.Fatal("a flipped byte decoded without error")
+	}
+}
+
+// A writer that cannot be built leaves no goroutine behind (TestMain's
+// goleak check fails the package otherwise).
+func TestFramedWriterFailureLeaksNothing(t *testing.T) {
+	if _, err := newFramedWriter(io.Discard, zstd.EncoderLevel(100), 4); err == nil {
+		t.Fatal("an unknown zstd level was accepted")
+	}
+	// The third encoder fails: the two made before it must not linger.
+	made := 0
+	_, err := newFramedWriterWith(io.Discard, 4, func() (*zstd.Encoder, error) {
+		if made++; made == 3 {
+			return nil, errors.New("no memory for an encoder")
+		}
+		return zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1))
+	})
+	if err == nil {
+		t.Fatal("a failing encoder went unnoticed")
+	}
+	if err := goleak.Find(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -38,6 +38,13 @@ type frameJob struct {
 }
 
 func newFramedWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*framedWriter, error) {
+	return newFramedWriterWith(out, workers, func() (*zstd.Encoder, error) {
+		return zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
+			zstd.WithEncoderCRC(true), zstd.WithWindowSize(frameSize))
+	})
+}
+
+func newFramedWriterWith(out io.Writer, workers int, newEncoder func() (*zstd.Encoder, error)) (*framedWriter, error) {
 	w := &framedWriter{
 		out:   out,
 		jobs:  make(chan *frameJob, workers),
@@ -46,12 +53,20 @@ func newFramedWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*fram
 		free:  make(chan []byte, workers+2),
 		outs:  make(chan []byte, workers+2),
 	}
+	// Every encoder first, then the goroutines: a failure half-way must not
+	// leave workers waiting on a writer nobody will close.
+	encs := make([]*zstd.Encoder, 0, workers)
 	for i := 0; i < workers; i++ {
-		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
-			zstd.WithEncoderCRC(true), zstd.WithWindowSize(frameSize))
+		enc, err := newEncoder()
 		if err != nil {
+			for _, e := range encs {
+				e.Close()
+			}
 			return nil, err
 		}
+		encs = append(encs, enc)
+	}
+	for _, enc := range encs {
 		w.workers.Add(1)
 		go func() {
 			defer w.workers.Done()

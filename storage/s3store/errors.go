@@ -55,7 +55,7 @@ func (c *cloudError) Error() string {
 	var oe *net.OpError
 	hasURL, hasOp := errors.As(err, &ue), errors.As(err, &oe)
 	if hasURL || hasOp {
-		target, cause := "", err.Error()
+		var target, cause string
 		switch {
 		case hasURL:
 			target = " " + redactURL(ue.URL)
