@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"sort"
 	"strings"
@@ -164,10 +165,33 @@ func ObjectKey(id, name string) string { return backupsPrefix + id + "/" + name 
 // ErrUnknownBackup is returned when no complete backup has the id.
 var ErrUnknownBackup = errors.New("no such backup")
 
+// Signer signs what a writer commits (sshsig.Signer).
+type Signer interface {
+	Sign(message []byte) ([]byte, error)
+}
+
+// Verifier checks a signature against the allowed signers and returns the
+// signer's principals (sshsig.AllowedSigners).
+type Verifier interface {
+	Verify(message, signature []byte) (string, error)
+}
+
+// ErrUnsigned marks a manifest or WAL file without a signature, refused
+// when allowed signers are configured.
+var ErrUnsigned = errors.New("not signed")
+
+// ErrBadSignature marks a signature that does not verify, or whose key is
+// not an allowed signer. Verifiers wrap it.
+var ErrBadSignature = errors.New("bad signature")
+
+// SignatureKey is where the signature of backup id's manifest lives.
+func SignatureKey(id string) string { return ManifestKey(id) + ".sig" }
+
 // Commit stores the manifest, making the backup visible. It refuses to
 // replace an existing manifest, and to commit a backup any of whose objects
-// is missing or of another size than the manifest says.
-func Commit(ctx context.Context, st storage.Store, m *Manifest) error {
+// is missing or of another size than the manifest says. With a signer, the
+// manifest's signature is stored first, then the manifest.
+func Commit(ctx context.Context, st storage.Store, m *Manifest, signer Signer) error {
 	if err := m.validate(); err != nil {
 		return fmt.Errorf("commit backup %s: %w", m.ID, err)
 	}
@@ -185,6 +209,15 @@ func Commit(ctx context.Context, st storage.Store, m *Manifest) error {
 		return err
 	}
 	body = append(body, '\n')
+	if signer != nil {
+		sig, err := signer.Sign(body)
+		if err != nil {
+			return fmt.Errorf("commit backup %s: %w", m.ID, err)
+		}
+		if err := st.Put(ctx, SignatureKey(m.ID), bytes.NewReader(sig)); err != nil {
+			return fmt.Errorf("commit backup %s: signature: %w", m.ID, err)
+		}
+	}
 	if err := st.PutIfAbsent(ctx, ManifestKey(m.ID), bytes.NewReader(body)); err != nil {
 		return fmt.Errorf("commit backup %s: %w", m.ID, err)
 	}
@@ -226,8 +259,10 @@ func (m *Manifest) validate() error {
 	return nil
 }
 
-// Load reads and checks backup id's manifest.
-func Load(ctx context.Context, st storage.Store, id string) (*Manifest, error) {
+// Load reads and checks backup id's manifest. With a verifier, the
+// manifest must carry a signature by an allowed signer, checked over the
+// very bytes parsed.
+func Load(ctx context.Context, st storage.Store, id string, v Verifier) (*Manifest, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("backup %q: %w (ids look like 20261126T141438Z-3fa9c1)", id, ErrUnknownBackup)
 	}
@@ -238,10 +273,21 @@ func Load(ctx context.Context, st storage.Store, id string) (*Manifest, error) {
 		}
 		return nil, fmt.Errorf("read manifest of %s: %w", id, err)
 	}
-	defer rc.Close()
+	body, err := io.ReadAll(io.LimitReader(rc, maxManifest+1))
+	rc.Close()
+	if err != nil {
+		return nil, fmt.Errorf("read manifest of %s: %w", id, err)
+	}
+	if len(body) > maxManifest {
+		return nil, fmt.Errorf("manifest of %s is over %d bytes: refusing", id, maxManifest)
+	}
+	if v != nil {
+		if err := checkSignature(ctx, st, SignatureKey(id), body, v); err != nil {
+			return nil, fmt.Errorf("manifest of backup %s: %w", id, err)
+		}
+	}
 	var m Manifest
-	dec := json.NewDecoder(rc)
-	if err := dec.Decode(&m); err != nil {
+	if err := json.Unmarshal(body, &m); err != nil {
 		return nil, fmt.Errorf("manifest of %s is corrupt: %w", id, err)
 	}
 	if m.ID != id {
@@ -253,10 +299,86 @@ func Load(ctx context.Context, st storage.Store, id string) (*Manifest, error) {
 	return &m, nil
 }
 
+// maxManifest bounds what is read of a manifest: it comes from the
+// repository, which anyone with write access can fill.
+const maxManifest = 16 << 20
+
+// checkSignature verifies the signature stored under sigKey over body.
+func checkSignature(ctx context.Context, st storage.Store, sigKey string, body []byte, v Verifier) error {
+	rc, err := st.Get(ctx, sigKey)
+	if errors.Is(err, storage.ErrNotExist) {
+		return fmt.Errorf("%w (no %s), and allowed signers are configured: refusing", ErrUnsigned, sigKey)
+	}
+	if err != nil {
+		return fmt.Errorf("read signature: %w", err)
+	}
+	sig, err := io.ReadAll(io.LimitReader(rc, 64<<10))
+	rc.Close()
+	if err != nil {
+		return fmt.Errorf("read signature: %w", err)
+	}
+	if _, err := v.Verify(body, sig); err != nil {
+		return fmt.Errorf("signature %s: %w", sigKey, badSignature(err))
+	}
+	return nil
+}
+
+// badSignature makes a verifier's refusal an ErrBadSignature.
+func badSignature(err error) error {
+	if errors.Is(err, ErrBadSignature) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", ErrBadSignature, err)
+}
+
+// BadSignature is badSignature for other packages' verifications.
+func BadSignature(err error) error { return badSignature(err) }
+
+// SignatureState says, for messages, whether backup id's manifest is
+// signed: "verified (PRINCIPALS)" with a verifier, otherwise "signed (not
+// checked: no allowed signers configured)" or "unsigned".
+func SignatureState(ctx context.Context, st storage.Store, id string, v Verifier) (string, error) {
+	if v != nil {
+		rc, err := st.Get(ctx, ManifestKey(id))
+		if err != nil {
+			return "", err
+		}
+		body, err := io.ReadAll(io.LimitReader(rc, maxManifest))
+		rc.Close()
+		if err != nil {
+			return "", err
+		}
+		sigRC, err := st.Get(ctx, SignatureKey(id))
+		if err != nil {
+			return "", err
+		}
+		sig, err := io.ReadAll(io.LimitReader(sigRC, 64<<10))
+		sigRC.Close()
+		if err != nil {
+			return "", err
+		}
+		who, err := v.Verify(body, sig)
+		if err != nil {
+			return "", badSignature(err)
+		}
+		return "verified (" + who + ")", nil
+	}
+	_, err := st.Stat(ctx, SignatureKey(id))
+	switch {
+	case err == nil:
+		return "signed (not checked: no allowed signers configured)", nil
+	case errors.Is(err, storage.ErrNotExist):
+		return "unsigned", nil
+	default:
+		return "", err
+	}
+}
+
 // List returns every committed backup, oldest first. Objects of backups
-// that never committed are ignored. A manifest that cannot be read is an
-// error: a broken catalog must not look like a smaller one.
-func List(ctx context.Context, st storage.Store) ([]*Manifest, error) {
+// that never committed are ignored. A manifest that cannot be read (or,
+// with a verifier, is not signed by an allowed signer) is an error: a
+// broken catalog must not look like a smaller one.
+func List(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, error) {
 	objs, err := st.List(ctx, backupsPrefix)
 	if err != nil {
 		return nil, err
@@ -268,7 +390,7 @@ func List(ctx context.Context, st storage.Store) ([]*Manifest, error) {
 		if !ok || file != "manifest.json" || !ValidID(id) {
 			continue
 		}
-		m, err := Load(ctx, st, id)
+		m, err := Load(ctx, st, id, v)
 		if err != nil {
 			return nil, err
 		}
@@ -293,6 +415,8 @@ type Query struct {
 	// What the query is for, in the error when nothing matches
 	// ("before the recovery target").
 	Purpose string
+	// Verifier, when set, refuses manifests not signed by an allowed signer.
+	Verifier Verifier
 }
 
 // Match reports whether m is selected.
@@ -323,7 +447,7 @@ var ErrAmbiguous = errors.New("ambiguous")
 // q.Kind is refused, naming the right use.
 func Resolve(ctx context.Context, st storage.Store, ref string, q Query) (*Manifest, error) {
 	if ref != "latest" {
-		m, err := Load(ctx, st, ref)
+		m, err := Load(ctx, st, ref, q.Verifier)
 		if err != nil {
 			return nil, err
 		}
@@ -333,7 +457,7 @@ func Resolve(ctx context.Context, st storage.Store, ref string, q Query) (*Manif
 		}
 		return m, nil
 	}
-	all, err := List(ctx, st)
+	all, err := List(ctx, st, q.Verifier)
 	if err != nil {
 		return nil, err
 	}

@@ -23,7 +23,7 @@ func commit(t *testing.T, st *filestore.Store, kind, db string, at time.Time) *c
 	if kind == catalog.KindPhysical {
 		m.Physical = &catalog.Physical{}
 	}
-	if err := catalog.Commit(t.Context(), st, m); err != nil {
+	if err := catalog.Commit(t.Context(), st, m, nil); err != nil {
 		t.Fatal(err)
 	}
 	return m
@@ -82,14 +82,14 @@ func TestCommitChecksObjects(t *testing.T) {
 	m := &catalog.Manifest{FormatVersion: 1, ID: id, Kind: catalog.KindLogical, Database: "shop", StartTime: at, EndTime: at,
 		Encryption: catalog.Encryption{Method: "none"},
 		Objects:    []catalog.Object{{Key: catalog.ObjectKey(id, "dump.pgc.zst"), Role: catalog.RoleDump, Size: 4, SHA256: strings.Repeat("0", 64)}}}
-	if err := catalog.Commit(t.Context(), st, m); err == nil {
+	if err := catalog.Commit(t.Context(), st, m, nil); err == nil {
 		t.Fatal("committed a backup whose object is missing")
 	}
 	st.Put(t.Context(), m.Objects[0].Key, strings.NewReader("dat"))
-	if err := catalog.Commit(t.Context(), st, m); err == nil || !strings.Contains(err.Error(), "3 bytes") {
+	if err := catalog.Commit(t.Context(), st, m, nil); err == nil || !strings.Contains(err.Error(), "3 bytes") {
 		t.Fatalf("committed a backup whose object is short: %v", err)
 	}
-	if all, _ := catalog.List(t.Context(), st); len(all) != 0 {
+	if all, _ := catalog.List(t.Context(), st, nil); len(all) != 0 {
 		t.Fatalf("listed: %v", all)
 	}
 }

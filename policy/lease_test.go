@@ -90,7 +90,7 @@ func TestLiveWriterIsNeverCleanedUp(t *testing.T) {
 	// 25 hours later, still running, its lease renewed all along.
 	clk.Add(25 * time.Hour)
 	waitRenewed(t, st, id, clk.Now())
-	plan, err := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now())
+	plan, err := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func TestLiveWriterIsNeverCleanedUp(t *testing.T) {
 	lease.Release(t.Context()) // stops renewing (and removes the lease)
 	writeLease(t, st, catalog.Lease{Name: id, Kind: catalog.LeaseBaseBackup, Renewed: clk.Now(), Expires: clk.Now().Add(catalog.LeaseTTL), TTLSeconds: catalog.LeaseTTL.Seconds()})
 	clk.Add(catalog.LeaseTTL / 2)
-	if plan, _ := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now()); len(plan.Orphans) != 0 {
+	if plan, _ := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now(), nil); len(plan.Orphans) != 0 {
 		t.Fatalf("orphans %v within the lease's TTL", plan.Orphans)
 	}
 	// The store's clock says the lease was written just now: the writer's
@@ -128,7 +128,7 @@ func TestLiveWriterIsNeverCleanedUp(t *testing.T) {
 		later = clk.Now()
 	}
 	clk.now = later.Add(catalog.LeaseTTL)
-	plan, err = policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now())
+	plan, err = policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func TestTransientErrorsDeleteNothing(t *testing.T) {
 	writeLease(t, st, catalog.Lease{Name: id, Renewed: old, Expires: old.Add(time.Minute), TTLSeconds: 60})
 	now := time.Now().Add(time.Hour)
 	for _, failing := range []string{catalog.ManifestKey(id), catalog.LeaseKey(id)} {
-		plan, err := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, now)
+		plan, err := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, now, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,7 +201,7 @@ func TestTransientErrorsDeleteNothing(t *testing.T) {
 		}
 		return nil
 	})
-	plan, err := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, now)
+	plan, err := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func TestTransientErrorsDeleteNothing(t *testing.T) {
 	}
 	st.SetFail(nil)
 	// Healthy again: the orphan goes.
-	if plan, err = policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, now); err != nil {
+	if plan, err = policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, now, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := policy.Prune(t.Context(), st, plan); err != nil {

@@ -52,12 +52,14 @@ type Decision struct {
 // ErrNoRule refuses a prune without a retention rule.
 var ErrNoRule = errors.New("give --keep-last N and/or --keep-within DURATION")
 
-// PlanPrune decides what to delete.
-func PlanPrune(ctx context.Context, st storage.Store, r Retention, now time.Time) (*Plan, error) {
+// PlanPrune decides what to delete. With a verifier, a manifest not signed
+// by an allowed signer stops the prune: a forged "newer" backup must not
+// push real ones out of the retention window.
+func PlanPrune(ctx context.Context, st storage.Store, r Retention, now time.Time, v catalog.Verifier) (*Plan, error) {
 	if r.KeepLast <= 0 && r.KeepWithin <= 0 {
 		return nil, ErrNoRule
 	}
-	all, err := catalog.List(ctx, st)
+	all, err := catalog.List(ctx, st, v)
 	if err != nil {
 		return nil, err
 	}

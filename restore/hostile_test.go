@@ -102,7 +102,7 @@ func (h *hostileRepo) backup(t *testing.T, base []entry, tablespaces ...tablespa
 		o.TablespaceOID, o.TablespacePath = ts.oid, ts.path
 		m.Objects = append(m.Objects, o)
 	}
-	if err := catalog.Commit(t.Context(), h.st, m); err != nil {
+	if err := catalog.Commit(t.Context(), h.st, m, nil); err != nil {
 		t.Fatal(err)
 	}
 	return m

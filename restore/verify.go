@@ -24,6 +24,12 @@ type VerifyReport struct {
 	Objects []ObjectReport `json:"objects"`
 	// WAL is the continuity of the archive from a base backup onwards.
 	WAL *wal.ChainReport `json:"wal,omitempty"`
+	// Signature: "verified (PRINCIPALS)", "signed (not checked: ...)" or
+	// "unsigned".
+	Signature string `json:"signature"`
+	// WALSignatureErrors name the archived WAL files, from the backup's
+	// start on, whose signature is missing or wrong (with allowed signers).
+	WALSignatureErrors []string `json:"wal_signature_errors,omitempty"`
 }
 
 // ObjectReport is the outcome for one object.
@@ -41,6 +47,9 @@ type VerifyOptions struct {
 	Store     storage.Store
 	Keys      *codec.Keys
 	PgRestore string // empty finds pg_restore
+	// Verifier, when set, checks the signatures of the WAL a base backup
+	// needs (the manifest's was checked when it was loaded).
+	Verifier catalog.Verifier
 }
 
 // Verify re-reads every object of the backup: size and SHA-256 against the
@@ -52,6 +61,11 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 		return nil, codec.ErrNoIdentity
 	}
 	rep := &VerifyReport{ID: m.ID, Kind: m.Kind, OK: true}
+	state, err := catalog.SignatureState(ctx, opt.Store, m.ID, opt.Verifier)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", m.ID, err)
+	}
+	rep.Signature = state
 	if m.Kind == catalog.KindPhysical {
 		err := verifyPhysical(ctx, opt, m, rep)
 		if ctx.Err() != nil {
@@ -73,6 +87,17 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 			rep.OK = false
 			if err == nil {
 				err = walError(m, chain)
+			}
+		}
+		if opt.Verifier != nil {
+			if serr := verifyWALSignatures(ctx, opt, m, entries, rep); serr != nil {
+				return nil, serr
+			}
+			if len(rep.WALSignatureErrors) > 0 {
+				rep.OK = false
+				if err == nil {
+					err = fmt.Errorf("backup %s: %w: %s", m.ID, ErrCorrupt, rep.WALSignatureErrors[0])
+				}
 			}
 		}
 		return rep, err
@@ -197,4 +222,34 @@ func (t *tolerantWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// verifyWALSignatures checks the signature of every archived WAL file from
+// the backup's start segment on, and of every timeline history file.
+// Partial segments are checked when fetched (their hash needs the content).
+func verifyWALSignatures(ctx context.Context, opt VerifyOptions, m *catalog.Manifest, entries []wal.Entry, rep *VerifyReport) error {
+	first, ok := wal.ParseSegmentName(m.Physical.StartSegment, m.Physical.WALSegmentSize)
+	if !ok {
+		return fmt.Errorf("backup %s: bad start segment %q", m.ID, m.Physical.StartSegment)
+	}
+	a := &wal.Archive{Store: opt.Store, Verifier: opt.Verifier}
+	for _, e := range entries {
+		if e.Partial {
+			continue
+		}
+		name := e.Name
+		if len(name) > 24 && !wal.IsHistoryName(name) {
+			name = name[:24] // .backup files follow their segment
+		}
+		if s, ok := wal.ParseSegmentName(name, m.Physical.WALSegmentSize); ok && s.No < first.No {
+			continue
+		}
+		if _, err := a.CheckSignature(ctx, e.Name, e.Hash); err != nil {
+			if !errors.Is(err, catalog.ErrUnsigned) && !errors.Is(err, catalog.ErrBadSignature) {
+				return err
+			}
+			rep.WALSignatureErrors = append(rep.WALSignatureErrors, err.Error())
+		}
+	}
+	return nil
 }

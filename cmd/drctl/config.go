@@ -18,6 +18,7 @@ import (
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/pgtools"
+	"github.com/drctl/drctl/engine/sshsig"
 	"github.com/drctl/drctl/storage"
 	"github.com/drctl/drctl/storage/backends"
 )
@@ -32,6 +33,12 @@ type fileConfig struct {
 	// configurations that drctl restore writes.
 	Identity string `yaml:"identity,omitempty"`
 	LogLevel string `yaml:"log_level,omitempty"`
+	// SigningKeyFile signs what writers commit; AllowedSignersFile (or
+	// AllowedSigners inline, as restore writes for restore_command) makes
+	// readers refuse what no allowed signer signed.
+	SigningKeyFile     string `yaml:"signing_key_file,omitempty"`
+	AllowedSignersFile string `yaml:"allowed_signers_file,omitempty"`
+	AllowedSigners     string `yaml:"allowed_signers,omitempty"`
 	// Env sets environment variables (AWS_*, DRCTL_S3_*) for drctl,
 	// overriding inherited ones: archive_command and restore_command run
 	// with the server's environment, not the user's.
@@ -46,6 +53,8 @@ type globalFlags struct {
 	recipientsFile string
 	identityFile   string
 	logLevel       string
+	signingKey     string
+	allowedSigners string
 }
 
 // settings is the resolved configuration: flags, then environment, then file.
@@ -55,7 +64,12 @@ type settings struct {
 	RecipientsFile string
 	IdentityFile   string
 	Identity       string
-	Logger         *slog.Logger
+	// Signatures: the key writers sign with, and the signers readers
+	// accept (a file, or the inline text of a recovery configuration).
+	SigningKeyFile     string
+	AllowedSignersFile string
+	AllowedSigners     string
+	Logger             *slog.Logger
 	debug          bool
 	// fileEnv is the config file's env: block; it wins over the inherited
 	// environment (see getenv).
@@ -151,6 +165,38 @@ func (s *settings) codecOptions(level int) (codec.Options, error) {
 	return o, nil
 }
 
+// signer loads the signing key; nil when none is configured.
+func (s *settings) signer() (catalog.Signer, error) {
+	if s.SigningKeyFile == "" {
+		return nil, nil
+	}
+	signer, err := sshsig.LoadSigner(s.SigningKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return signer, nil
+}
+
+// verifier loads the allowed signers; nil when none are configured, and
+// then nothing is checked (verify says the backups are unsigned).
+func (s *settings) verifier() (catalog.Verifier, error) {
+	switch {
+	case s.AllowedSignersFile != "":
+		a, err := sshsig.LoadAllowedSigners(s.AllowedSignersFile)
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
+	case s.AllowedSigners != "":
+		a, err := sshsig.ParseAllowedSigners([]byte(s.AllowedSigners))
+		if err != nil {
+			return nil, fmt.Errorf("config: allowed_signers: %w", err)
+		}
+		return a, nil
+	}
+	return nil, nil
+}
+
 // program finds a PostgreSQL program, in DRCTL_PG_BINDIR when set.
 func (s *settings) program(name string) (string, error) {
 	return pgtools.Find(name, s.getenv("DRCTL_PG_BINDIR"))
@@ -163,6 +209,8 @@ func (g *globalFlags) register(cmd *cobra.Command) {
 	f.StringVar(&g.recipientsFile, "recipients-file", "", "age recipients file, one public key a line (env DRCTL_AGE_RECIPIENTS_FILE)")
 	f.StringVar(&g.identityFile, "identity-file", "", "age identity file as age-keygen writes it (env DRCTL_AGE_IDENTITY_FILE)")
 	f.StringVar(&g.logLevel, "log-level", "", "debug, info, warn or error (env DRCTL_LOG_LEVEL; default warn)")
+	f.StringVar(&g.signingKey, "signing-key", "", "Ed25519 OpenSSH private key (ssh-keygen -t ed25519) that signs backups and WAL (env DRCTL_SIGNING_KEY_FILE)")
+	f.StringVar(&g.allowedSigners, "allowed-signers", "", "ssh-keygen allowed_signers file: refuse backups and WAL not signed by one of them (env DRCTL_ALLOWED_SIGNERS_FILE)")
 }
 
 func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, error) {
@@ -185,6 +233,12 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 		DSN:            first(g.dsn, os.Getenv("DRCTL_DSN"), fc.DSN),
 		RecipientsFile: first(g.recipientsFile, os.Getenv("DRCTL_AGE_RECIPIENTS_FILE"), fc.RecipientsFile),
 		IdentityFile:   first(g.identityFile, os.Getenv("DRCTL_AGE_IDENTITY_FILE"), fc.IdentityFile),
+
+		SigningKeyFile:     first(g.signingKey, os.Getenv("DRCTL_SIGNING_KEY_FILE"), fc.SigningKeyFile),
+		AllowedSignersFile: first(g.allowedSigners, os.Getenv("DRCTL_ALLOWED_SIGNERS_FILE"), fc.AllowedSignersFile),
+	}
+	if s.AllowedSignersFile == "" {
+		s.AllowedSigners = fc.AllowedSigners
 	}
 	if s.IdentityFile == "" {
 		s.Identity = fc.Identity
@@ -279,9 +333,10 @@ func oneLine(s string) string {
 // needs.
 type writer struct {
 	*settings
-	dsn   *pgdsn.DSN
-	keys  *codec.Keys
-	store storage.Store
+	dsn    *pgdsn.DSN
+	keys   *codec.Keys
+	store  storage.Store
+	signer catalog.Signer
 }
 
 // openWriter resolves the settings, the database, the recipients (refusing
@@ -303,6 +358,10 @@ func (g *globalFlags) openWriter(cmd *cobra.Command, stderr io.Writer, allowUnen
 	if !keys.Encrypted() && !allowUnencrypted {
 		return nil, codec.ErrNoRecipients
 	}
+	signer, err := s.signer()
+	if err != nil {
+		return nil, err
+	}
 	st, err := s.openStore(cmd.Context())
 	if err != nil {
 		return nil, err
@@ -319,7 +378,7 @@ func (g *globalFlags) openWriter(cmd *cobra.Command, stderr io.Writer, allowUnen
 			s.Logger.Info("cleaned up leftovers of killed backups", "count", n)
 		}
 	}
-	return &writer{settings: s, dsn: dsn, keys: keys, store: st}, nil
+	return &writer{settings: s, dsn: dsn, keys: keys, store: st, signer: signer}, nil
 }
 
 // backupFlags are the options every backup command shares.

@@ -46,7 +46,7 @@ func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Comma
 			if err != nil {
 				return err
 			}
-			m, err := physical.BaseBackup(cmd.Context(), physical.BaseBackupOptions{Codec: copt,
+			m, err := physical.BaseBackup(cmd.Context(), physical.BaseBackupOptions{Codec: copt, Signer: w.signer,
 				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: bf.noEncryption, Labels: labels,
 				ToolVersion: version, WALWait: walWait, Logger: w.Logger,
 			})
@@ -93,7 +93,11 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if err != nil {
 				return err
 			}
-			a := &wal.Archive{Store: st, Keys: keys, AllowUnencrypted: noEncryption, Codec: copt}
+			signer, err := s.signer()
+			if err != nil {
+				return err
+			}
+			a := &wal.Archive{Store: st, Keys: keys, AllowUnencrypted: noEncryption, Codec: copt, Signer: signer}
 			res, err := a.Push(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -131,7 +135,7 @@ func newWALReceiveCommand(g *globalFlags, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			return physical.Receive(cmd.Context(), physical.ReceiveOptions{
-				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: noEncryption, Slot: slot,
+				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: noEncryption, Slot: slot, Signer: w.signer,
 				FlushInterval: flush, Logger: w.Logger,
 			})
 		},
@@ -174,7 +178,11 @@ func newWALFetchCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command
 			if err != nil {
 				return fail(err)
 			}
-			a := &wal.Archive{Store: st, Keys: keys, SegmentSize: segSize}
+			verifier, err := s.verifier()
+			if err != nil {
+				return fail(err)
+			}
+			a := &wal.Archive{Store: st, Keys: keys, SegmentSize: segSize, Verifier: verifier}
 			err = a.FetchWithPrefetch(cmd.Context(), args[0], args[1], wal.PrefetchOptions{
 				Count: prefetch, Spawn: spawnPrefetch(cmd, segSize),
 			})
@@ -213,7 +221,11 @@ func newWALPrefetchCommand(g *globalFlags, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			a := &wal.Archive{Store: st, Keys: keys, SegmentSize: segSize}
+			verifier, err := s.verifier()
+			if err != nil {
+				return err
+			}
+			a := &wal.Archive{Store: st, Keys: keys, SegmentSize: segSize, Verifier: verifier}
 			return a.Prefetch(cmd.Context(), args[0], args[1], count)
 		},
 	}
@@ -298,7 +310,12 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 		}
 		tsMap[k] = v
 	}
-	m, err := catalog.Resolve(cmd.Context(), st, ref, catalog.Query{Kind: catalog.KindPhysical, Accept: p.target.Reachable, Purpose: "that ends before the recovery target"})
+	verifier, err := s.verifier()
+	if err != nil {
+		return err
+	}
+	m, err := catalog.Resolve(cmd.Context(), st, ref, catalog.Query{Kind: catalog.KindPhysical, Accept: p.target.Reachable,
+		Purpose: "that ends before the recovery target", Verifier: verifier})
 	if err != nil {
 		return err
 	}
@@ -410,6 +427,17 @@ func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *rest
 		cfg.Identity = string(data)
 	case s.Identity != "":
 		cfg.Identity = s.Identity
+	}
+	// restore_command checks the WAL's signatures with the same signers.
+	switch {
+	case s.AllowedSignersFile != "":
+		data, err := os.ReadFile(s.AllowedSignersFile)
+		if err != nil {
+			return fmt.Errorf("allowed signers: %w", err)
+		}
+		cfg.AllowedSigners = string(data)
+	case s.AllowedSigners != "":
+		cfg.AllowedSigners = s.AllowedSigners
 	}
 	for _, kv := range s.environ() {
 		k, v, _ := strings.Cut(kv, "=")

@@ -80,7 +80,7 @@ func newBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			}
 			m, err := logical.Backup(cmd.Context(), logical.BackupOptions{
 				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: bf.noEncryption,
-				Labels: labels, Codec: copt, PgDump: pgDump,
+				Labels: labels, Codec: copt, PgDump: pgDump, Signer: w.signer,
 				ToolVersion: version, Logger: w.Logger,
 			})
 			if err != nil {
@@ -171,7 +171,11 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			default:
 				return &exitCodeError{2, fmt.Errorf("--kind %q: want logical or physical", q.Kind)}
 			}
-			all, err := catalog.List(cmd.Context(), st)
+			verifier, err := s.verifier()
+			if err != nil {
+				return err
+			}
+			all, err := catalog.List(cmd.Context(), st, verifier)
 			if err != nil {
 				return err
 			}
@@ -296,13 +300,17 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			verifier, err := s.verifier()
+			if err != nil {
+				return err
+			}
 			var targets []*catalog.Manifest
 			if all {
-				if targets, err = catalog.List(cmd.Context(), st); err != nil {
+				if targets, err = catalog.List(cmd.Context(), st, verifier); err != nil {
 					return err
 				}
 			} else {
-				m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{})
+				m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{Verifier: verifier})
 				if err != nil {
 					return err
 				}
@@ -313,7 +321,7 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			var reports []*restore.VerifyReport
 			var firstErr error
 			for _, m := range targets {
-				rep, err := restore.Verify(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys, PgRestore: pgRestore}, m)
+				rep, err := restore.Verify(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys, PgRestore: pgRestore, Verifier: verifier}, m)
 				if rep == nil {
 					return err
 				}
@@ -417,7 +425,11 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if err != nil {
 				return err
 			}
-			m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{Kind: catalog.KindLogical, Database: database})
+			verifier, err := s.verifier()
+			if err != nil {
+				return err
+			}
+			m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{Kind: catalog.KindLogical, Database: database, Verifier: verifier})
 			if err != nil {
 				return err
 			}
@@ -471,7 +483,11 @@ func newPruneCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			plan, err := policy.PlanPrune(cmd.Context(), st, r, time.Now())
+			verifier, err := s.verifier()
+			if err != nil {
+				return err
+			}
+			plan, err := policy.PlanPrune(cmd.Context(), st, r, time.Now(), verifier)
 			if err != nil {
 				return err
 			}

@@ -35,6 +35,8 @@ type BackupOptions struct {
 	PgDump      string
 	ToolVersion string
 	Now         func() time.Time
+	// Signer, when set, signs the manifest (see catalog.Commit).
+	Signer catalog.Signer
 	// Lease tunes the writer's lease (see catalog.AcquireLease); its Now
 	// defaults to the backup's.
 	Lease  catalog.LeaseOptions
@@ -100,7 +102,7 @@ func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 	}
 	m.Objects = []catalog.Object{obj}
 	m.EndTime = opt.Now().UTC()
-	if err := catalog.Commit(ctx, opt.Store, m); err != nil {
+	if err := catalog.Commit(ctx, opt.Store, m, opt.Signer); err != nil {
 		opt.Store.Delete(context.WithoutCancel(ctx), key)
 		return nil, err
 	}

@@ -126,7 +126,7 @@ func TestFailedUploadIsNeverListed(t *testing.T) {
 
 func assertEmpty(t *testing.T, st storage.Store) {
 	t.Helper()
-	all, err := catalog.List(t.Context(), st)
+	all, err := catalog.List(t.Context(), st, nil)
 	if err != nil || len(all) != 0 {
 		t.Fatalf("catalog after a failed backup: %d backups, %v", len(all), err)
 	}

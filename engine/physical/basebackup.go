@@ -34,6 +34,8 @@ type BaseBackupOptions struct {
 	// (default 2 minutes). A backup whose WAL never arrives is not committed.
 	WALWait time.Duration
 	Now     func() time.Time
+	// Signer, when set, signs the manifest (see catalog.Commit).
+	Signer catalog.Signer
 	// Lease tunes the writer's lease (see catalog.AcquireLease).
 	Lease  catalog.LeaseOptions
 	Logger *slog.Logger
@@ -125,7 +127,7 @@ func BaseBackup(ctx context.Context, opt BaseBackupOptions) (*catalog.Manifest, 
 	for _, o := range m.Objects {
 		m.Server.DatabaseSize += o.RawSize
 	}
-	if err := catalog.Commit(ctx, opt.Store, m); err != nil {
+	if err := catalog.Commit(ctx, opt.Store, m, opt.Signer); err != nil {
 		for _, o := range m.Objects {
 			opt.Store.Delete(context.WithoutCancel(ctx), o.Key)
 		}

@@ -1,7 +1,6 @@
 package physical
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -31,6 +30,9 @@ type ReceiveOptions struct {
 	// FlushInterval is how often the unfinished segment is stored as a
 	// partial segment (default 1s): the recovery point's age.
 	FlushInterval time.Duration
+	// Signer signs each archived file; Codec tunes compression.
+	Signer catalog.Signer
+	Codec  codec.Options
 	// Lease tunes the receiver's lease, wal-receive-<slot>.
 	Lease  catalog.LeaseOptions
 	Logger *slog.Logger
@@ -61,7 +63,7 @@ func Receive(ctx context.Context, opt ReceiveOptions) error {
 	defer lease.Release(ctx)
 	backoff := time.Second
 	for {
-		r := &receiver{opt: opt, archive: &wal.Archive{Store: opt.Store, Keys: opt.Keys, AllowUnencrypted: opt.AllowUnencrypted}}
+		r := &receiver{opt: opt, archive: &wal.Archive{Store: opt.Store, Keys: opt.Keys, AllowUnencrypted: opt.AllowUnencrypted, Signer: opt.Signer, Codec: opt.Codec}}
 		err := r.run(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -276,7 +278,7 @@ func (r *receiver) flushPartial(ctx context.Context) error {
 	if len(r.buf) == r.flushed || r.buf == nil {
 		return nil
 	}
-	if err := r.archive.PutPartial(ctx, r.seg.Name(r.segSize), bytes.NewReader(r.buf)); err != nil {
+	if err := r.archive.PutPartial(ctx, r.seg.Name(r.segSize), r.buf); err != nil {
 		return err
 	}
 	r.flushed = len(r.buf)

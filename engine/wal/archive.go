@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/storage"
 )
@@ -77,6 +78,58 @@ type Archive struct {
 	Codec            codec.Options
 	// SegmentSize pads partial segments when they are fetched.
 	SegmentSize int64
+	// Signer signs each archived file's name and content hash, stored
+	// beside it (see SignatureKey). Verifier, when set, makes Fetch refuse
+	// a file without a signature by an allowed signer.
+	Signer   catalog.Signer
+	Verifier catalog.Verifier
+}
+
+// SignatureKey is where the signature of an archived file lives: name is
+// PostgreSQL's file name (with ".partial" for a partial segment) and hash
+// the plaintext SHA-256 prefix its key carries.
+func SignatureKey(name, hash string) string { return Prefix + name + "." + hash + ".sig" }
+
+// SignedMessage is what a WAL file's signature covers: its name and the
+// SHA-256 prefix of its content (the same as in its key, which Fetch checks
+// against the content). ssh-keygen -Y verify checks it with stock tools:
+// printf 'drctl-wal-v1\n%s\n%s\n' NAME HASH | ssh-keygen -Y verify ...
+func SignedMessage(name, hash string) []byte {
+	return []byte("drctl-wal-v1\n" + name + "\n" + hash + "\n")
+}
+
+// sign stores the signature of name's content hash, if a signer is set.
+func (a *Archive) sign(ctx context.Context, name, hash string) error {
+	if a.Signer == nil {
+		return nil
+	}
+	sig, err := a.Signer.Sign(SignedMessage(name, hash))
+	if err != nil {
+		return err
+	}
+	return a.Store.Put(ctx, SignatureKey(name, hash), bytes.NewReader(sig))
+}
+
+// CheckSignature verifies the stored signature of an archived file.
+func (a *Archive) CheckSignature(ctx context.Context, name, hash string) (string, error) {
+	key := SignatureKey(name, hash)
+	rc, err := a.Store.Get(ctx, key)
+	if errors.Is(err, storage.ErrNotExist) {
+		return "", fmt.Errorf("%s: %w (no %s), and allowed signers are configured: refusing", name, catalog.ErrUnsigned, key)
+	}
+	if err != nil {
+		return "", err
+	}
+	sig, err := io.ReadAll(io.LimitReader(rc, 64<<10))
+	rc.Close()
+	if err != nil {
+		return "", err
+	}
+	who, err := a.Verifier.Verify(SignedMessage(name, hash), sig)
+	if err != nil {
+		return "", fmt.Errorf("%s: signature %s: %w", name, key, catalog.BadSignature(err))
+	}
+	return who, nil
 }
 
 func (a *Archive) ext() string {
@@ -185,7 +238,23 @@ func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResu
 	res := &PushResult{Name: name, Key: Prefix + name + "." + sum + a.ext()}
 	if dup, err := compareExisting(name, sum, found.entries); err != nil || dup {
 		res.AlreadyArchived = dup
+		if dup && err == nil && a.Signer != nil {
+			// A crash between the signature and the file, or an archive
+			// written before signing was set up: sign what is there.
+			if _, serr := a.Store.Stat(ctx, SignatureKey(name, sum)); errors.Is(serr, storage.ErrNotExist) {
+				err = a.sign(ctx, name, sum)
+			} else {
+				err = serr
+			}
+			if err != nil {
+				return nil, fmt.Errorf("wal-push %s: signature: %w", name, err)
+			}
+		}
 		return res, err
+	}
+	// The signature first: the file's key is what makes it archived.
+	if err := a.sign(ctx, name, sum); err != nil {
+		return nil, fmt.Errorf("wal-push %s: signature: %w", name, err)
 	}
 	if err := a.Store.Put(ctx, res.Key, &stored); err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
@@ -242,9 +311,39 @@ func (a *Archive) put(ctx context.Context, key string, r io.Reader) error {
 }
 
 // PutPartial stores the received part of an unfinished segment, replacing
-// the previous partial copy.
-func (a *Archive) PutPartial(ctx context.Context, name string, data io.Reader) error {
-	return a.put(ctx, Prefix+name+".partial"+a.ext(), data)
+// the previous partial copy. Its signature (named by the content's hash,
+// so that a reader never pairs a copy with another copy's signature) is
+// stored first; the previous copy's signature is removed after.
+func (a *Archive) PutPartial(ctx context.Context, name string, data []byte) error {
+	sum := sha256.Sum256(data)
+	hash := hex.EncodeToString(sum[:])[:hashLen]
+	if err := a.sign(ctx, name+".partial", hash); err != nil {
+		return fmt.Errorf("sign partial %s: %w", name, err)
+	}
+	if err := a.put(ctx, Prefix+name+".partial"+a.ext(), bytes.NewReader(data)); err != nil {
+		return err
+	}
+	if a.Signer != nil {
+		return a.deletePartialSignatures(ctx, name, hash)
+	}
+	return nil
+}
+
+// deletePartialSignatures removes the signatures of name's partial copies
+// but the one of hash ("" removes all).
+func (a *Archive) deletePartialSignatures(ctx context.Context, name, keep string) error {
+	objs, err := a.Store.List(ctx, Prefix+name+".partial.")
+	if err != nil {
+		return err
+	}
+	for _, o := range objs {
+		if strings.HasSuffix(o.Key, ".sig") && (keep == "" || o.Key != SignatureKey(name+".partial", keep)) {
+			if err := a.Store.Delete(ctx, o.Key); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // DeletePartial removes the partial copy once the whole segment is archived.
@@ -254,7 +353,7 @@ func (a *Archive) DeletePartial(ctx context.Context, name string) error {
 			return err
 		}
 	}
-	return nil
+	return a.deletePartialSignatures(ctx, name, "")
 }
 
 // Fetch writes the archived file name to dest (atomically: a temporary
@@ -322,6 +421,16 @@ func (a *Archive) fetchTo(ctx context.Context, e Entry, path string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", e.Key, err)
 	}
+	got := hex.EncodeToString(h.Sum(nil))[:hashLen]
+	if a.Verifier != nil {
+		signedName := e.Name
+		if e.Partial {
+			signedName += ".partial"
+		}
+		if _, err := a.CheckSignature(ctx, signedName, got); err != nil {
+			return err
+		}
+	}
 	if e.Partial {
 		size := a.SegmentSize
 		if size == 0 {
@@ -332,7 +441,7 @@ func (a *Archive) fetchTo(ctx context.Context, e Entry, path string) error {
 				return err
 			}
 		}
-	} else if got := hex.EncodeToString(h.Sum(nil))[:hashLen]; got != e.Hash {
+	} else if got != e.Hash {
 		return fmt.Errorf("%s: content SHA-256 %s does not match its name", e.Key, got)
 	}
 	return f.Close()

@@ -162,7 +162,7 @@ func TestPushIdenticalAndConflict(t *testing.T) {
 	}
 	// A partial segment from wal-receive is served padded to the segment size.
 	a.SegmentSize = 2 << 20
-	if err := a.PutPartial(t.Context(), "000000010000000000000009", bytes.NewReader(data[:1000])); err != nil {
+	if err := a.PutPartial(t.Context(), "000000010000000000000009", data[:1000]); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.Fetch(t.Context(), "000000010000000000000009", out); err != nil {
