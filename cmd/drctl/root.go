@@ -339,6 +339,10 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 						status = "FAILED"
 					}
 					fmt.Fprintf(stdout, "%s %s\n", m.ID, status)
+					fmt.Fprintf(stdout, "  signature: %s\n", rep.Signature)
+					for _, e := range rep.WALSignatureErrors {
+						fmt.Fprintf(stdout, "  WAL signature: %s\n", e)
+					}
 					if w := rep.WAL; w != nil {
 						if w.OK {
 							fmt.Fprintf(stdout, "  WAL: complete on timelines %v up to %s, restores to %s..%s\n", w.Timelines, w.LastSegment, w.WindowFrom, w.WindowTo)

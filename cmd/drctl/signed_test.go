@@ -1,0 +1,160 @@
+package main_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/drctl/drctl/testrig"
+)
+
+// signingKey makes an Ed25519 key with the stock ssh-keygen, readable by
+// the server's user (archive_command signs as that user), and an
+// allowed_signers file naming it.
+func signingKey(t *testing.T, r *physRig, name string) (key, allowed string) {
+	t.Helper()
+	keygen, err := exec.LookPath("ssh-keygen")
+	if err != nil {
+		testrig.Missing(t, "ssh-keygen (Debian's openssh-client; make deps installs it)")
+	}
+	key = filepath.Join(r.work, name)
+	if out, err := exec.Command(keygen, "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v\n%s", err, out)
+	}
+	r.pg.GiveToServer(t, key)
+	pub, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed = filepath.Join(r.work, name+".allowed_signers")
+	if err := os.WriteFile(allowed, []byte(name+"@test "+string(pub)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return key, allowed
+}
+
+func stockVerify(t *testing.T, allowed, principal, sigFile string, message []byte) error {
+	t.Helper()
+	cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", allowed, "-I", principal, "-n", "drctl", "-s", sigFile)
+	cmd.Stdin = strings.NewReader(string(message))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return &exec.ExitError{ProcessState: cmd.ProcessState, Stderr: out}
+	}
+	return nil
+}
+
+// TestSignedRepository: with a signing key, manifests and WAL are signed
+// (ssh-keygen -Y verify accepts them); with an allowed-signers file, a
+// tampered manifest, a WAL file without its signature and an unsigned
+// backup are refused by verify, restore and wal-fetch, each named; without
+// one, verify says what is unsigned.
+func TestSignedRepository(t *testing.T) {
+	r := newPhysRig(t)
+	key, allowed := signingKey(t, r, "backup-host")
+	// archive_command signs too, from now on.
+	cfg, _ := os.ReadFile(r.archCfg)
+	if err := os.WriteFile(r.archCfg, append(cfg, []byte("signing_key_file: "+key+"\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	primary := connect(t, r.pg.DSN("postgres"))
+	primary.Exec(context.Background(), "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 500)")
+	switchAndWaitArchived(t, primary)
+	plain := append([]string{}, r.env...)
+	signing := append(append([]string{}, r.env...), "DRCTL_SIGNING_KEY_FILE="+key)
+	checking := append(append([]string{}, r.env...), "DRCTL_ALLOWED_SIGNERS_FILE="+allowed)
+	pgEnv := r.pg.Env("postgres")
+
+	var base, dump struct{ ID string }
+	json.Unmarshal([]byte(mustRun(t, append(signing, pgEnv...), "basebackup", "--json").stdout), &base)
+	primary.Exec(context.Background(), "INSERT INTO t SELECT generate_series(501, 600)")
+	switchAndWaitArchived(t, primary)
+	json.Unmarshal([]byte(mustRun(t, append(signing, pgEnv...), "backup", "--json").stdout), &dump)
+
+	// Everything verifies with the allowed signers, signer named.
+	res := mustRun(t, checking, "verify", "--all", "--json")
+	var reports []struct {
+		ID        string
+		Signature string
+		WALErrors []string `json:"wal_signature_errors"`
+	}
+	if err := json.Unmarshal([]byte(res.stdout), &reports); err != nil || len(reports) != 2 {
+		t.Fatalf("verify --all --json: %v\n%s", err, res.stdout)
+	}
+	for _, rep := range reports {
+		if rep.Signature != "verified (backup-host@test)" || len(rep.WALErrors) != 0 {
+			t.Fatalf("report of %s: %+v", rep.ID, rep)
+		}
+	}
+	// Stock tools: ssh-keygen checks a manifest and a WAL file.
+	manifest := filepath.Join(r.repo, "backups", dump.ID, "manifest.json")
+	body, _ := os.ReadFile(manifest)
+	if err := stockVerify(t, allowed, "backup-host@test", manifest+".sig", body); err != nil {
+		t.Fatalf("ssh-keygen -Y verify of a manifest: %s", err.(*exec.ExitError).Stderr)
+	}
+	sigs, _ := filepath.Glob(filepath.Join(r.repo, "wal", "0000000100000000000000??.*.sig"))
+	if len(sigs) == 0 {
+		t.Fatal("no WAL signature stored")
+	}
+	walSig := sigs[len(sigs)-1]
+	parts := strings.Split(filepath.Base(walSig), ".") // NAME.HASH.sig
+	if err := stockVerify(t, allowed, "backup-host@test", walSig, []byte("drctl-wal-v1\n"+parts[0]+"\n"+parts[1]+"\n")); err != nil {
+		t.Fatalf("ssh-keygen -Y verify of a WAL file: %s", err.(*exec.ExitError).Stderr)
+	}
+
+	// A restore through restore_command checks each WAL file's signature.
+	r.env = checking
+	conn, _, _ := r.restoreAndStart(t, "signed")
+	if n := scalar[int64](t, conn, "SELECT count(*) FROM t"); n != 600 {
+		t.Fatalf("restored %d rows, want 600", n)
+	}
+
+	// A WAL file whose signature is gone: verify names it, wal-fetch stops
+	// recovery (126) instead of serving it.
+	os.Rename(walSig, walSig+".moved")
+	r2 := drctl(t, checking, "verify", base.ID)
+	if r2.code != 3 || !strings.Contains(r2.stderr, parts[0]) || !strings.Contains(r2.stderr, "not signed") {
+		t.Fatalf("verify with a WAL signature missing: exit %d\n%s", r2.code, r2.all())
+	}
+	r2 = drctl(t, checking, "wal-fetch", parts[0], filepath.Join(r.work, "fetched"))
+	if r2.code != 126 || !strings.Contains(r2.stderr, "not signed") {
+		t.Fatalf("wal-fetch of an unsigned segment: exit %d\n%s", r2.code, r2.all())
+	}
+	if _, err := os.Stat(filepath.Join(r.work, "fetched")); err == nil {
+		t.Fatal("wal-fetch wrote an unsigned segment")
+	}
+	mustRun(t, plain, "wal-fetch", parts[0], filepath.Join(r.work, "fetched")) // unchecked: served
+	os.Rename(walSig+".moved", walSig)
+
+	// A tampered manifest (a label changed, checksums intact) is refused.
+	tampered := strings.Replace(string(body), `"kind": "logical"`, `"kind": "logical", "labels": {"release": "evil"}`, 1)
+	if tampered == string(body) {
+		t.Fatal("test bug: the manifest was not changed")
+	}
+	os.WriteFile(manifest, []byte(tampered), 0o640)
+	mustFail(t, append(checking, pgEnv...), "does not match the signed content", "restore", dump.ID, "--into", "dbname=from_tampered")
+	r2 = drctl(t, checking, "verify", "--all")
+	if r2.code == 0 || !strings.Contains(r2.stderr, dump.ID) {
+		t.Fatalf("verify --all of a tampered manifest: exit %d\n%s", r2.code, r2.all())
+	}
+	if r.pg.DatabaseExists(t, "from_tampered") {
+		t.Fatal("a refused restore created its database")
+	}
+	os.WriteFile(manifest, body, 0o640)
+
+	// An unsigned backup: refused with allowed signers, "unsigned" without.
+	var unsigned struct{ ID string }
+	json.Unmarshal([]byte(mustRun(t, append(plain, pgEnv...), "backup", "--json").stdout), &unsigned)
+	mustFail(t, append(checking, pgEnv...), unsigned.ID+": not signed", "restore", "latest", "--into", "dbname=from_unsigned")
+	res = mustRun(t, plain, "verify", unsigned.ID, "--json")
+	if !strings.Contains(res.stdout, `"signature": "unsigned"`) {
+		t.Fatalf("verify of an unsigned backup without allowed signers: %s", res.stdout)
+	}
+	res = mustRun(t, plain, "verify", dump.ID, "--json")
+	if !strings.Contains(res.stdout, `"signature": "signed (not checked`) {
+		t.Fatalf("verify of a signed backup without allowed signers: %s", res.stdout)
+	}
+}
