@@ -1,6 +1,11 @@
-// Package restore brings backups back: it reads stored objects, checks them
-// against the manifest, decrypts and decompresses them, and feeds
-// PostgreSQL's own restore programs.
+// Package restore brings backups back. This package reads stored objects
+// for the others: checked against the manifest (size, SHA-256), decrypted
+// and decompressed. Its subpackages do the work:
+//
+//   - restore/logical feeds a dump to pg_restore (restore --into);
+//   - restore/physical writes a base backup into a data directory, confined
+//     to it, and starts PostgreSQL to recover to a target (restore --to);
+//   - restore/verify re-reads backups and checks WAL continuity (verify).
 package restore
 
 import (
@@ -21,9 +26,9 @@ import (
 // or do not decrypt or decompress.
 var ErrCorrupt = errors.New("corrupted object")
 
-// objectStream is one stored object being read: the plaintext, and a check
+// Object is one stored object being read: the plaintext, and a check
 // that, once the plaintext reached EOF, all stored bytes matched.
-type objectStream struct {
+type Object struct {
 	obj     catalog.Object
 	raw     io.ReadCloser
 	reader  *hashingReader
@@ -33,7 +38,9 @@ type objectStream struct {
 // Progress is told how many stored bytes of how many were read.
 type Progress func(done, total int64)
 
-func openObject(ctx context.Context, st storage.Store, m *catalog.Manifest, obj catalog.Object, keys *codec.Keys, progress Progress) (*objectStream, error) {
+// OpenObject opens obj of backup m for reading; Check must be called once
+// the plaintext reached EOF.
+func OpenObject(ctx context.Context, st storage.Store, m *catalog.Manifest, obj catalog.Object, keys *codec.Keys, progress Progress) (*Object, error) {
 	info, err := st.Stat(ctx, obj.Key)
 	if err != nil {
 		if errors.Is(err, storage.ErrNotExist) {
@@ -57,11 +64,11 @@ func openObject(ctx context.Context, st storage.Store, m *catalog.Manifest, obj 
 		}
 		return nil, fmt.Errorf("%s: %w: %v", obj.Key, ErrCorrupt, err)
 	}
-	return &objectStream{obj: obj, raw: raw, reader: hr, decoded: decoded}, nil
+	return &Object{obj: obj, raw: raw, reader: hr, decoded: decoded}, nil
 }
 
 // Read returns plaintext; decryption or decompression failures name the object.
-func (s *objectStream) Read(p []byte) (int, error) {
+func (s *Object) Read(p []byte) (int, error) {
 	n, err := s.decoded.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) {
 		err = fmt.Errorf("%s: %w: %v", s.obj.Key, ErrCorrupt, err)
@@ -71,7 +78,7 @@ func (s *objectStream) Read(p []byte) (int, error) {
 
 // check reads whatever is left of the stored object and compares its size
 // and SHA-256 with the manifest. Call it after the plaintext reached EOF.
-func (s *objectStream) check() error {
+func (s *Object) Check() error {
 	if _, err := io.Copy(io.Discard, s.reader); err != nil {
 		return fmt.Errorf("%s: read: %w", s.obj.Key, err)
 	}
@@ -84,7 +91,7 @@ func (s *objectStream) check() error {
 	return nil
 }
 
-func (s *objectStream) Close() error {
+func (s *Object) Close() error {
 	s.decoded.Close()
 	return s.raw.Close()
 }

@@ -70,7 +70,7 @@ type settings struct {
 	AllowedSignersFile string
 	AllowedSigners     string
 	Logger             *slog.Logger
-	debug          bool
+	debug              bool
 	// fileEnv is the config file's env: block; it wins over the inherited
 	// environment (see getenv).
 	fileEnv map[string]string

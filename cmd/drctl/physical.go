@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,11 +16,10 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/drctl/drctl/catalog"
-	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/physical"
 	"github.com/drctl/drctl/engine/wal"
-	"github.com/drctl/drctl/restore"
+	rphysical "github.com/drctl/drctl/restore/physical"
 )
 
 func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -266,7 +264,7 @@ func spawnPrefetch(cmd *cobra.Command, segSize int64) func(name, spool string, c
 // physicalRestoreFlags are restore's options for base backups.
 type physicalRestoreFlags struct {
 	to             string
-	target         restore.Target
+	target         rphysical.Target
 	tablespaceMap  []string
 	tsOriginal     bool
 	start          bool
@@ -323,7 +321,7 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	if err != nil {
 		return err
 	}
-	owner, err := dataOwner(dir)
+	owner, err := rphysical.DataOwner(dir)
 	if err != nil {
 		return err
 	}
@@ -331,27 +329,29 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	if cfgPath == "" {
 		cfgPath = dir + ".drctl-recovery.yaml"
 	}
+	recoveryCfg, err := recoveryConfig(s)
+	if err != nil {
+		return err
+	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	restoreCmd := fmt.Sprintf("%s --config %s wal-fetch --segment-size %d %%f %%p", exe, cfgPath, m.Physical.WALSegmentSize)
 	bar := newProgressBar(stderr, !asJSON)
-	res, err := restore.Physical(cmd.Context(), restore.PhysicalOptions{
+	res, err := rphysical.Restore(cmd.Context(), rphysical.Options{
 		Store: st, Manifest: m, Keys: keys, Dir: dir, TablespaceMap: tsMap, TablespaceOriginal: p.tsOriginal, Target: p.target,
-		RestoreCommand: restoreCmd, Owner: owner, PauseAtTarget: p.start, Progress: bar.update, Logger: s.Logger,
+		RestoreCommand: restoreCmd, RecoveryFile: cfgPath, RecoveryFileContent: recoveryCfg,
+		Owner: owner, PauseAtTarget: p.start, Progress: bar.update, Logger: s.Logger,
 	})
 	bar.finish()
 	if err != nil {
 		return err
 	}
-	if err := writeRecoveryConfig(cfgPath, s, keys, owner); err != nil {
-		return err
-	}
 	out := struct {
-		*restore.PhysicalResult
-		Reached *restore.Reached `json:"reached,omitempty"`
-	}{PhysicalResult: res}
+		*rphysical.Result
+		Reached *rphysical.Reached `json:"reached,omitempty"`
+	}{Result: res}
 	if p.start {
 		// Only --dsn itself names the login role: DRCTL_DSN and the
 		// config file's dsn name the server backed up, never this one.
@@ -365,7 +365,7 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 		if err != nil {
 			return err
 		}
-		out.Reached, err = restore.Start(cmd.Context(), restore.StartOptions{
+		out.Reached, err = rphysical.Start(cmd.Context(), rphysical.StartOptions{
 			Dir: dir, Settings: p.startOptions, Login: login, Owner: owner, Target: p.target,
 			PgCtl: pgCtl, Env: serverEnv(),
 		})
@@ -385,35 +385,15 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	return nil
 }
 
-// dataOwner is who must own a restored data directory: when drctl runs as
-// root, the existing directory's owner, or else the postgres OS user.
-func dataOwner(dir string) (*restore.Owner, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	if fi, err := os.Stat(dir); err == nil {
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
-			return &restore.Owner{UID: int(st.Uid), GID: int(st.Gid)}, nil
-		}
-	}
-	u, err := user.Lookup("postgres")
-	if err != nil {
-		return nil, errors.New("running as root: PostgreSQL must own its data directory; create DIR owned by the server's user, or add a postgres OS user")
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return &restore.Owner{UID: uid, GID: gid}, nil
-}
-
-// writeRecoveryConfig writes the file restore_command reads: the
-// repository, the identity and the storage credentials, readable by the
-// server's user only.
-func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *restore.Owner) error {
+// recoveryConfig is the configuration file restore_command reads: the
+// repository, the identity, the allowed signers and the storage settings.
+// The physical restore writes it, readable by the server's user only.
+func recoveryConfig(s *settings) ([]byte, error) {
 	repo := s.Repo
 	if !strings.Contains(repo, "://") && repo != "" {
 		abs, err := filepath.Abs(repo)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		repo = "file://" + abs
 	}
@@ -422,7 +402,7 @@ func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *rest
 	case s.IdentityFile != "":
 		data, err := os.ReadFile(s.IdentityFile)
 		if err != nil {
-			return fmt.Errorf("identity file: %w", err)
+			return nil, fmt.Errorf("identity file: %w", err)
 		}
 		cfg.Identity = string(data)
 	case s.Identity != "":
@@ -433,7 +413,7 @@ func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *rest
 	case s.AllowedSignersFile != "":
 		data, err := os.ReadFile(s.AllowedSignersFile)
 		if err != nil {
-			return fmt.Errorf("allowed signers: %w", err)
+			return nil, fmt.Errorf("allowed signers: %w", err)
 		}
 		cfg.AllowedSigners = string(data)
 	case s.AllowedSigners != "":
@@ -447,16 +427,10 @@ func writeRecoveryConfig(path string, s *settings, keys *codec.Keys, owner *rest
 	}
 	data, err := yaml.Marshal(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	header := "# Written by drctl restore for restore_command; holds the backup identity: delete it after recovery.\n"
-	if err := os.WriteFile(path, append([]byte(header), data...), 0o600); err != nil {
-		return fmt.Errorf("recovery config: %w", err)
-	}
-	if owner != nil {
-		return os.Chown(path, owner.UID, owner.GID)
-	}
-	return nil
+	return append([]byte(header), data...), nil
 }
 
 var errQuiet = errors.New("")

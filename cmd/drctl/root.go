@@ -15,7 +15,8 @@ import (
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/engine/wal"
 	"github.com/drctl/drctl/policy"
-	"github.com/drctl/drctl/restore"
+	rlogical "github.com/drctl/drctl/restore/logical"
+	"github.com/drctl/drctl/restore/verify"
 	"github.com/drctl/drctl/storage"
 )
 
@@ -238,12 +239,12 @@ func restoreWindows(cmd *cobra.Command, s *settings, st storage.Store, all []*ca
 			if entries, err = (&wal.Archive{Store: st}).List(cmd.Context()); err != nil {
 				return nil, err
 			}
-			if history, err = restore.ReadHistory(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys}, entries); err != nil {
+			if history, err = verify.ReadHistory(cmd.Context(), verify.Options{Store: st, Keys: keys}, entries); err != nil {
 				return nil, err
 			}
 			loaded = true
 		}
-		chain, err := restore.WALChain(m, entries, history)
+		chain, err := verify.WALChain(m, entries, history)
 		if err != nil {
 			return nil, err
 		}
@@ -318,10 +319,10 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			}
 			// Only a logical backup's check needs pg_restore.
 			pgRestore, _ := s.program("pg_restore")
-			var reports []*restore.VerifyReport
+			var reports []*verify.Report
 			var firstErr error
 			for _, m := range targets {
-				rep, err := restore.Verify(cmd.Context(), restore.VerifyOptions{Store: st, Keys: keys, PgRestore: pgRestore, Verifier: verifier}, m)
+				rep, err := verify.Backup(cmd.Context(), verify.Options{Store: st, Keys: keys, PgRestore: pgRestore, Verifier: verifier}, m)
 				if rep == nil {
 					return err
 				}
@@ -368,7 +369,7 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				var werr error
 				if all {
 					if reports == nil {
-						reports = []*restore.VerifyReport{}
+						reports = []*verify.Report{}
 					}
 					werr = writeJSON(stdout, reports)
 				} else {
@@ -442,7 +443,7 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				return err
 			}
 			bar := newProgressBar(stderr, !asJSON)
-			res, err := restore.Logical(cmd.Context(), restore.LogicalOptions{PgRestore: pgRestore,
+			res, err := rlogical.Restore(cmd.Context(), rlogical.Options{PgRestore: pgRestore,
 				Store: st, Manifest: m, Keys: keys, Target: target, Clean: clean,
 				Progress: bar.update, Logger: s.Logger,
 			})

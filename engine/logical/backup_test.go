@@ -13,7 +13,7 @@ import (
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/engine/pgdsn"
-	"github.com/drctl/drctl/restore"
+	rlogical "github.com/drctl/drctl/restore/logical"
 	"github.com/drctl/drctl/storage"
 	"github.com/drctl/drctl/storage/faulty"
 	"github.com/drctl/drctl/storage/filestore"
@@ -72,7 +72,7 @@ func TestRoundTripS3(t *testing.T) {
 	if err != nil || latest.ID != m.ID {
 		t.Fatalf("latest = %v, %v; want %s", latest, err, m.ID)
 	}
-	res, err := restore.Logical(t.Context(), restore.LogicalOptions{
+	res, err := rlogical.Restore(t.Context(), rlogical.Options{
 		Store: st, Manifest: latest, Keys: keys.Codec(), Target: dsn(t, pg.DSN("shop_restored")),
 	})
 	if err != nil {

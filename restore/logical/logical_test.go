@@ -1,4 +1,4 @@
-package restore_test
+package logical_test
 
 import (
 	"errors"
@@ -14,6 +14,8 @@ import (
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/restore"
+	rlogical "github.com/drctl/drctl/restore/logical"
+	"github.com/drctl/drctl/restore/verify"
 	"github.com/drctl/drctl/storage/faulty"
 	"github.com/drctl/drctl/storage/filestore"
 	"github.com/drctl/drctl/testrig"
@@ -51,8 +53,8 @@ func setup(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) restore(t *testing.T, db string, clean bool) (*restore.LogicalResult, error) {
-	return restore.Logical(t.Context(), restore.LogicalOptions{
+func (f *fixture) restore(t *testing.T, db string, clean bool) (*rlogical.Result, error) {
+	return rlogical.Restore(t.Context(), rlogical.Options{
 		Store: f.st, Manifest: f.m, Keys: f.keys.Codec(), Target: f.dsnOf(db), Clean: clean,
 	})
 }
@@ -80,7 +82,7 @@ func (f *fixture) flipByte(t *testing.T, at int64) string {
 
 func TestVerifyGoodBackup(t *testing.T) {
 	f := setup(t)
-	rep, err := restore.Verify(t.Context(), restore.VerifyOptions{Store: f.st, Keys: f.keys.Codec()}, f.m)
+	rep, err := verify.Backup(t.Context(), verify.Options{Store: f.st, Keys: f.keys.Codec()}, f.m)
 	if err != nil || !rep.OK {
 		t.Fatalf("verify: %+v, %v", rep, err)
 	}
@@ -99,7 +101,7 @@ func TestFlippedByte(t *testing.T) {
 		t.Run(pos.name, func(t *testing.T) {
 			f := setup(t)
 			key := f.flipByte(t, pos.at)
-			rep, err := restore.Verify(t.Context(), restore.VerifyOptions{Store: f.st, Keys: f.keys.Codec()}, f.m)
+			rep, err := verify.Backup(t.Context(), verify.Options{Store: f.st, Keys: f.keys.Codec()}, f.m)
 			if !errors.Is(err, restore.ErrCorrupt) || !strings.Contains(err.Error(), key) || rep.OK {
 				t.Fatalf("verify of a flipped byte: %v (report ok=%v)", err, rep != nil && rep.OK)
 			}
@@ -126,7 +128,7 @@ func TestBrokenDownloadLeavesTargetUntouched(t *testing.T) {
 		{Store: f.st, FailGetAfter: obj.Size / 2},
 		{Store: f.st, TruncateGetAt: obj.Size - 100},
 	} {
-		_, err := restore.Logical(t.Context(), restore.LogicalOptions{
+		_, err := rlogical.Restore(t.Context(), rlogical.Options{
 			Store: st, Manifest: f.m, Keys: f.keys.Codec(), Target: f.dsnOf("target"), Clean: true,
 		})
 		if err == nil {
@@ -143,7 +145,7 @@ func TestNonEmptyTarget(t *testing.T) {
 	f.pg.Exec(t, "postgres", "CREATE DATABASE busy")
 	f.pg.Exec(t, "busy", "CREATE TABLE unrelated (id int)")
 	_, err := f.restore(t, "busy", false)
-	if !errors.Is(err, restore.ErrNotEmpty) {
+	if !errors.Is(err, rlogical.ErrNotEmpty) {
 		t.Fatalf("restore into a non-empty database: %v", err)
 	}
 	// --clean replaces the backup's objects.
@@ -170,12 +172,12 @@ func TestNonEmptyTarget(t *testing.T) {
 
 func TestIdentityProblems(t *testing.T) {
 	f := setup(t)
-	_, err := restore.Logical(t.Context(), restore.LogicalOptions{Store: f.st, Manifest: f.m, Keys: &codec.Keys{}, Target: f.dsnOf("x")})
+	_, err := rlogical.Restore(t.Context(), rlogical.Options{Store: f.st, Manifest: f.m, Keys: &codec.Keys{}, Target: f.dsnOf("x")})
 	if !errors.Is(err, codec.ErrNoIdentity) {
 		t.Fatalf("restore without identity: %v", err)
 	}
 	other, _ := age.GenerateX25519Identity()
-	_, err = restore.Logical(t.Context(), restore.LogicalOptions{Store: f.st, Manifest: f.m, Keys: &codec.Keys{Identities: []age.Identity{other}}, Target: f.dsnOf("x")})
+	_, err = rlogical.Restore(t.Context(), rlogical.Options{Store: f.st, Manifest: f.m, Keys: &codec.Keys{Identities: []age.Identity{other}}, Target: f.dsnOf("x")})
 	if err == nil || !strings.Contains(err.Error(), "wrong key") {
 		t.Fatalf("restore with the wrong identity: %v", err)
 	}

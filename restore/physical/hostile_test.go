@@ -1,4 +1,4 @@
-package restore_test
+package physical_test
 
 import (
 	"archive/tar"
@@ -14,7 +14,7 @@ import (
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pipeline"
-	"github.com/drctl/drctl/restore"
+	"github.com/drctl/drctl/restore/physical"
 	"github.com/drctl/drctl/storage/filestore"
 	"github.com/drctl/drctl/testrig"
 )
@@ -189,11 +189,11 @@ func TestHostileBaseBackupsAreRefused(t *testing.T) {
 			h := newHostileRepo(t)
 			s := newSandbox(t)
 			m := h.backup(t, c.entries(s))
-			_, err := restore.Physical(t.Context(), restore.PhysicalOptions{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "false"})
+			_, err := physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "false"})
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("want an error naming %s, got %v", c.want, err)
 			}
-			if isEntry := c.want != "tablespace_map"; isEntry != errors.Is(err, restore.ErrUnsafeEntry) {
+			if isEntry := c.want != "tablespace_map"; isEntry != errors.Is(err, physical.ErrUnsafeEntry) {
 				t.Errorf("errors.Is(err, ErrUnsafeEntry) = %v for %v", !isEntry, err)
 			}
 			s.untouched(t)
@@ -215,7 +215,7 @@ func TestTablespacePathFromTheRepositoryIsNotTrusted(t *testing.T) {
 	base := []entry{{name: "PG_VERSION", body: "15\n"}, {name: "tablespace_map", body: "16400 /etc\n"}}
 	ts := tablespace{oid: "16400", path: "/etc", entries: []entry{{name: "PG_15_202209061/", typ: tar.TypeDir}, {name: "cron.d/evil", body: "* * * * * root rm -rf /\n"}}}
 	m := h.backup(t, base, ts)
-	_, err := restore.Physical(t.Context(), restore.PhysicalOptions{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "false"})
+	_, err := physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "false"})
 	if err == nil || !strings.Contains(err.Error(), "--tablespace-map 16400=") {
 		t.Fatalf("want a refusal naming the mapping to give, got %v", err)
 	}
@@ -224,14 +224,14 @@ func TestTablespacePathFromTheRepositoryIsNotTrusted(t *testing.T) {
 		t.Fatal("/etc/cron.d/evil was written")
 	}
 	// --tablespace-original with /etc: refused, /etc is not empty.
-	_, err = restore.Physical(t.Context(), restore.PhysicalOptions{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data2"), RestoreCommand: "false", TablespaceOriginal: true})
+	_, err = physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data2"), RestoreCommand: "false", TablespaceOriginal: true})
 	if err == nil || !strings.Contains(err.Error(), "/etc is not empty") {
 		t.Fatalf("want /etc refused as not empty, got %v", err)
 	}
 	// A mapped tablespace restores to the place the user chose, and
 	// tablespace_map points there.
 	mapped := filepath.Join(s.root, "ts")
-	res, err := restore.Physical(t.Context(), restore.PhysicalOptions{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data3"), RestoreCommand: "false", TablespaceMap: map[string]string{"16400": mapped}})
+	res, err := physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data3"), RestoreCommand: "false", TablespaceMap: map[string]string{"16400": mapped}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestTablespacePathFromTheRepositoryIsNotTrusted(t *testing.T) {
 		t.Fatalf("tablespace_map = %q", b)
 	}
 	// A mapping of a tablespace the backup lacks is a user's mistake.
-	_, err = restore.Physical(t.Context(), restore.PhysicalOptions{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data4"), RestoreCommand: "false", TablespaceMap: map[string]string{"16400": filepath.Join(s.root, "ts4"), "99": "/x"}})
+	_, err = physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data4"), RestoreCommand: "false", TablespaceMap: map[string]string{"16400": filepath.Join(s.root, "ts4"), "99": "/x"}})
 	if err == nil || !strings.Contains(err.Error(), "--tablespace-map 99") {
 		t.Fatalf("want the unknown mapping named, got %v", err)
 	}
@@ -262,7 +262,7 @@ func TestBenignTarRestores(t *testing.T) {
 		{name: "conf.d", typ: tar.TypeSymlink, link: "base/1"},
 		{name: "postgresql.auto.conf", typ: tar.TypeSymlink, link: "base/1/1259"},
 	})
-	res, err := restore.Physical(t.Context(), restore.PhysicalOptions{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "drctl wal-fetch %f %p"})
+	res, err := physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "drctl wal-fetch %f %p"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package restore
+package verify
 
 import (
 	"bufio"
@@ -13,11 +13,12 @@ import (
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgtools"
 	"github.com/drctl/drctl/engine/wal"
+	"github.com/drctl/drctl/restore"
 	"github.com/drctl/drctl/storage"
 )
 
-// VerifyReport is the outcome of verifying one backup.
-type VerifyReport struct {
+// Report is the outcome of verifying one backup.
+type Report struct {
 	ID      string         `json:"id"`
 	Kind    string         `json:"kind"`
 	OK      bool           `json:"ok"`
@@ -42,8 +43,8 @@ type ObjectReport struct {
 	Error      string `json:"error,omitempty"`
 }
 
-// VerifyOptions configure Verify.
-type VerifyOptions struct {
+// Options configure Verify.
+type Options struct {
 	Store     storage.Store
 	Keys      *codec.Keys
 	PgRestore string // empty finds pg_restore
@@ -56,11 +57,11 @@ type VerifyOptions struct {
 // manifest, decryption (age authenticates every 64 KiB chunk and the end),
 // decompression (zstd frame checksums), and, for dumps, that pg_restore can
 // read the archive's table of contents. The error names the first bad object.
-func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*VerifyReport, error) {
+func Backup(ctx context.Context, opt Options, m *catalog.Manifest) (*Report, error) {
 	if !opt.Keys.CanDecrypt(m.Encryption) {
 		return nil, codec.ErrNoIdentity
 	}
-	rep := &VerifyReport{ID: m.ID, Kind: m.Kind, OK: true}
+	rep := &Report{ID: m.ID, Kind: m.Kind, OK: true}
 	state, err := catalog.SignatureState(ctx, opt.Store, m.ID, opt.Verifier)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", m.ID, err)
@@ -71,14 +72,14 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if err != nil && !errors.Is(err, ErrCorrupt) {
+		if err != nil && !errors.Is(err, restore.ErrCorrupt) {
 			return nil, err
 		}
 		entries, lerr := (&wal.Archive{Store: opt.Store}).List(ctx)
 		if lerr != nil {
 			return nil, lerr
 		}
-		chain, cerr := VerifyWAL(ctx, opt, m, entries)
+		chain, cerr := WAL(ctx, opt, m, entries)
 		if cerr != nil {
 			return nil, cerr
 		}
@@ -96,7 +97,7 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 			if len(rep.WALSignatureErrors) > 0 {
 				rep.OK = false
 				if err == nil {
-					err = fmt.Errorf("backup %s: %w: %s", m.ID, ErrCorrupt, rep.WALSignatureErrors[0])
+					err = fmt.Errorf("backup %s: %w: %s", m.ID, restore.ErrCorrupt, rep.WALSignatureErrors[0])
 				}
 			}
 		}
@@ -116,7 +117,7 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			if !errors.Is(err, ErrCorrupt) {
+			if !errors.Is(err, restore.ErrCorrupt) {
 				return nil, err // not the object's fault: no verdict
 			}
 			or.Error = err.Error()
@@ -132,8 +133,8 @@ func Verify(ctx context.Context, opt VerifyOptions, m *catalog.Manifest) (*Verif
 	return rep, firstErr
 }
 
-func verifyObject(ctx context.Context, opt VerifyOptions, pgRestore string, m *catalog.Manifest, obj catalog.Object) (int, error) {
-	stream, err := openObject(ctx, opt.Store, m, obj, opt.Keys, nil)
+func verifyObject(ctx context.Context, opt Options, pgRestore string, m *catalog.Manifest, obj catalog.Object) (int, error) {
+	stream, err := restore.OpenObject(ctx, opt.Store, m, obj, opt.Keys, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -142,7 +143,7 @@ func verifyObject(ctx context.Context, opt VerifyOptions, pgRestore string, m *c
 		if _, err := io.Copy(io.Discard, stream); err != nil {
 			return 0, err
 		}
-		return 0, stream.check()
+		return 0, stream.Check()
 	}
 	cmd := pgtools.NewCommand(ctx, pgRestore, []string{"--list"}, nil)
 	stdin, err := cmd.Cmd.StdinPipe()
@@ -177,14 +178,14 @@ func verifyObject(ctx context.Context, opt VerifyOptions, pgRestore string, m *c
 	if copyErr != nil {
 		return n, copyErr
 	}
-	if err := stream.check(); err != nil {
+	if err := stream.Check(); err != nil {
 		return n, err
 	}
 	if waitErr != nil {
-		return n, fmt.Errorf("%s: %w: the dump's table of contents is unreadable: %v", obj.Key, ErrCorrupt, waitErr)
+		return n, fmt.Errorf("%s: %w: the dump's table of contents is unreadable: %v", obj.Key, restore.ErrCorrupt, waitErr)
 	}
 	if n == 0 {
-		return n, fmt.Errorf("%s: %w: the dump's table of contents is empty", obj.Key, ErrCorrupt)
+		return n, fmt.Errorf("%s: %w: the dump's table of contents is empty", obj.Key, restore.ErrCorrupt)
 	}
 	return n, nil
 }
@@ -227,7 +228,7 @@ func (t *tolerantWriter) Write(p []byte) (int, error) {
 // verifyWALSignatures checks the signature of every archived WAL file from
 // the backup's start segment on, and of every timeline history file.
 // Partial segments are checked when fetched (their hash needs the content).
-func verifyWALSignatures(ctx context.Context, opt VerifyOptions, m *catalog.Manifest, entries []wal.Entry, rep *VerifyReport) error {
+func verifyWALSignatures(ctx context.Context, opt Options, m *catalog.Manifest, entries []wal.Entry, rep *Report) error {
 	first, ok := wal.ParseSegmentName(m.Physical.StartSegment, m.Physical.WALSegmentSize)
 	if !ok {
 		return fmt.Errorf("backup %s: bad start segment %q", m.ID, m.Physical.StartSegment)

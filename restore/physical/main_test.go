@@ -1,4 +1,4 @@
-package restore_test
+package physical_test
 
 import (
 	"testing"

@@ -1,4 +1,4 @@
-package restore
+package verify
 
 import (
 	"archive/tar"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/wal"
+	"github.com/drctl/drctl/restore"
 )
 
 // serverManifest is PostgreSQL's backup_manifest (version 1).
@@ -78,7 +79,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // SHA-256, decryption, decompression) and, in the spirit of
 // pg_verifybackup, every file in its tars against the server's
 // backup_manifest: present, same size, same CRC32C.
-func verifyPhysical(ctx context.Context, opt VerifyOptions, m *catalog.Manifest, rep *VerifyReport) error {
+func verifyPhysical(ctx context.Context, opt Options, m *catalog.Manifest, rep *Report) error {
 	var files map[string]*manifestFile
 	var firstErr error
 	fail := func(or *ObjectReport, err error) {
@@ -96,7 +97,7 @@ func verifyPhysical(ctx context.Context, opt VerifyOptions, m *catalog.Manifest,
 	for _, o := range objs {
 		or := ObjectReport{Key: o.Key, Size: o.Size, OK: true}
 		err := func() error {
-			stream, err := openObject(ctx, opt.Store, m, o, opt.Keys, nil)
+			stream, err := restore.OpenObject(ctx, opt.Store, m, o, opt.Keys, nil)
 			if err != nil {
 				return err
 			}
@@ -107,11 +108,11 @@ func verifyPhysical(ctx context.Context, opt VerifyOptions, m *catalog.Manifest,
 				if err != nil {
 					return err
 				}
-				if err := stream.check(); err != nil {
+				if err := stream.Check(); err != nil {
 					return err
 				}
 				if files, err = parseServerManifest(data); err != nil {
-					return fmt.Errorf("%s: %w: %v", o.Key, ErrCorrupt, err)
+					return fmt.Errorf("%s: %w: %v", o.Key, restore.ErrCorrupt, err)
 				}
 				return nil
 			case catalog.RoleTar:
@@ -122,16 +123,16 @@ func verifyPhysical(ctx context.Context, opt VerifyOptions, m *catalog.Manifest,
 				n, err := verifyTar(stream, prefix, files)
 				or.Files = n
 				if err != nil {
-					return fmt.Errorf("%s: %w: %v", o.Key, ErrCorrupt, err)
+					return fmt.Errorf("%s: %w: %v", o.Key, restore.ErrCorrupt, err)
 				}
 				if _, err := io.Copy(io.Discard, stream); err != nil {
 					return err
 				}
-				return stream.check()
+				return stream.Check()
 			}
 			_, err = io.Copy(io.Discard, stream)
 			if err == nil {
-				err = stream.check()
+				err = stream.Check()
 			}
 			return err
 		}()
@@ -139,7 +140,7 @@ func verifyPhysical(ctx context.Context, opt VerifyOptions, m *catalog.Manifest,
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if !errors.Is(err, ErrCorrupt) {
+			if !errors.Is(err, restore.ErrCorrupt) {
 				return err
 			}
 			fail(&or, err)
@@ -155,7 +156,7 @@ func verifyPhysical(ctx context.Context, opt VerifyOptions, m *catalog.Manifest,
 		}
 		if len(missing) > 0 {
 			sort.Strings(missing)
-			err := fmt.Errorf("%w: %d files of backup_manifest are in no archive, first %s", ErrCorrupt, len(missing), missing[0])
+			err := fmt.Errorf("%w: %d files of backup_manifest are in no archive, first %s", restore.ErrCorrupt, len(missing), missing[0])
 			or := ObjectReport{Key: catalog.ObjectKey(m.ID, "backup_manifest"), OK: false}
 			fail(&or, err)
 			rep.Objects = append(rep.Objects, or)
@@ -212,7 +213,7 @@ func verifyTar(r io.Reader, prefix string, files map[string]*manifestFile) (int,
 // backup needs, from its start to the newest archived segment. Following
 // timelines needs the identity (history files are encrypted); without one,
 // only the backup's own timeline is followed.
-func VerifyWAL(ctx context.Context, opt VerifyOptions, m *catalog.Manifest, entries []wal.Entry) (*wal.ChainReport, error) {
+func WAL(ctx context.Context, opt Options, m *catalog.Manifest, entries []wal.Entry) (*wal.ChainReport, error) {
 	history, err := ReadHistory(ctx, opt, entries)
 	if err != nil {
 		return nil, err
@@ -222,7 +223,7 @@ func VerifyWAL(ctx context.Context, opt VerifyOptions, m *catalog.Manifest, entr
 
 // ReadHistory reads the archive's timeline history files, or returns none
 // when no identity is at hand to decrypt them.
-func ReadHistory(ctx context.Context, opt VerifyOptions, entries []wal.Entry) (map[uint32]wal.Switch, error) {
+func ReadHistory(ctx context.Context, opt Options, entries []wal.Entry) (map[uint32]wal.Switch, error) {
 	if opt.Keys == nil || len(opt.Keys.Identities) == 0 {
 		return nil, nil
 	}

@@ -1,4 +1,4 @@
-package restore
+package physical
 
 import (
 	"archive/tar"
@@ -9,9 +9,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/user"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,6 +22,7 @@ import (
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/wal"
+	"github.com/drctl/drctl/restore"
 	"github.com/drctl/drctl/storage"
 )
 
@@ -87,8 +91,8 @@ func parseTargetTime(s string) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// PhysicalOptions configure writing a base backup into a data directory.
-type PhysicalOptions struct {
+// Options configure writing a base backup into a data directory.
+type Options struct {
 	Store    storage.Store
 	Manifest *catalog.Manifest
 	Keys     *codec.Keys
@@ -106,18 +110,23 @@ type PhysicalOptions struct {
 	// Owner, when set, receives every file written (PostgreSQL must own
 	// its data directory and refuses to run as root).
 	Owner *Owner
+	// RecoveryFile, when set, receives RecoveryFileContent (mode 0600,
+	// owned by Owner): the configuration restore_command reads. It is
+	// written after the data, before the directory is synced.
+	RecoveryFile        string
+	RecoveryFileContent []byte
 	// PauseAtTarget writes recovery_target_action = 'pause' whatever
 	// Target.Action says, for Start to read the reached point and then act.
 	PauseAtTarget bool
-	Progress      Progress
+	Progress      restore.Progress
 	Logger        *slog.Logger
 }
 
 // Owner is a numeric user and group.
 type Owner struct{ UID, GID int }
 
-// PhysicalResult reports a written data directory.
-type PhysicalResult struct {
+// Result reports a written data directory.
+type Result struct {
 	ID          string            `json:"id"`
 	Dir         string            `json:"dir"`
 	Tablespaces map[string]string `json:"tablespaces,omitempty"`
@@ -133,7 +142,7 @@ type PhysicalResult struct {
 // written only below their target directory (through os.Root), symlinks
 // only when they point inside it, and a tablespace only to a directory the
 // caller chose.
-func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error) {
+func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -148,7 +157,7 @@ func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error)
 		return nil, codec.ErrNoIdentity
 	}
 	start := time.Now()
-	res := &PhysicalResult{ID: m.ID, StartLSN: m.Physical.StartLSN, StopLSN: m.Physical.StopLSN, Tablespaces: map[string]string{}}
+	res := &Result{ID: m.ID, StartLSN: m.Physical.StartLSN, StopLSN: m.Physical.StopLSN, Tablespaces: map[string]string{}}
 	dirs, err := targetDirs(opt, res)
 	if err != nil {
 		return nil, err
@@ -206,6 +215,11 @@ func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error)
 	if err := writeRecoveryConfig(dataRoot, opt); err != nil {
 		return nil, err
 	}
+	if opt.RecoveryFile != "" {
+		if err := writeRecoveryFile(opt); err != nil {
+			return nil, err
+		}
+	}
 	for _, dir := range dirs {
 		if opt.Owner != nil {
 			if err := chownTree(dir, *opt.Owner); err != nil {
@@ -228,7 +242,7 @@ func Physical(ctx context.Context, opt PhysicalOptions) (*PhysicalResult, error)
 // location only when the caller allowed that. The manifest's paths are never
 // trusted on their own: anyone who can write to the repository could name
 // any directory of this host there.
-func targetDirs(opt PhysicalOptions, res *PhysicalResult) (map[string]string, error) {
+func targetDirs(opt Options, res *Result) (map[string]string, error) {
 	m := opt.Manifest
 	dirs := map[string]string{} // object key -> absolute directory
 	used := map[string]bool{}
@@ -332,8 +346,8 @@ func requireEmptyDir(dir string) error {
 // directory, or that a base backup never contains (devices, hard links).
 var ErrUnsafeEntry = errors.New("unsafe tar entry")
 
-func extractObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, root *os.Root, progress Progress, res *PhysicalResult) error {
-	stream, err := openObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
+func extractObject(ctx context.Context, opt Options, o catalog.Object, root *os.Root, progress restore.Progress, res *Result) error {
+	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
 	if err != nil {
 		return err
 	}
@@ -414,7 +428,7 @@ func extractObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, r
 	if _, err := io.Copy(io.Discard, stream); err != nil {
 		return err
 	}
-	return stream.check()
+	return stream.Check()
 }
 
 // entryName cleans a tar entry's name to a relative slash path, or says why
@@ -438,8 +452,8 @@ func entryName(name string) (string, string) {
 	return clean, ""
 }
 
-func writeObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, root *os.Root, name string, progress Progress) error {
-	stream, err := openObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
+func writeObject(ctx context.Context, opt Options, o catalog.Object, root *os.Root, name string, progress restore.Progress) error {
+	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
 	if err != nil {
 		return err
 	}
@@ -455,7 +469,7 @@ func writeObject(ctx context.Context, opt PhysicalOptions, o catalog.Object, roo
 	if err != nil {
 		return err
 	}
-	return stream.check()
+	return stream.Check()
 }
 
 // replaceFile writes name afresh inside root: whatever the backup put
@@ -510,7 +524,7 @@ func rewriteTablespaceMap(root *os.Root, tablespaces map[string]string) error {
 }
 
 // writeRecoveryConfig makes the directory start in targeted recovery.
-func writeRecoveryConfig(root *os.Root, opt PhysicalOptions) error {
+func writeRecoveryConfig(root *os.Root, opt Options) error {
 	var conf strings.Builder
 	conf.WriteString("\n# Added by drctl restore of backup " + opt.Manifest.ID + "\n")
 	set := func(k, v string) { fmt.Fprintf(&conf, "%s = '%s'\n", k, strings.ReplaceAll(v, "'", "''")) }
@@ -553,6 +567,55 @@ func writeRecoveryConfig(root *os.Root, opt PhysicalOptions) error {
 		return err
 	}
 	return replaceFile(root, "recovery.signal", nil)
+}
+
+// writeRecoveryFile writes the configuration restore_command reads, which
+// holds the identity: created afresh, readable by the server's user only.
+func writeRecoveryFile(opt Options) error {
+	path := opt.RecoveryFile
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("recovery config %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("recovery config: %w", err)
+	}
+	if opt.Owner != nil {
+		if err := f.Chown(opt.Owner.UID, opt.Owner.GID); err != nil {
+			f.Close()
+			return fmt.Errorf("recovery config %s: %w", path, err)
+		}
+	}
+	if _, err := f.Write(opt.RecoveryFileContent); err != nil {
+		f.Close()
+		return fmt.Errorf("recovery config %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// DataOwner is who must own a restored data directory: when drctl runs as
+// root, the existing directory's owner, or else the postgres OS user; nil
+// when not root.
+func DataOwner(dir string) (*Owner, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	if fi, err := os.Stat(dir); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+			return &Owner{UID: int(st.Uid), GID: int(st.Gid)}, nil
+		}
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, errors.New("running as root: PostgreSQL must own its data directory; create DIR owned by the server's user, or add a postgres OS user")
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &Owner{UID: uid, GID: gid}, nil
 }
 
 func chownTree(dir string, o Owner) error {

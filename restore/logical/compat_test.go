@@ -1,4 +1,4 @@
-package restore_test
+package logical_test
 
 import (
 	"os"
@@ -9,7 +9,8 @@ import (
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/logical"
 	"github.com/drctl/drctl/engine/pgdsn"
-	"github.com/drctl/drctl/restore"
+	rlogical "github.com/drctl/drctl/restore/logical"
+	"github.com/drctl/drctl/restore/verify"
 	"github.com/drctl/drctl/storage/filestore"
 	"github.com/drctl/drctl/testrig"
 )
@@ -63,10 +64,10 @@ func TestFormatV1Repository(t *testing.T) {
 	if m.FormatVersion != 1 || m.Labels["fixture"] != "format-v1" {
 		t.Fatalf("fixture manifest: %+v", m)
 	}
-	if _, err := restore.Verify(t.Context(), restore.VerifyOptions{Store: st, Keys: keys}, m); err != nil {
+	if _, err := verify.Backup(t.Context(), verify.Options{Store: st, Keys: keys}, m); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := restore.Logical(t.Context(), restore.LogicalOptions{Store: st, Manifest: m, Keys: keys, Target: dsnOf("restored")}); err != nil {
+	if _, err := rlogical.Restore(t.Context(), rlogical.Options{Store: st, Manifest: m, Keys: keys, Target: dsnOf("restored")}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := pg.DumpPlain(t, "restored"), pg.DumpPlain(t, "original"); got != want {

@@ -1,4 +1,4 @@
-package restore
+package logical
 
 import (
 	"context"
@@ -15,11 +15,12 @@ import (
 	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/pgtools"
+	"github.com/drctl/drctl/restore"
 	"github.com/drctl/drctl/storage"
 )
 
-// LogicalOptions configure a restore of a logical backup.
-type LogicalOptions struct {
+// Options configure a restore of a logical backup.
+type Options struct {
 	Store    storage.Store
 	Manifest *catalog.Manifest
 	Keys     *codec.Keys
@@ -29,12 +30,12 @@ type LogicalOptions struct {
 	// the backup's objects are dropped and recreated.
 	Clean     bool
 	PgRestore string // empty finds pg_restore
-	Progress  Progress
+	Progress  restore.Progress
 	Logger    *slog.Logger
 }
 
-// LogicalResult reports a finished restore.
-type LogicalResult struct {
+// Result reports a finished restore.
+type Result struct {
 	ID              string  `json:"id"`
 	Database        string  `json:"database"`
 	CreatedDatabase bool    `json:"created_database"`
@@ -53,7 +54,7 @@ const holdback = 1 << 20
 
 // Logical restores a logical backup with pg_restore --single-transaction:
 // a corrupt or interrupted stream leaves the target as it was.
-func Logical(ctx context.Context, opt LogicalOptions) (*LogicalResult, error) {
+func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -90,14 +91,14 @@ func Logical(ctx context.Context, opt LogicalOptions) (*LogicalResult, error) {
 		}
 		return nil, fmt.Errorf("restore %s into %s: %w", m.ID, dbname, err)
 	}
-	res := &LogicalResult{ID: m.ID, Database: dbname, CreatedDatabase: created,
+	res := &Result{ID: m.ID, Database: dbname, CreatedDatabase: created,
 		StoredBytes: obj.Size, RawBytes: obj.RawSize, Seconds: time.Since(start).Seconds()}
 	log.Info("restore finished", "seconds", res.Seconds)
 	return res, nil
 }
 
-func runRestore(ctx context.Context, opt LogicalOptions, pgRestore string, obj catalog.Object) error {
-	stream, err := openObject(ctx, opt.Store, opt.Manifest, obj, opt.Keys, opt.Progress)
+func runRestore(ctx context.Context, opt Options, pgRestore string, obj catalog.Object) error {
+	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, obj, opt.Keys, opt.Progress)
 	if err != nil {
 		return err
 	}
@@ -144,7 +145,7 @@ func runRestore(ctx context.Context, opt LogicalOptions, pgRestore string, obj c
 
 // feed copies the plaintext to pg_restore, holding back the last bytes
 // until the stored object has been read to its end and checked.
-func feed(w io.Writer, stream *objectStream) error {
+func feed(w io.Writer, stream *restore.Object) error {
 	buf := make([]byte, 256<<10)
 	pending := make([]byte, 0, holdback+len(buf))
 	for {
@@ -163,7 +164,7 @@ func feed(w io.Writer, stream *objectStream) error {
 			return err
 		}
 	}
-	if err := stream.check(); err != nil {
+	if err := stream.Check(); err != nil {
 		return err
 	}
 	if _, err := w.Write(pending); err != nil {
