@@ -26,6 +26,7 @@ apt-deps:
 	command -v age >/dev/null || missing="$$missing age"; \
 	command -v zstd >/dev/null || missing="$$missing zstd"; \
 	command -v runuser >/dev/null || missing="$$missing util-linux"; \
+	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \

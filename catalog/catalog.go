@@ -219,9 +219,27 @@ func Commit(ctx context.Context, st storage.Store, m *Manifest, signer Signer) e
 		}
 	}
 	if err := st.PutIfAbsent(ctx, ManifestKey(m.ID), bytes.NewReader(body)); err != nil {
+		// A retried create whose first attempt was carried out but whose
+		// answer was lost finds the manifest there: ours, byte for byte,
+		// is a success (reporting failure would delete a listed backup's
+		// data). Anything else under the name is a real conflict.
+		if errors.Is(err, storage.ErrExists) && sameObject(ctx, st, ManifestKey(m.ID), body) {
+			return nil
+		}
 		return fmt.Errorf("commit backup %s: %w", m.ID, err)
 	}
 	return nil
+}
+
+// sameObject reports whether key holds exactly want.
+func sameObject(ctx context.Context, st storage.Store, key string, want []byte) bool {
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return false
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(io.LimitReader(rc, int64(len(want))+1))
+	return err == nil && bytes.Equal(got, want)
 }
 
 func (m *Manifest) validate() error {

@@ -1,12 +1,16 @@
 package catalog_test
 
 import (
+	"bytes"
+	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/storage"
 	"github.com/drctl/drctl/storage/filestore"
 )
 
@@ -91,5 +95,41 @@ func TestCommitChecksObjects(t *testing.T) {
 	}
 	if all, _ := catalog.List(t.Context(), st, nil); len(all) != 0 {
 		t.Fatalf("listed: %v", all)
+	}
+}
+
+// retryingStore plays an S3 client whose first create landed but whose
+// answer was lost: it retries, and the retry finds the key taken.
+type retryingStore struct{ *filestore.Store }
+
+func (r retryingStore) PutIfAbsent(ctx context.Context, key string, rd io.Reader) error {
+	body, _ := io.ReadAll(rd)
+	if err := r.Store.PutIfAbsent(ctx, key, bytes.NewReader(body)); err != nil {
+		return err
+	}
+	return r.Store.PutIfAbsent(ctx, key, bytes.NewReader(body))
+}
+
+// A commit whose answer was lost is still a commit; another manifest
+// under the id is still a conflict.
+func TestCommitSurvivesLostReply(t *testing.T) {
+	fs, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := retryingStore{fs}
+	at := time.Now()
+	id := catalog.NewID(at)
+	key := catalog.ObjectKey(id, "dump.pgc.zst")
+	fs.Put(t.Context(), key, strings.NewReader("data"))
+	m := &catalog.Manifest{FormatVersion: 1, ID: id, Kind: catalog.KindLogical, Database: "shop", StartTime: at, EndTime: at,
+		Encryption: catalog.Encryption{Method: "none"},
+		Objects:    []catalog.Object{{Key: key, Role: catalog.RoleDump, Size: 4, SHA256: strings.Repeat("0", 64)}}}
+	if err := catalog.Commit(t.Context(), st, m, nil); err != nil {
+		t.Fatalf("commit with a lost answer: %v", err)
+	}
+	m.Database = "other"
+	if err := catalog.Commit(t.Context(), fs, m, nil); !errors.Is(err, storage.ErrExists) {
+		t.Fatalf("a different manifest under a taken id: %v", err)
 	}
 }

@@ -188,7 +188,9 @@ func (s *Store) conditionalWrites(ctx context.Context) (bool, error) {
 				s.condOK = false // the server ignored the condition
 			case err == nil:
 				continue
-			case i == 1 && isPreconditionFailed(err):
+			case isPreconditionFailed(err):
+				// On the first write too: a retry of it whose first
+				// attempt landed (the answer was lost) was refused.
 				s.condOK = true
 			case httpStatus(err) == http.StatusNotImplemented || apiCode(err) == "NotImplemented":
 				s.condOK = false
