@@ -22,13 +22,13 @@ type Fault int
 
 // Faults an S3 server or the network between produce.
 const (
-	FaultNone     Fault = iota
-	Fault503            // 503 SlowDown, the body S3 sends
-	Fault429            // 429 Too Many Requests
-	FaultReset          // the connection is closed before any answer
-	FaultSlow           // the answer comes after a delay
-	FaultTruncate       // a GET's body stops half-way (connection dropped)
-	FaultLostReply      // a write is carried out, but its answer is lost
+	FaultNone      Fault = iota
+	Fault503             // 503 SlowDown, the body S3 sends
+	Fault429             // 429 Too Many Requests
+	FaultReset           // the connection is closed before any answer
+	FaultSlow            // the answer comes after a delay
+	FaultTruncate        // a GET's body stops half-way (connection dropped)
+	FaultLostReply       // a write is carried out, but its answer is lost
 )
 
 func (f Fault) String() string {
