@@ -10,7 +10,7 @@ STATICCHECK_STAMP := $(CACHE)/bin/.staticcheck-$(STATICCHECK_VERSION)
 export DRCTL_CACHE_DIR := $(CACHE)
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: build deps apt-deps bench-deps test vet demo bench clean
+.PHONY: build deps apt-deps bench-deps test vet fuzz demo bench clean
 
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/drctl ./cmd/drctl
@@ -51,9 +51,24 @@ vet: $(STATICCHECK_STAMP)
 	$(GO) vet ./...
 	$(CACHE)/bin/staticcheck ./...
 
-# All tests, against real PostgreSQL 15 and a real versitygw S3 server.
+# All tests, against real PostgreSQL 15 and a real versitygw S3 server,
+# then every fuzz target for a few seconds.
 test: deps vet
 	$(GO) test -p 2 -timeout 30m -count=1 ./...
+	$(MAKE) --no-print-directory fuzz
+
+# Fuzz targets: every parser of outside input. The seed corpus (testdata/fuzz)
+# also runs in plain `go test`; FUZZTIME=5m to hunt for longer.
+FUZZTIME ?= 3s
+FUZZ_TARGETS := ./engine/pgdsn:FuzzParse ./engine/wal:FuzzParseLSN ./engine/wal:FuzzSegmentName \
+	./engine/wal:FuzzParseKey ./engine/wal:FuzzParseHistory ./catalog:FuzzLoadManifest \
+	./restore/physical:FuzzTarFromRepository ./restore/verify:FuzzServerManifest \
+	./engine/sshsig:FuzzVerify ./engine/sshsig:FuzzAllowedSigners ./cmd/drctl:FuzzConfigFile ./cmd/drctl:FuzzLabels
+fuzz:
+	@set -e; log=$$(mktemp); for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; echo "fuzz $$name ($$pkg, $(FUZZTIME))"; \
+	  $(GO) test $$pkg -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) >"$$log" 2>&1 || { cat "$$log"; rm -f "$$log"; exit 1; }; \
+	done; rm -f "$$log"; echo "fuzz: $(words $(FUZZ_TARGETS)) targets passed"
 
 # The main job on the embedded default (a file:// repository).
 demo: deps build

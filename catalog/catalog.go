@@ -253,11 +253,22 @@ func (m *Manifest) validate() error {
 		return errors.New("manifest lists no objects")
 	}
 	for _, o := range m.Objects {
-		if !strings.HasPrefix(o.Key, backupsPrefix+m.ID+"/") {
+		if !strings.HasPrefix(o.Key, backupsPrefix+m.ID+"/") || storage.ValidKey(o.Key) != nil || strings.Count(o.Key, "/") != 2 {
 			return fmt.Errorf("manifest object %q is outside the backup", o.Key)
 		}
-		if len(o.SHA256) != 64 {
+		if len(o.SHA256) != 64 || strings.Trim(o.SHA256, "0123456789abcdef") != "" {
 			return fmt.Errorf("manifest object %q has no SHA-256", o.Key)
+		}
+		if o.Size < 0 || o.RawSize < 0 {
+			return fmt.Errorf("manifest object %q has a negative size", o.Key)
+		}
+		switch o.Role {
+		case RoleDump, RoleTar, RoleManifest:
+		default:
+			return fmt.Errorf("manifest object %q has an unknown role %q", o.Key, o.Role)
+		}
+		if o.TablespaceOID != "" && strings.Trim(o.TablespaceOID, "0123456789") != "" {
+			return fmt.Errorf("manifest object %q: tablespace OID %q is not a number", o.Key, o.TablespaceOID)
 		}
 	}
 	switch m.Kind {

@@ -221,9 +221,7 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 		if err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
-		dec := yaml.NewDecoder(bytes.NewReader(data))
-		dec.KnownFields(true)
-		if err := dec.Decode(&fc); err != nil && err != io.EOF {
+		if fc, err = parseFileConfig(data); err != nil {
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
 	}
@@ -243,11 +241,6 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 	if s.IdentityFile == "" {
 		s.Identity = fc.Identity
 	}
-	for k := range fc.Env {
-		if !strings.HasPrefix(k, "AWS_") && !strings.HasPrefix(k, "DRCTL_") {
-			return nil, fmt.Errorf("config %s: env: %s: only AWS_* and DRCTL_* settings go here", path, k)
-		}
-	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(first(g.logLevel, os.Getenv("DRCTL_LOG_LEVEL"), fc.LogLevel, "warn"))); err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
@@ -255,6 +248,23 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 	s.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	s.debug = level <= slog.LevelDebug
 	return s, nil
+}
+
+// parseFileConfig reads the YAML configuration: unknown keys are errors
+// (a typo must not silently drop a setting).
+func parseFileConfig(data []byte) (fileConfig, error) {
+	var fc fileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil && err != io.EOF {
+		return fileConfig{}, err
+	}
+	for k := range fc.Env {
+		if !strings.HasPrefix(k, "AWS_") && !strings.HasPrefix(k, "DRCTL_") {
+			return fileConfig{}, fmt.Errorf("env: %s: only AWS_* and DRCTL_* settings go here", k)
+		}
+	}
+	return fc, nil
 }
 
 func first(vals ...string) string {

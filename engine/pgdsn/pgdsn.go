@@ -36,6 +36,11 @@ func Parse(s string) (*DSN, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bad DSN: %w", err)
 	}
+	for k := range params {
+		if !validKey(k) {
+			return nil, fmt.Errorf("bad DSN: %q is not a connection parameter name", k)
+		}
+	}
 	d := &DSN{params: params}
 	if _, err := pgx.ParseConfig(d.conninfo(true)); err != nil {
 		return nil, fmt.Errorf("bad DSN: %s", redactErr(err, params["password"]))
@@ -151,6 +156,20 @@ func parseKeyValue(s string) (map[string]string, error) {
 		p[key] = val.String()
 	}
 	return p, nil
+}
+
+// validKey: libpq's parameter names are lowercase words with underscores.
+// Anything else could not be written back into a conninfo string safely.
+func validKey(k string) bool {
+	if k == "" || len(k) > 64 {
+		return false
+	}
+	for i, c := range k {
+		if !(c >= 'a' && c <= 'z' || c == '_' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }
 
 func firstWord(s string) string {
