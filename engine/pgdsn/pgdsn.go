@@ -242,7 +242,7 @@ func ForServer(login *DSN, host string, port int, defaultUser, defaultDB string)
 			}
 		}
 	}
-	if p["user"] == "" && defaultUser != "" && os.Getenv("PGUSER") == "" {
+	if p["user"] == "" && defaultUser != "" {
 		p["user"] = defaultUser
 	}
 	if p["dbname"] == "" {
