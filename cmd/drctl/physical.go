@@ -321,6 +321,21 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	if err != nil {
 		return err
 	}
+	// What --start needs is checked before hours of extraction.
+	var login *pgdsn.DSN
+	var pgCtl string
+	if p.start {
+		// Only --dsn itself names the login role: DRCTL_DSN and the
+		// config file's dsn name the server backed up, never this one.
+		if cmd.Flags().Changed("dsn") {
+			if login, err = pgdsn.Parse(g.dsn); err != nil {
+				return &exitCodeError{2, fmt.Errorf("--dsn: %w", err)}
+			}
+		}
+		if pgCtl, err = s.program("pg_ctl"); err != nil {
+			return err
+		}
+	}
 	owner, err := rphysical.DataOwner(dir)
 	if err != nil {
 		return err
@@ -352,19 +367,10 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 		*rphysical.Result
 		Reached *rphysical.Reached `json:"reached,omitempty"`
 	}{Result: res}
+	for _, w := range res.Warnings {
+		s.Logger.Warn("restored server's configuration", "overridden", w)
+	}
 	if p.start {
-		// Only --dsn itself names the login role: DRCTL_DSN and the
-		// config file's dsn name the server backed up, never this one.
-		var login *pgdsn.DSN
-		if cmd.Flags().Changed("dsn") {
-			if login, err = pgdsn.Parse(g.dsn); err != nil {
-				return &exitCodeError{2, fmt.Errorf("--dsn: %w", err)}
-			}
-		}
-		pgCtl, err := s.program("pg_ctl")
-		if err != nil {
-			return err
-		}
 		out.Reached, err = rphysical.Start(cmd.Context(), rphysical.StartOptions{
 			Dir: dir, Settings: p.startOptions, Login: login, Owner: owner, Target: p.target,
 			PgCtl: pgCtl, Env: serverEnv(),

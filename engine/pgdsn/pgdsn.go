@@ -234,7 +234,9 @@ func (d *DSN) Database() string {
 // database and passfile only: login's own host, port and service are
 // dropped. defaultUser and defaultDB fill in what login lacks.
 func ForServer(login *DSN, host string, port int, defaultUser, defaultDB string) (*DSN, error) {
-	p := map[string]string{"host": host, "port": strconv.Itoa(port), "sslmode": "disable"}
+	// A server in recovery is read-only: an inherited
+	// PGTARGETSESSIONATTRS=read-write must not refuse it.
+	p := map[string]string{"host": host, "port": strconv.Itoa(port), "sslmode": "disable", "target_session_attrs": "any"}
 	if login != nil {
 		for _, k := range []string{"user", "password", "dbname", "passfile", "application_name", "connect_timeout"} {
 			if v, ok := login.params[k]; ok {

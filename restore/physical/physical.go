@@ -1,23 +1,17 @@
 package physical
 
 import (
-	"archive/tar"
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/user"
-	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
@@ -135,13 +129,20 @@ type Result struct {
 	Files       int               `json:"files"`
 	Bytes       int64             `json:"bytes"`
 	Seconds     float64           `json:"seconds"`
+	// Warnings name settings of the backup's configuration that drctl
+	// overrode because they run commands or load code.
+	Warnings []string `json:"warnings,omitempty"`
+
+	mapped map[string]bool // tablespace tars the caller mapped
 }
 
-// Physical writes a base backup and its recovery settings into opt.Dir.
+// Restore writes a base backup and its recovery settings into opt.Dir.
 // Everything it reads from the repository is untrusted: tar entries are
 // written only below their target directory (through os.Root), symlinks
-// only when they point inside it, and a tablespace only to a directory the
-// caller chose.
+// only when they resolve inside it, a tablespace only to a directory the
+// caller chose, and settings of the backup's configuration that run
+// commands or load code are overridden. A restore that fails leaves its
+// directories empty: nothing half-restored can be started.
 func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if opt.Logger == nil {
 		opt.Logger = slog.New(slog.DiscardHandler)
@@ -157,7 +158,7 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		return nil, codec.ErrNoIdentity
 	}
 	start := time.Now()
-	res := &Result{ID: m.ID, StartLSN: m.Physical.StartLSN, StopLSN: m.Physical.StopLSN, Tablespaces: map[string]string{}}
+	res := &Result{ID: m.ID, StartLSN: m.Physical.StartLSN, StopLSN: m.Physical.StopLSN, Tablespaces: map[string]string{}, mapped: map[string]bool{}}
 	dirs, err := targetDirs(opt, res)
 	if err != nil {
 		return nil, err
@@ -166,23 +167,32 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if res.Dir == "" {
 		return nil, fmt.Errorf("backup %s has no base.tar", m.ID)
 	}
-	for _, dir := range dirs {
-		if err := requireEmptyDir(dir); err != nil {
-			return nil, err
-		}
-	}
 	roots := map[string]*os.Root{}
+	var created []string
+	ok := false
 	defer func() {
 		for _, r := range roots {
+			if !ok {
+				clearTarget(r) // nothing of a failed restore may be started
+			}
 			r.Close()
+		}
+		if !ok {
+			for _, dir := range created {
+				os.Remove(dir)
+			}
 		}
 	}()
 	for key, dir := range dirs {
-		r, err := os.OpenRoot(dir)
+		fromRepository := key != baseKey(m) && !res.mapped[key]
+		r, made, err := openTarget(dir, opt.Owner, fromRepository)
 		if err != nil {
 			return nil, err
 		}
 		roots[key] = r
+		if made {
+			created = append(created, dir)
+		}
 	}
 	dataRoot := roots[baseKey(m)]
 	var total int64
@@ -212,7 +222,7 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if err := rewriteTablespaceMap(dataRoot, res.Tablespaces); err != nil {
 		return nil, err
 	}
-	if err := writeRecoveryConfig(dataRoot, opt); err != nil {
+	if err := writeRecoveryConfig(dataRoot, opt, res); err != nil {
 		return nil, err
 	}
 	if opt.RecoveryFile != "" {
@@ -220,20 +230,21 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 			return nil, err
 		}
 	}
-	for _, dir := range dirs {
+	for key, r := range roots {
 		if opt.Owner != nil {
-			if err := chownTree(dir, *opt.Owner); err != nil {
-				return nil, err
+			if err := chownTree(r, *opt.Owner); err != nil {
+				return nil, fmt.Errorf("give %s to the server's user: %w", dirs[key], err)
 			}
 		}
-		if err := syncFS(dir); err != nil {
-			return nil, fmt.Errorf("sync %s: %w", dir, err)
+		if err := syncFS(r); err != nil {
+			return nil, fmt.Errorf("sync %s: %w", dirs[key], err)
 		}
 	}
 	if len(res.Tablespaces) == 0 {
 		res.Tablespaces = nil
 	}
 	res.Seconds = time.Since(start).Seconds()
+	ok = true
 	return res, nil
 }
 
@@ -266,8 +277,10 @@ func targetDirs(opt Options, res *Result) (map[string]string, error) {
 			switch {
 			case byOID:
 				used[o.TablespaceOID] = true
+				res.mapped[o.Key] = true
 			case byPath:
 				used[o.TablespacePath] = true
+				res.mapped[o.Key] = true
 			case opt.TablespaceOriginal && filepath.IsAbs(o.TablespacePath) && filepath.Clean(o.TablespacePath) == o.TablespacePath:
 				mapped = o.TablespacePath
 			default:
@@ -328,275 +341,6 @@ func baseKey(m *catalog.Manifest) string {
 	return ""
 }
 
-func requireEmptyDir(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return os.MkdirAll(dir, 0o700)
-	}
-	if err != nil {
-		return err
-	}
-	if len(entries) > 0 {
-		return fmt.Errorf("%s is not empty: restore into a new or empty directory", dir)
-	}
-	return os.Chmod(dir, 0o700)
-}
-
-// ErrUnsafeEntry marks a tar entry that would write outside its target
-// directory, or that a base backup never contains (devices, hard links).
-var ErrUnsafeEntry = errors.New("unsafe tar entry")
-
-func extractObject(ctx context.Context, opt Options, o catalog.Object, root *os.Root, progress restore.Progress, res *Result) error {
-	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
-	if err != nil {
-		return err
-	}
-	defer stream.Close()
-	tr := tar.NewReader(stream)
-	buf := make([]byte, 1<<20)
-	links := map[string]bool{} // symlinks written so far
-	unsafe := func(name, why string) error {
-		return fmt.Errorf("%s: %w %q: %s; refusing to restore this backup", o.Key, ErrUnsafeEntry, name, why)
-	}
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", o.Key, err)
-		}
-		name, why := entryName(hdr.Name)
-		if why != "" {
-			return unsafe(hdr.Name, why)
-		}
-		for p := path.Dir(name); p != "."; p = path.Dir(p) {
-			if links[p] {
-				return unsafe(hdr.Name, "it lies below the symlink "+p)
-			}
-		}
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := root.MkdirAll(name, 0o700); err != nil {
-				return fmt.Errorf("%s: %w", o.Key, err)
-			}
-		case tar.TypeReg:
-			if dir := path.Dir(name); dir != "." {
-				if err := root.MkdirAll(dir, 0o700); err != nil {
-					return fmt.Errorf("%s: %w", o.Key, err)
-				}
-			}
-			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fs.FileMode(hdr.Mode)&0o700|0o600)
-			if err != nil {
-				return fmt.Errorf("%s: %w", o.Key, err)
-			}
-			n, err := io.CopyBuffer(f, tr, buf)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return fmt.Errorf("write %s: %w", filepath.Join(root.Name(), name), err)
-			}
-			res.Files++
-			res.Bytes += n
-		case tar.TypeSymlink:
-			target := hdr.Linkname
-			if target == "" || strings.ContainsRune(target, 0) || path.IsAbs(target) {
-				return unsafe(hdr.Name, fmt.Sprintf("a symlink to %q, outside the directory", target))
-			}
-			if resolved := path.Join(path.Dir(name), target); resolved == ".." || strings.HasPrefix(resolved, "../") {
-				return unsafe(hdr.Name, fmt.Sprintf("a symlink to %q, outside the directory", target))
-			}
-			if dir := path.Dir(name); dir != "." {
-				if err := root.MkdirAll(dir, 0o700); err != nil {
-					return fmt.Errorf("%s: %w", o.Key, err)
-				}
-			}
-			if err := root.Symlink(target, name); err != nil {
-				return fmt.Errorf("%s: %w", o.Key, err)
-			}
-			links[name] = true
-		case tar.TypeLink:
-			return unsafe(hdr.Name, fmt.Sprintf("a hard link to %q (base backups hold none)", hdr.Linkname))
-		case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-			return unsafe(hdr.Name, "a device file or FIFO (base backups hold none)")
-		default:
-			return unsafe(hdr.Name, fmt.Sprintf("unsupported entry type %q", hdr.Typeflag))
-		}
-	}
-	// The tar's end-of-archive blocks may leave padding unread.
-	if _, err := io.Copy(io.Discard, stream); err != nil {
-		return err
-	}
-	return stream.Check()
-}
-
-// entryName cleans a tar entry's name to a relative slash path, or says why
-// it is refused: absolute, climbing out with "..", empty, or with a NUL.
-func entryName(name string) (string, string) {
-	switch {
-	case strings.ContainsRune(name, 0):
-		return "", "the name holds a NUL byte"
-	case strings.HasPrefix(name, "/"):
-		return "", "an absolute name"
-	}
-	for _, seg := range strings.Split(name, "/") {
-		if seg == ".." {
-			return "", "the name climbs out with \"..\""
-		}
-	}
-	clean := path.Clean(name)
-	if clean == "." || clean == "" {
-		return "", "an empty name"
-	}
-	return clean, ""
-}
-
-func writeObject(ctx context.Context, opt Options, o catalog.Object, root *os.Root, name string, progress restore.Progress) error {
-	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, o, opt.Keys, progress)
-	if err != nil {
-		return err
-	}
-	defer stream.Close()
-	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(f, stream)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return stream.Check()
-}
-
-// replaceFile writes name afresh inside root: whatever the backup put
-// under that name (a symlink included) is removed first, never written through.
-func replaceFile(root *os.Root, name string, data []byte) error {
-	if err := root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// rewriteTablespaceMap writes tablespace_map afresh from the locations
-// chosen for the restore; PostgreSQL creates pg_tblspc's links from it when
-// recovery starts. A line for a tablespace the manifest does not list would
-// make PostgreSQL link to a place nobody chose: refused.
-func rewriteTablespaceMap(root *os.Root, tablespaces map[string]string) error {
-	data, err := root.ReadFile("tablespace_map")
-	if errors.Is(err, fs.ErrNotExist) && len(tablespaces) == 0 {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("tablespace_map: %w", err)
-	}
-	var out strings.Builder
-	seen := map[string]bool{}
-	for _, line := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
-		if line == "" {
-			continue
-		}
-		oid, _, _ := strings.Cut(line, " ")
-		dir, ok := tablespaces[oid]
-		if !ok {
-			return fmt.Errorf("tablespace_map names tablespace %q, which the backup's manifest does not list: refusing", oid)
-		}
-		seen[oid] = true
-		out.WriteString(oid + " " + dir + "\n")
-	}
-	for oid := range tablespaces {
-		if !seen[oid] {
-			return fmt.Errorf("tablespace_map lacks tablespace %s, which the backup's manifest lists", oid)
-		}
-	}
-	return replaceFile(root, "tablespace_map", []byte(out.String()))
-}
-
-// writeRecoveryConfig makes the directory start in targeted recovery.
-func writeRecoveryConfig(root *os.Root, opt Options) error {
-	var conf strings.Builder
-	conf.WriteString("\n# Added by drctl restore of backup " + opt.Manifest.ID + "\n")
-	set := func(k, v string) { fmt.Fprintf(&conf, "%s = '%s'\n", k, strings.ReplaceAll(v, "'", "''")) }
-	set("restore_command", opt.RestoreCommand)
-	t := opt.Target
-	switch {
-	case t.Time != "":
-		set("recovery_target_time", t.Time)
-	case t.LSN != "":
-		set("recovery_target_lsn", t.LSN)
-	case t.Name != "":
-		set("recovery_target_name", t.Name)
-	case t.XID != "":
-		set("recovery_target_xid", t.XID)
-	}
-	timeline := t.Timeline
-	if timeline == "" {
-		timeline = "latest"
-	}
-	set("recovery_target_timeline", timeline)
-	if !t.Empty() {
-		action := t.Action
-		if action == "" {
-			action = "promote"
-		}
-		if opt.PauseAtTarget {
-			action = "pause"
-		}
-		set("recovery_target_action", action)
-	}
-	const auto = "postgresql.auto.conf"
-	old, err := root.ReadFile(auto)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	if err := replaceFile(root, auto, append(old, conf.String()...)); err != nil {
-		return err
-	}
-	if err := root.Remove("standby.signal"); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	return replaceFile(root, "recovery.signal", nil)
-}
-
-// writeRecoveryFile writes the configuration restore_command reads, which
-// holds the identity: created afresh, readable by the server's user only.
-func writeRecoveryFile(opt Options) error {
-	path := opt.RecoveryFile
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("recovery config %s: %w", path, err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return fmt.Errorf("recovery config: %w", err)
-	}
-	if opt.Owner != nil {
-		if err := f.Chown(opt.Owner.UID, opt.Owner.GID); err != nil {
-			f.Close()
-			return fmt.Errorf("recovery config %s: %w", path, err)
-		}
-	}
-	if _, err := f.Write(opt.RecoveryFileContent); err != nil {
-		f.Close()
-		return fmt.Errorf("recovery config %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
 // DataOwner is who must own a restored data directory: when drctl runs as
 // root, the existing directory's owner, or else the postgres OS user; nil
 // when not root.
@@ -604,7 +348,7 @@ func DataOwner(dir string) (*Owner, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
-	if fi, err := os.Stat(dir); err == nil {
+	if fi, err := os.Lstat(dir); err == nil && fi.IsDir() {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
 			return &Owner{UID: int(st.Uid), GID: int(st.Gid)}, nil
 		}
@@ -616,24 +360,4 @@ func DataOwner(dir string) (*Owner, error) {
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
 	return &Owner{UID: uid, GID: gid}, nil
-}
-
-func chownTree(dir string, o Owner) error {
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, o.UID, o.GID)
-	})
-}
-
-// syncFS flushes the whole filesystem holding dir once, instead of an fsync
-// per file.
-func syncFS(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Syncfs(int(f.Fd()))
 }

@@ -2,7 +2,9 @@ package physical
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	osuser "os/user"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/pgtools"
@@ -69,7 +72,7 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		return nil, err
 	}
 	start := time.Now()
-	sockDir, err := privateSocketDir(opt.Owner)
+	sockDir, err := privateSocketDir(opt.Dir, opt.Owner)
 	if err != nil {
 		return nil, err
 	}
@@ -79,15 +82,12 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		o = append(o, "-c "+shellQuote(s))
 	}
 	args = append(args, "-o", strings.Join(o, " "))
-	if opt.Owner != nil {
-		f, err := os.OpenFile(opt.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-		if err == nil {
-			f.Close()
-			os.Chown(opt.LogFile, opt.Owner.UID, opt.Owner.GID)
-		}
+	if err := prepareLog(opt.LogFile, opt.Owner); err != nil {
+		removeSocketDir(sockDir, opt.Dir)
+		return nil, err
 	}
 	if err := runAs(ctx, opt.Owner, opt.Env, pgCtl, args...); err != nil {
-		os.RemoveAll(sockDir)
+		removeSocketDir(sockDir, opt.Dir)
 		return nil, fmt.Errorf("start PostgreSQL: %w; log: %s", err, tailFile(opt.LogFile))
 	}
 	port, err := postmasterPort(opt.Dir)
@@ -106,6 +106,10 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		if err == nil && done {
 			break
 		}
+		if errors.Is(err, errLogin) {
+			// Retrying a refused login only hides it for an hour.
+			return nil, err
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("recovery did not reach its target within %s: %v; log: %s", opt.Timeout, err, tailFile(opt.LogFile))
 		}
@@ -119,15 +123,20 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		if err := runAs(ctx, opt.Owner, opt.Env, pgCtl, "-D", opt.Dir, "-m", "fast", "-w", "stop"); err != nil {
 			return nil, fmt.Errorf("stop PostgreSQL: %w", err)
 		}
-		os.RemoveAll(sockDir)
+		removeSocketDir(sockDir, opt.Dir)
 		reached.SocketDir = ""
 	}
 	return reached, nil
 }
 
-// privateSocketDir makes a directory only the server's user (and root)
-// can enter, for a socket no other server can be behind.
-func privateSocketDir(owner *Owner) (string, error) {
+// privateSocketDir is a directory only the server's user (and root) can
+// enter, for a socket no other server can be behind: the data directory
+// itself (mode 0700) when the socket's path fits the kernel's limit, else a
+// new temporary directory.
+func privateSocketDir(dataDir string, owner *Owner) (string, error) {
+	if len(dataDir)+len("/.s.PGSQL.65535") < 100 {
+		return dataDir, nil
+	}
 	dir, err := os.MkdirTemp("", "drctl-sock-")
 	if err != nil {
 		return "", err
@@ -141,10 +150,19 @@ func privateSocketDir(owner *Owner) (string, error) {
 	return dir, nil
 }
 
+func removeSocketDir(sockDir, dataDir string) {
+	if sockDir != dataDir {
+		os.RemoveAll(sockDir)
+	}
+}
+
 // withSocketDir adds dir to the server's unix_socket_directories, keeping
 // those the caller asked for.
 func withSocketDir(settings []string, dir string) []string {
 	out := make([]string, 0, len(settings)+1)
+	if strings.ContainsAny(dir, ", \t") {
+		dir = `"` + dir + `"`
+	}
 	dirs := dir
 	for _, s := range settings {
 		if k, v, _ := strings.Cut(s, "="); strings.TrimSpace(k) == "unix_socket_directories" {
@@ -188,12 +206,19 @@ func loginDSN(login *pgdsn.DSN, owner *Owner, sockDir string, port int) (*pgdsn.
 	return pgdsn.ForServer(login, sockDir, port, user, "postgres")
 }
 
+// errLogin: the started server refused drctl's login.
+var errLogin = errors.New("the restored server refused the login that follows recovery")
+
 // pollRecovery reports whether recovery is over (promoted, or paused at
 // the target, then promoted when asked).
 func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reached) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(cctx, dsn.ConnString())
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28") {
+		return false, fmt.Errorf("%w: %s; give the role (and password) with --dsn 'user=NAME password=...', and allow it local (socket) connections in the backup's pg_hba.conf", errLogin, dsn.RedactError(err))
+	}
 	if err != nil {
 		return false, fmt.Errorf("connect: %s", dsn.RedactError(err))
 	}
@@ -255,8 +280,41 @@ func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
+// prepareLog creates the server's log file for its owner. The log lives
+// beside the data directory, where the server's user may write: a symlink
+// planted there must not make root create or chown anything else.
+func prepareLog(path string, owner *Owner) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND|syscall.O_NOFOLLOW, 0o640)
+	if err != nil {
+		return fmt.Errorf("server log %s: %w", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("server log %s is not a regular file", path)
+	}
+	if owner != nil {
+		return f.Chown(owner.UID, owner.GID)
+	}
+	return nil
+}
+
 func tailFile(path string) string {
-	data, err := os.ReadFile(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return "(no log)"
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return "(no log)"
+	}
+	if fi, _ := f.Stat(); fi.Size() > 1<<20 {
+		f.Seek(fi.Size()-(1<<20), 0)
+	}
+	data, err := io.ReadAll(f)
 	if err != nil {
 		return "(no log)"
 	}
