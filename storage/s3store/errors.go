@@ -31,8 +31,11 @@ func (c *cloudError) Unwrap() error { return c.err }
 
 func (c *cloudError) Error() string {
 	err := c.err
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return errors.Unwrap(err).Error()
+	if errors.Is(err, context.Canceled) {
+		return context.Canceled.Error()
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return context.DeadlineExceeded.Error()
 	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {

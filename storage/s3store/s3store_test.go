@@ -297,3 +297,19 @@ func TestLargePartsSpoolToDisk(t *testing.T) {
 		t.Fatalf("spool files left: %v", left)
 	}
 }
+
+// A cancelled request's error prints (it once panicked formatting itself).
+func TestCancelledErrorPrints(t *testing.T) {
+	srv := testrig.StartS3(t)
+	client, err := s3store.NewClient(t.Context(), srv.ClientOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := s3store.New(client, s3store.Options{Bucket: srv.Bucket})
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err = s.List(ctx, "backups/")
+	if err == nil || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "context canceled") {
+		t.Fatalf("cancelled list: %v", err)
+	}
+}
