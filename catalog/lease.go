@@ -17,7 +17,8 @@ import (
 
 // A writer (backup, base backup, wal-receive) holds a lease in the
 // repository while it runs: leases/<name>.json, renewed every
-// LeaseInterval, expiring LeaseTTL after its last renewal. Cleanup of
+// LeaseInterval, expiring LeaseTTL after its last renewal; a cleaner waits
+// a further LeaseTTL (clocks may differ by that much). Cleanup of
 // leftovers deletes only what belongs to a writer whose lease has expired,
 // never on age alone: a base backup of a large cluster may run for days.
 const (
@@ -81,6 +82,7 @@ type HeldLease struct {
 	mu     sync.Mutex
 	lastOK time.Time
 	err    error
+	lapsed time.Duration // the longest gap between renewals, once too long
 }
 
 func validLeaseName(name string) bool {
@@ -141,6 +143,11 @@ func (h *HeldLease) renew(ctx context.Context) error {
 		h.err = err
 		return err
 	}
+	if !h.lastOK.IsZero() && now.Sub(h.lastOK) > h.opt.TTL-h.opt.Interval {
+		// A cleanup may have judged the lease expired during the gap: a
+		// later renewal does not bring back what it removed.
+		h.lapsed = now.Sub(h.lastOK)
+	}
 	h.lastOK, h.err = now, nil
 	return nil
 }
@@ -169,12 +176,18 @@ func (h *HeldLease) loop(ctx context.Context) {
 func (h *HeldLease) Check() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.lapsed > 0 {
+		return fmt.Errorf("lease %s went %s without renewal (expiry %s): a cleanup may have removed this writer's objects", LeaseKey(h.lease.Name), h.lapsed.Round(time.Second), h.opt.TTL)
+	}
 	if age := h.opt.Now().Sub(h.lastOK); age > h.opt.TTL-h.opt.Interval {
 		return fmt.Errorf("lease %s was last renewed %s ago (expiry %s; last error: %v): a cleanup may have removed this writer's objects",
 			LeaseKey(h.lease.Name), age.Round(time.Second), h.opt.TTL, h.err)
 	}
 	return nil
 }
+
+// Name is the lease's name.
+func (h *HeldLease) Name() string { return h.lease.Name }
 
 // Release stops renewing and deletes the lease.
 func (h *HeldLease) Release(ctx context.Context) {
@@ -224,9 +237,9 @@ func ReadLease(ctx context.Context, st storage.Store, name string, now time.Time
 	if ttl <= 0 || ttl > 24*time.Hour {
 		ttl = LeaseTTL
 	}
-	// Expired by the writer's clock and by the store's: a writer whose
-	// clock runs behind is not taken for dead.
-	if now.After(l.Expires) && now.After(info.ModTime.Add(ttl)) {
+	// Expired by the writer's clock and by the store's, with a further TTL
+	// of grace: clocks up to a TTL apart cannot make a live writer look dead.
+	if now.After(l.Expires.Add(ttl)) && now.After(info.ModTime.Add(2*ttl)) {
 		return LeaseExpired, &l, nil
 	}
 	return LeaseLive, &l, nil

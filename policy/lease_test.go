@@ -82,14 +82,16 @@ func TestLiveWriterIsNeverCleanedUp(t *testing.T) {
 	}
 	clk := &clock{now: time.Date(2026, 11, 1, 8, 0, 0, 0, time.UTC)}
 	id := catalog.NewID(clk.Now())
-	lease, err := catalog.AcquireLease(t.Context(), st, id, catalog.LeaseBaseBackup, catalog.LeaseOptions{Interval: 5 * time.Millisecond, Now: clk.Now})
+	lease, err := catalog.AcquireLease(t.Context(), st, id, catalog.LeaseBaseBackup, catalog.LeaseOptions{Interval: 5 * time.Millisecond, TTL: 2 * time.Hour, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	keys := unfinished(t, st, id)
 	// 25 hours later, still running, its lease renewed all along.
-	clk.Add(25 * time.Hour)
-	waitRenewed(t, st, id, clk.Now())
+	for h := 0; h < 25; h++ {
+		clk.Add(time.Hour)
+		waitRenewed(t, st, id, clk.Now())
+	}
 	plan, err := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -117,9 +119,9 @@ func TestLiveWriterIsNeverCleanedUp(t *testing.T) {
 	// as alive; past it, its leftovers are orphans and are removed.
 	lease.Release(t.Context()) // stops renewing (and removes the lease)
 	writeLease(t, st, catalog.Lease{Name: id, Kind: catalog.LeaseBaseBackup, Renewed: clk.Now(), Expires: clk.Now().Add(catalog.LeaseTTL), TTLSeconds: catalog.LeaseTTL.Seconds()})
-	clk.Add(catalog.LeaseTTL / 2)
+	clk.Add(catalog.LeaseTTL * 3 / 2)
 	if plan, _ := policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now(), nil); len(plan.Orphans) != 0 {
-		t.Fatalf("orphans %v within the lease's TTL", plan.Orphans)
+		t.Fatalf("orphans %v within the lease's TTL and its grace", plan.Orphans)
 	}
 	// The store's clock says the lease was written just now: the writer's
 	// clock alone cannot expire it. Judge from an hour later.
@@ -127,7 +129,7 @@ func TestLiveWriterIsNeverCleanedUp(t *testing.T) {
 	if later.Before(clk.Now()) {
 		later = clk.Now()
 	}
-	clk.now = later.Add(catalog.LeaseTTL)
+	clk.now = later.Add(2 * catalog.LeaseTTL)
 	plan, err = policy.PlanPrune(t.Context(), st, policy.Retention{KeepLast: 1}, clk.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -254,4 +256,28 @@ func TestLostLeaseFailsCheck(t *testing.T) {
 		t.Fatalf("lease not renewed for twice its TTL: Check = %v", checkErr)
 	}
 	st.SetFail(nil)
+}
+
+// A writer whose lease once went unrenewed for too long fails its check
+// for good, even after a later renewal succeeded.
+func TestLapsedLeaseStaysLapsed(t *testing.T) {
+	base, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &faulty.Store{Store: base}
+	clk := &clock{now: time.Now()}
+	lease, err := catalog.AcquireLease(t.Context(), st, catalog.NewID(clk.Now()), catalog.LeaseBackup, catalog.LeaseOptions{Interval: 5 * time.Millisecond, TTL: time.Minute, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lease.Release(t.Context())
+	clk.Add(2 * time.Minute) // a stall: the next renewal comes too late
+	for i := 0; i < 500 && lease.Check() == nil; i++ {
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitRenewed(t, st, lease.Name(), clk.Now())
+	if err := lease.Check(); err == nil || !strings.Contains(err.Error(), "without renewal") {
+		t.Fatalf("after a lapse and a renewal: Check = %v", err)
+	}
 }

@@ -15,7 +15,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -130,9 +132,11 @@ type AllowedSigners struct {
 }
 
 type allowed struct {
-	principals string
-	key        ssh.PublicKey
-	namespaces []string // empty: any
+	principals  string
+	key         ssh.PublicKey
+	namespaces  string    // an OpenSSH pattern list; empty: any
+	validAfter  time.Time // zero: no bound
+	validBefore time.Time
 }
 
 // LoadAllowedSigners reads an allowed_signers file (ssh-keygen(1), ALLOWED
@@ -170,18 +174,28 @@ func ParseAllowedSigners(data []byte) (*AllowedSigners, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: bad public key: %w", n, err)
 		}
+		if key.Type() != ssh.KeyAlgoED25519 {
+			return nil, fmt.Errorf("line %d: a %s key: drctl signs and verifies with Ed25519 keys only", n, key.Type())
+		}
 		e.key = key
 		for _, opt := range options {
 			name, value, _ := strings.Cut(opt, "=")
+			value = strings.Trim(value, `"`)
 			switch strings.ToLower(name) {
 			case "namespaces":
-				for _, ns := range strings.Split(strings.Trim(value, `"`), ",") {
-					e.namespaces = append(e.namespaces, strings.TrimSpace(ns))
-				}
+				e.namespaces = value
 			case "cert-authority":
 				return nil, fmt.Errorf("line %d: cert-authority lines are not supported: list the signing key itself", n)
 			case "valid-after", "valid-before":
-				// Key validity periods are not enforced by drctl.
+				t, err := parseValidity(value)
+				if err != nil {
+					return nil, fmt.Errorf("line %d: %s: %w", n, name, err)
+				}
+				if strings.EqualFold(name, "valid-after") {
+					e.validAfter = t
+				} else {
+					e.validBefore = t
+				}
 			default:
 				return nil, fmt.Errorf("line %d: unknown option %q", n, name)
 			}
@@ -252,17 +266,20 @@ func (a *AllowedSigners) Verify(message, signature []byte) (string, error) {
 	var entry *allowed
 	for i := range a.entries {
 		e := &a.entries[i]
-		if bytes.Equal(e.key.Marshal(), pub.Marshal()) && e.allows(namespace) {
+		if bytes.Equal(e.key.Marshal(), pub.Marshal()) && e.allows(namespace, time.Now()) {
 			entry = e
 			break
 		}
 	}
 	if entry == nil {
-		return "", fmt.Errorf("%w: signed by %s, which is not an allowed signer", ErrBadSignature, ssh.FingerprintSHA256(pub))
+		return "", fmt.Errorf("%w: signed by %s, which is not an allowed signer (for this namespace, now)", ErrBadSignature, ssh.FingerprintSHA256(pub))
 	}
 	var sig ssh.Signature
 	if err := ssh.Unmarshal(sigBytes, &sig); err != nil {
 		return "", fmt.Errorf("%w: %v", ErrBadSignature, err)
+	}
+	if sig.Format != ssh.KeyAlgoED25519 {
+		return "", fmt.Errorf("%w: a %s signature", ErrBadSignature, sig.Format)
 	}
 	if err := pub.Verify(signedData(namespace, hashAlg, message), &sig); err != nil {
 		return "", fmt.Errorf("%w: does not match the signed content", ErrBadSignature)
@@ -270,16 +287,48 @@ func (a *AllowedSigners) Verify(message, signature []byte) (string, error) {
 	return entry.principals, nil
 }
 
-func (e *allowed) allows(namespace string) bool {
-	if len(e.namespaces) == 0 {
-		return true
+// allows reports whether the entry may sign in namespace now.
+func (e *allowed) allows(namespace string, now time.Time) bool {
+	if !e.validAfter.IsZero() && now.Before(e.validAfter) || !e.validBefore.IsZero() && !now.Before(e.validBefore) {
+		return false
 	}
-	for _, ns := range e.namespaces {
-		if ns == namespace || ns == "*" {
-			return true
+	return e.namespaces == "" || matchPatternList(namespace, e.namespaces)
+}
+
+// matchPatternList is OpenSSH's match_pattern_list: comma-separated
+// patterns with * and ?; a matching pattern negated with ! refuses.
+func matchPatternList(s, list string) bool {
+	matched := false
+	for _, p := range strings.Split(list, ",") {
+		p = strings.TrimSpace(p)
+		negated := strings.HasPrefix(p, "!")
+		if negated {
+			p = p[1:]
+		}
+		if ok, _ := path.Match(p, s); ok {
+			if negated {
+				return false
+			}
+			matched = true
 		}
 	}
-	return false
+	return matched
+}
+
+// parseValidity reads ssh-keygen's YYYYMMDD[HHMM[SS]][Z] (local time unless Z).
+func parseValidity(v string) (time.Time, error) {
+	loc := time.Local
+	if strings.HasSuffix(v, "Z") || strings.HasSuffix(v, "z") {
+		v, loc = v[:len(v)-1], time.UTC
+	}
+	for _, layout := range []string{"20060102", "200601021504", "20060102150405"} {
+		if len(v) == len(layout) {
+			if t, err := time.ParseInLocation(layout, v, loc); err == nil {
+				return t, nil
+			}
+		}
+	}
+	return time.Time{}, fmt.Errorf("%q is not YYYYMMDD[HHMM[SS]][Z]", v)
 }
 
 func readString(r *bytes.Reader) ([]byte, error) {

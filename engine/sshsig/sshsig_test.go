@@ -139,3 +139,36 @@ func TestKeyAndSignersErrors(t *testing.T) {
 		}
 	}
 }
+
+// allowed_signers options are honoured as ssh-keygen does: validity
+// periods, and namespace pattern lists with negation.
+func TestAllowedSignersOptions(t *testing.T) {
+	signer, err := sshsig.LoadSigner(newKey(t, t.TempDir(), "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, _ := signer.Sign([]byte("m"))
+	for opts, want := range map[string]bool{
+		``:                                       true,
+		`namespaces="drctl"`:                     true,
+		`namespaces="dr*,git"`:                   true,
+		`namespaces="git,file"`:                  false,
+		`namespaces="!drctl,*"`:                  false,
+		`valid-before="20200101"`:                false,
+		`valid-after="29990101Z"`:                false,
+		`valid-after="20200101000000Z"`:          true,
+		`namespaces="*",valid-before="29990101"`: true,
+	} {
+		line := "p@x " + opts + " " + signer.PublicKey() + "\n"
+		if opts == "" {
+			line = "p@x " + signer.PublicKey() + "\n"
+		}
+		a, err := sshsig.ParseAllowedSigners([]byte(line))
+		if err != nil {
+			t.Fatalf("%s: %v", opts, err)
+		}
+		if _, err := a.Verify([]byte("m"), sig); (err == nil) != want {
+			t.Errorf("options %s: verify error %v, want accepted=%v", opts, err, want)
+		}
+	}
+}

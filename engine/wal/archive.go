@@ -85,9 +85,14 @@ type Archive struct {
 	Verifier catalog.Verifier
 }
 
+// streamTag names, in signatures, the copy of an unfinished segment that
+// wal-receive keeps (wal/<segment>.partial.zst.age), apart from a
+// "<segment>.partial" file a promotion archives through wal-push.
+const streamTag = ".stream"
+
 // SignatureKey is where the signature of an archived file lives: name is
-// PostgreSQL's file name (with ".partial" for a partial segment) and hash
-// the plaintext SHA-256 prefix its key carries.
+// PostgreSQL's file name (with ".stream" for wal-receive's copy of an
+// unfinished segment) and hash the plaintext SHA-256 prefix its key carries.
 func SignatureKey(name, hash string) string { return Prefix + name + "." + hash + ".sig" }
 
 // SignedMessage is what a WAL file's signature covers: its name and the
@@ -317,7 +322,7 @@ func (a *Archive) put(ctx context.Context, key string, r io.Reader) error {
 func (a *Archive) PutPartial(ctx context.Context, name string, data []byte) error {
 	sum := sha256.Sum256(data)
 	hash := hex.EncodeToString(sum[:])[:hashLen]
-	if err := a.sign(ctx, name+".partial", hash); err != nil {
+	if err := a.sign(ctx, name+streamTag, hash); err != nil {
 		return fmt.Errorf("sign partial %s: %w", name, err)
 	}
 	if err := a.put(ctx, Prefix+name+".partial"+a.ext(), bytes.NewReader(data)); err != nil {
@@ -332,12 +337,12 @@ func (a *Archive) PutPartial(ctx context.Context, name string, data []byte) erro
 // deletePartialSignatures removes the signatures of name's partial copies
 // but the one of hash ("" removes all).
 func (a *Archive) deletePartialSignatures(ctx context.Context, name, keep string) error {
-	objs, err := a.Store.List(ctx, Prefix+name+".partial.")
+	objs, err := a.Store.List(ctx, Prefix+name+streamTag+".")
 	if err != nil {
 		return err
 	}
 	for _, o := range objs {
-		if strings.HasSuffix(o.Key, ".sig") && (keep == "" || o.Key != SignatureKey(name+".partial", keep)) {
+		if strings.HasSuffix(o.Key, ".sig") && (keep == "" || o.Key != SignatureKey(name+streamTag, keep)) {
 			if err := a.Store.Delete(ctx, o.Key); err != nil {
 				return err
 			}
@@ -425,7 +430,7 @@ func (a *Archive) fetchTo(ctx context.Context, e Entry, path string) error {
 	if a.Verifier != nil {
 		signedName := e.Name
 		if e.Partial {
-			signedName += ".partial"
+			signedName += streamTag
 		}
 		if _, err := a.CheckSignature(ctx, signedName, got); err != nil {
 			return err
