@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -305,26 +306,43 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Manifests are read unchecked first, so that each bad signature
+			// is reported against its backup (exit 3) and the others are
+			// still verified; nothing is read from a refused backup.
 			var targets []*catalog.Manifest
 			if all {
-				if targets, err = catalog.List(cmd.Context(), st, verifier); err != nil {
+				if targets, err = catalog.List(cmd.Context(), st, nil); err != nil {
 					return err
 				}
 			} else {
-				m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{Verifier: verifier})
+				m, err := catalog.Resolve(cmd.Context(), st, args[0], catalog.Query{})
 				if err != nil {
 					return err
 				}
 				targets = append(targets, m)
 			}
-			// Only a logical backup's check needs pg_restore.
-			pgRestore, _ := s.program("pg_restore")
+			// Only a logical backup's check needs pg_restore; a bad
+			// DRCTL_PG_BINDIR is reported all the same.
+			pgRestore, perr := s.program("pg_restore")
+			if perr != nil && s.getenv("DRCTL_PG_BINDIR") != "" {
+				return perr
+			}
 			var reports []*verify.Report
 			var firstErr error
 			for _, m := range targets {
-				rep, err := verify.Backup(cmd.Context(), verify.Options{Store: st, Keys: keys, PgRestore: pgRestore, Verifier: verifier}, m)
+				var rep *verify.Report
+				if verifier != nil {
+					if _, err = catalog.Load(cmd.Context(), st, m.ID, verifier); errors.Is(err, catalog.ErrUnsigned) || errors.Is(err, catalog.ErrBadSignature) {
+						rep = &verify.Report{ID: m.ID, Kind: m.Kind, OK: false, Objects: []verify.ObjectReport{}, Signature: "refused: " + err.Error()}
+					} else if err != nil {
+						return err
+					}
+				}
 				if rep == nil {
-					return err
+					rep, err = verify.Backup(cmd.Context(), verify.Options{Store: st, Keys: keys, PgRestore: pgRestore, Verifier: verifier}, m)
+					if rep == nil {
+						return err
+					}
 				}
 				reports = append(reports, rep)
 				if err != nil && firstErr == nil {

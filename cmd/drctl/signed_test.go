@@ -119,14 +119,14 @@ func TestSignedRepository(t *testing.T) {
 	if r2.code != 3 || !strings.Contains(r2.stderr, parts[0]) || !strings.Contains(r2.stderr, "not signed") {
 		t.Fatalf("verify with a WAL signature missing: exit %d\n%s", r2.code, r2.all())
 	}
-	r2 = drctl(t, checking, "wal-fetch", parts[0], filepath.Join(r.work, "fetched"))
+	r2 = drctl(t, checking, "wal-fetch", "--prefetch", "0", parts[0], filepath.Join(r.work, "fetched"))
 	if r2.code != 126 || !strings.Contains(r2.stderr, "not signed") {
 		t.Fatalf("wal-fetch of an unsigned segment: exit %d\n%s", r2.code, r2.all())
 	}
 	if _, err := os.Stat(filepath.Join(r.work, "fetched")); err == nil {
 		t.Fatal("wal-fetch wrote an unsigned segment")
 	}
-	mustRun(t, plain, "wal-fetch", parts[0], filepath.Join(r.work, "fetched")) // unchecked: served
+	mustRun(t, plain, "wal-fetch", "--prefetch", "0", parts[0], filepath.Join(r.work, "fetched")) // unchecked: served
 	os.Rename(walSig+".moved", walSig)
 
 	// A tampered manifest (a label changed, checksums intact) is refused.
@@ -136,9 +136,23 @@ func TestSignedRepository(t *testing.T) {
 	}
 	os.WriteFile(manifest, []byte(tampered), 0o640)
 	mustFail(t, append(checking, pgEnv...), "does not match the signed content", "restore", dump.ID, "--into", "dbname=from_tampered")
-	r2 = drctl(t, checking, "verify", "--all")
-	if r2.code == 0 || !strings.Contains(r2.stderr, dump.ID) {
+	r2 = drctl(t, checking, "verify", "--all", "--json")
+	if r2.code != 3 || !strings.Contains(r2.stderr, dump.ID) {
 		t.Fatalf("verify --all of a tampered manifest: exit %d\n%s", r2.code, r2.all())
+	}
+	// Reported against that backup; the base backup is still verified.
+	var tamperedReports []struct {
+		ID, Signature string
+		OK            bool
+	}
+	json.Unmarshal([]byte(r2.stdout), &tamperedReports)
+	if len(tamperedReports) != 2 {
+		t.Fatalf("verify --all --json with a tampered manifest: %s", r2.stdout)
+	}
+	for _, rep := range tamperedReports {
+		if tampered := rep.ID == dump.ID; rep.OK == tampered || tampered != strings.HasPrefix(rep.Signature, "refused") {
+			t.Fatalf("report %+v", rep)
+		}
 	}
 	if r.pg.DatabaseExists(t, "from_tampered") {
 		t.Fatal("a refused restore created its database")
