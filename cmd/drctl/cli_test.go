@@ -194,6 +194,19 @@ func TestCLIConfigFileAndPGEnv(t *testing.T) {
 	if r := mustRun(t, env, "--config", cfg, "--repo", filepath.Join(dir, "other"), "list", "--json"); strings.TrimSpace(r.stdout) != "[]" {
 		t.Fatalf("list of an empty repo = %q", r.stdout)
 	}
+	// The env: block: drctl's own settings, over the inherited environment
+	// and under flags; unknown names are reported, others refused.
+	envCfg := filepath.Join(dir, "env.yaml")
+	os.WriteFile(envCfg, []byte(fmt.Sprintf("env:\n  DRCTL_REPO: file://%s/repo\n  DRCTL_LOG_LEVEL: info\n  AWS_STS_REGIONAL_ENDPOINTS: regional\n", dir)), 0o600)
+	r := mustRun(t, append(env, "DRCTL_REPO="+filepath.Join(dir, "other")), "--config", envCfg, "list", "--json")
+	if strings.TrimSpace(r.stdout) == "[]" {
+		t.Fatal("the env: block's DRCTL_REPO lost to the inherited one")
+	}
+	if !strings.Contains(r.stderr, "AWS_STS_REGIONAL_ENDPOINTS") {
+		t.Fatalf("an unused env: variable was not reported: %s", r.stderr)
+	}
+	os.WriteFile(envCfg, []byte("env:\n  PATH: /tmp\n"), 0o600)
+	mustFail(t, env, "PATH", "--config", envCfg, "list")
 	if err := os.WriteFile(cfg, []byte("repo: x\nrepository_typo: y\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -145,6 +145,24 @@ func (s *settings) storeOptions() (backends.Options, error) {
 	if v := e("AWS_SHARED_CREDENTIALS_FILE"); v != "" {
 		c.CredentialsFiles = []string{v}
 	}
+	c.RoleARN, c.WebIdentityTokenFile, c.RoleSessionName = e("AWS_ROLE_ARN"), e("AWS_WEB_IDENTITY_TOKEN_FILE"), e("AWS_ROLE_SESSION_NAME")
+	// Proxies from the config file; the inherited ones the SDK reads itself.
+	for _, p := range []struct {
+		dst   *string
+		names []string
+	}{{&c.HTTPProxy, []string{"HTTP_PROXY", "http_proxy"}}, {&c.HTTPSProxy, []string{"HTTPS_PROXY", "https_proxy"}}, {&c.NoProxy, []string{"NO_PROXY", "no_proxy"}}} {
+		for _, n := range p.names {
+			if v, ok := s.fileEnv[n]; ok && *p.dst == "" {
+				*p.dst = v
+			}
+		}
+	}
+	if c.HTTPProxy != "" || c.HTTPSProxy != "" || c.NoProxy != "" {
+		// One set wins whole: fill what the file left out from the inherited.
+		c.HTTPProxy = first(c.HTTPProxy, os.Getenv("HTTP_PROXY"), os.Getenv("http_proxy"))
+		c.HTTPSProxy = first(c.HTTPSProxy, os.Getenv("HTTPS_PROXY"), os.Getenv("https_proxy"))
+		c.NoProxy = first(c.NoProxy, os.Getenv("NO_PROXY"), os.Getenv("no_proxy"))
+	}
 	if s.debug {
 		c.Logger = s.Logger
 	}
@@ -225,16 +243,16 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 			return nil, fmt.Errorf("config %s: %w", path, err)
 		}
 	}
-	s := &settings{
-		fileEnv:        fc.Env,
-		Repo:           first(g.repo, os.Getenv("DRCTL_REPO"), fc.Repo),
-		DSN:            first(g.dsn, os.Getenv("DRCTL_DSN"), fc.DSN),
-		RecipientsFile: first(g.recipientsFile, os.Getenv("DRCTL_AGE_RECIPIENTS_FILE"), fc.RecipientsFile),
-		IdentityFile:   first(g.identityFile, os.Getenv("DRCTL_AGE_IDENTITY_FILE"), fc.IdentityFile),
-
-		SigningKeyFile:     first(g.signingKey, os.Getenv("DRCTL_SIGNING_KEY_FILE"), fc.SigningKeyFile),
-		AllowedSignersFile: first(g.allowedSigners, os.Getenv("DRCTL_ALLOWED_SIGNERS_FILE"), fc.AllowedSignersFile),
-	}
+	// Flags, then the environment (the file's env: block over the
+	// inherited one), then the file's keys.
+	s := &settings{fileEnv: fc.Env}
+	e := s.getenv
+	s.Repo = first(g.repo, e("DRCTL_REPO"), fc.Repo)
+	s.DSN = first(g.dsn, e("DRCTL_DSN"), fc.DSN)
+	s.RecipientsFile = first(g.recipientsFile, e("DRCTL_AGE_RECIPIENTS_FILE"), fc.RecipientsFile)
+	s.IdentityFile = first(g.identityFile, e("DRCTL_AGE_IDENTITY_FILE"), fc.IdentityFile)
+	s.SigningKeyFile = first(g.signingKey, e("DRCTL_SIGNING_KEY_FILE"), fc.SigningKeyFile)
+	s.AllowedSignersFile = first(g.allowedSigners, e("DRCTL_ALLOWED_SIGNERS_FILE"), fc.AllowedSignersFile)
 	if s.AllowedSignersFile == "" {
 		s.AllowedSigners = fc.AllowedSigners
 	}
@@ -242,12 +260,32 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 		s.Identity = fc.Identity
 	}
 	var level slog.Level
-	if err := level.UnmarshalText([]byte(first(g.logLevel, os.Getenv("DRCTL_LOG_LEVEL"), fc.LogLevel, "warn"))); err != nil {
+	if err := level.UnmarshalText([]byte(first(g.logLevel, e("DRCTL_LOG_LEVEL"), fc.LogLevel, "warn"))); err != nil {
 		return nil, fmt.Errorf("log level: %w", err)
 	}
 	s.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	s.debug = level <= slog.LevelDebug
+	for k := range fc.Env {
+		if !knownEnv[k] && !strings.HasPrefix(k, "DRCTL_S3_") {
+			s.Logger.Warn("config env: drctl does not use this variable; it is ignored", "name", k)
+		}
+	}
 	return s, nil
+}
+
+// knownEnv are the variables drctl reads (its own and the AWS SDK's it
+// passes on); others in a config file's env: block are reported.
+var knownEnv = map[string]bool{}
+
+func init() {
+	for _, k := range []string{"DRCTL_REPO", "DRCTL_DSN", "DRCTL_AGE_RECIPIENTS_FILE", "DRCTL_AGE_IDENTITY_FILE", "DRCTL_SIGNING_KEY_FILE",
+		"DRCTL_ALLOWED_SIGNERS_FILE", "DRCTL_LOG_LEVEL", "DRCTL_SPOOL_DIR", "DRCTL_ZSTD_WORKERS", "DRCTL_PG_BINDIR",
+		"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+		"AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_CA_BUNDLE", "AWS_MAX_ATTEMPTS", "AWS_CONFIG_FILE",
+		"AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+		"AWS_ROLE_SESSION_NAME", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"} {
+		knownEnv[k] = true
+	}
 }
 
 // parseFileConfig reads the YAML configuration: unknown keys are errors
@@ -260,11 +298,19 @@ func parseFileConfig(data []byte) (fileConfig, error) {
 		return fileConfig{}, err
 	}
 	for k := range fc.Env {
-		if !strings.HasPrefix(k, "AWS_") && !strings.HasPrefix(k, "DRCTL_") {
-			return fileConfig{}, fmt.Errorf("env: %s: only AWS_* and DRCTL_* settings go here", k)
+		if !strings.HasPrefix(k, "AWS_") && !strings.HasPrefix(k, "DRCTL_") && !proxyVar(k) {
+			return fileConfig{}, fmt.Errorf("env: %s: only AWS_*, DRCTL_* and proxy settings go here", k)
 		}
 	}
 	return fc, nil
+}
+
+func proxyVar(k string) bool {
+	switch strings.ToUpper(k) {
+	case "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY":
+		return true
+	}
+	return false
 }
 
 func first(vals ...string) string {

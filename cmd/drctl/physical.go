@@ -427,7 +427,10 @@ func recoveryConfig(s *settings) ([]byte, error) {
 	}
 	for _, kv := range s.environ() {
 		k, v, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "DRCTL_S3_") || k == "DRCTL_SPOOL_DIR" || k == "DRCTL_ZSTD_WORKERS" || k == "DRCTL_PG_BINDIR" {
+		// What reaches the storage and the programs; not where the
+		// backup came from (DRCTL_REPO, keys): the file says that.
+		if (knownEnv[k] && (strings.HasPrefix(k, "AWS_") || proxyVar(k)) || strings.HasPrefix(k, "DRCTL_S3_") ||
+			k == "DRCTL_SPOOL_DIR" || k == "DRCTL_ZSTD_WORKERS" || k == "DRCTL_PG_BINDIR") && v != "" {
 			cfg.Env[k] = v
 		}
 	}

@@ -5,16 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 	"github.com/aws/smithy-go/logging"
+	"golang.org/x/net/http/httpproxy"
 
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 )
@@ -39,6 +45,12 @@ type ClientOptions struct {
 	AccessKeyID, SecretAccessKey, SessionToken string
 	// ConfigFiles and CredentialsFiles replace the shared files' paths.
 	ConfigFiles, CredentialsFiles []string
+	// Web identity (IRSA on Kubernetes): assume RoleARN with the token in
+	// WebIdentityTokenFile.
+	RoleARN, WebIdentityTokenFile, RoleSessionName string
+	// Proxies for the S3 endpoint, as HTTP_PROXY, HTTPS_PROXY and NO_PROXY
+	// mean them; all empty: the process environment's.
+	HTTPProxy, HTTPSProxy, NoProxy string
 	// DisableIMDS stops the SDK from asking the EC2 instance metadata
 	// service for credentials or the region.
 	DisableIMDS bool
@@ -107,9 +119,24 @@ func NewClient(ctx context.Context, o ClientOptions) (*s3.Client, error) {
 	if o.DisableIMDS {
 		opts = append(opts, config.WithEC2IMDSClientEnableState(imds.ClientDisabled))
 	}
+	if o.HTTPProxy != "" || o.HTTPSProxy != "" || o.NoProxy != "" {
+		proxy := (&httpproxy.Config{HTTPProxy: o.HTTPProxy, HTTPSProxy: o.HTTPSProxy, NoProxy: o.NoProxy}).ProxyFunc()
+		opts = append(opts, config.WithHTTPClient(awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+			tr.Proxy = func(r *http.Request) (*url.URL, error) { return proxy(r.URL) }
+		})))
+	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("s3 repository: AWS configuration: %w", cloud(err))
+	}
+	if o.RoleARN != "" && o.WebIdentityTokenFile != "" && o.AccessKeyID == "" {
+		provider := stscreds.NewWebIdentityRoleProvider(sts.NewFromConfig(cfg), o.RoleARN, stscreds.IdentityTokenFile(o.WebIdentityTokenFile),
+			func(wo *stscreds.WebIdentityRoleOptions) {
+				if o.RoleSessionName != "" {
+					wo.RoleSessionName = o.RoleSessionName
+				}
+			})
+		cfg.Credentials = aws.NewCredentialsCache(provider)
 	}
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1" // self-hosted servers rarely care; AWS redirects
