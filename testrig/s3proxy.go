@@ -167,7 +167,9 @@ func (p *S3Proxy) decide(op string) (Fault, time.Duration) {
 	}
 	f := faults[p.nth[op]%len(faults)]
 	p.nth[op]++
-	p.counts[op+"/"+f.String()]++
+	if f != FaultTruncate { // counted when a body was really cut
+		p.counts[op+"/"+f.String()]++
+	}
 	return f, p.latency
 }
 
@@ -205,7 +207,11 @@ func (p *S3Proxy) handler(next http.Handler) http.Handler {
 		case FaultSlow:
 			time.Sleep(300 * time.Millisecond)
 		case FaultTruncate:
-			next.ServeHTTP(&truncatingWriter{ResponseWriter: w}, r)
+			next.ServeHTTP(&truncatingWriter{ResponseWriter: w, cut: func() {
+				p.mu.Lock()
+				p.counts[op+"/"+FaultTruncate.String()]++
+				p.mu.Unlock()
+			}}, r)
 			return
 		case FaultLostReply:
 			next.ServeHTTP(&discardWriter{header: http.Header{}}, r)
@@ -227,6 +233,7 @@ type truncatingWriter struct {
 	http.ResponseWriter
 	limit, written int64
 	status         int
+	cut            func() // told when the body is cut
 }
 
 func (t *truncatingWriter) WriteHeader(status int) {
@@ -247,6 +254,7 @@ func (t *truncatingWriter) Write(b []byte) (int, error) {
 		if f, ok := t.ResponseWriter.(http.Flusher); ok {
 			f.Flush()
 		}
+		t.cut()
 		panic(http.ErrAbortHandler) // the server drops the connection
 	}
 	n, err := t.ResponseWriter.Write(b)

@@ -106,7 +106,10 @@ func (s *settings) environ() []string {
 // config file's env: block (the AWS SDK's variable names).
 func (s *settings) storeOptions() (backends.Options, error) {
 	e := s.getenv
-	o := backends.Options{SpoolDir: e("DRCTL_SPOOL_DIR")}
+	o := backends.Options{SpoolDir: first(e("DRCTL_SPOOL_DIR"), os.Getenv("TMPDIR"))}
+	if fi, err := os.Stat("/var/tmp"); o.SpoolDir == "" && err == nil && fi.IsDir() {
+		o.SpoolDir = "/var/tmp" // on disk on most systems, where /tmp is often memory
+	}
 	switch v := e("DRCTL_S3_CHECKSUMS"); v {
 	case "", "on":
 	case "off":

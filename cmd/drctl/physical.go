@@ -132,7 +132,11 @@ func newWALReceiveCommand(g *globalFlags, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return physical.Receive(cmd.Context(), physical.ReceiveOptions{
+			copt, err := w.codecOptions(0)
+			if err != nil {
+				return err
+			}
+			return physical.Receive(cmd.Context(), physical.ReceiveOptions{Codec: copt,
 				Store: w.store, DSN: w.dsn, Keys: w.keys, AllowUnencrypted: noEncryption, Slot: slot, Signer: w.signer,
 				FlushInterval: flush, Logger: w.Logger,
 			})

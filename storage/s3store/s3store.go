@@ -44,7 +44,7 @@ const (
 	DefaultGrowEvery = 1000
 	maxPartSize      = 5 << 30
 	// DefaultMemoryBudget is the memory one upload's parts may hold:
-	// five 8 MiB parts, or two 16 MiB parts and one being filled.
+	// five 8 MiB parts, or two 16 MiB ones.
 	DefaultMemoryBudget = 40 << 20
 	// MaxMemoryPart is the largest part held in memory; larger parts
 	// (objects beyond 23 GiB) are spooled to disk.
@@ -94,8 +94,9 @@ func New(client *s3.Client, opt Options) (*Store, error) {
 	if opt.PartSize == 0 {
 		opt.PartSize = DefaultPartSize
 	}
-	if opt.PartSize < minPartSize || opt.PartSize > maxPartSize {
-		return nil, fmt.Errorf("s3 repository: part size %d outside %d..%d", opt.PartSize, minPartSize, maxPartSize)
+	if opt.PartSize < minPartSize || opt.PartSize > MaxMemoryPart {
+		// The first part is always read into memory.
+		return nil, fmt.Errorf("s3 repository: part size %d outside %d..%d", opt.PartSize, minPartSize, MaxMemoryPart)
 	}
 	if opt.Concurrency <= 0 {
 		opt.Concurrency = DefaultConcurrency
