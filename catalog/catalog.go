@@ -363,6 +363,34 @@ func badSignature(err error) error {
 // BadSignature is badSignature for other packages' verifications.
 func BadSignature(err error) error { return badSignature(err) }
 
+// SignExisting signs backup id's manifest as it is stored, when it has no
+// signature yet: for repositories written before signing was set up, once
+// the operator has verified them. It reports whether it signed.
+func SignExisting(ctx context.Context, st storage.Store, id string, signer Signer) (bool, error) {
+	if _, err := st.Stat(ctx, SignatureKey(id)); err == nil {
+		return false, nil
+	} else if !errors.Is(err, storage.ErrNotExist) {
+		return false, err
+	}
+	if _, err := Load(ctx, st, id, nil); err != nil {
+		return false, err
+	}
+	rc, err := st.Get(ctx, ManifestKey(id))
+	if err != nil {
+		return false, err
+	}
+	body, err := io.ReadAll(io.LimitReader(rc, maxManifest))
+	rc.Close()
+	if err != nil {
+		return false, err
+	}
+	sig, err := signer.Sign(body)
+	if err != nil {
+		return false, err
+	}
+	return true, st.PutIfAbsent(ctx, SignatureKey(id), bytes.NewReader(sig))
+}
+
 // SignatureState says, for messages, whether backup id's manifest is
 // signed: "verified (PRINCIPALS)" with a verifier, otherwise "signed (not
 // checked: no allowed signers configured)" or "unsigned".

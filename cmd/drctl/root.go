@@ -44,6 +44,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newWALPrefetchCommand(g, stderr),
 		newWALReceiveCommand(g, stderr),
 		newPruneCommand(g, stdout, stderr),
+		newSignCommand(g, stdout, stderr),
 	)
 	return root
 }

@@ -171,4 +171,11 @@ func TestSignedRepository(t *testing.T) {
 	if !strings.Contains(res.stdout, `"signature": "signed (not checked`) {
 		t.Fatalf("verify of a signed backup without allowed signers: %s", res.stdout)
 	}
+	// Turning signatures on for what was written before: sign, then
+	// everything verifies with the allowed signers again.
+	if r := mustRun(t, append(plain, "DRCTL_SIGNING_KEY_FILE="+key), "sign", "--all"); !strings.Contains(r.stdout, "signed 1 backups") {
+		t.Fatalf("sign --all: %s", r.stdout)
+	}
+	mustRun(t, checking, "verify", "--all")
+	mustFail(t, plain, "no signing key", "sign", "--all")
 }

@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
@@ -191,4 +193,41 @@ func TestBadConnectionNamesTargetWithoutPassword(t *testing.T) {
 		t.Fatalf("error leaks the password: %v", err)
 	}
 	assertEmpty(t, st)
+}
+
+// A backup whose lease could not be renewed for longer than its expiry
+// refuses to commit: a cleanup may have removed its data meanwhile.
+func TestBackupWithLapsedLeaseIsNotCommitted(t *testing.T) {
+	pg := testrig.StartPostgres(t)
+	pg.LoadAwkward(t, "shop", false)
+	base, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &faulty.Store{Store: base}
+	leasePuts := 0
+	st.SetFail(func(method, key string) error {
+		if method == "Put" && strings.HasPrefix(key, "leases/") {
+			if leasePuts++; leasePuts > 1 {
+				return errors.New("503 Service Unavailable")
+			}
+		}
+		return nil
+	})
+	var mu sync.Mutex
+	skew := time.Duration(0)
+	leaseClock := func() time.Time { // twenty minutes pass between looks
+		mu.Lock()
+		defer mu.Unlock()
+		skew += 20 * time.Minute
+		return time.Now().Add(skew)
+	}
+	_, err = logical.Backup(t.Context(), logical.BackupOptions{Store: st, DSN: dsn(t, pg.URL("shop")), AllowUnencrypted: true, Keys: &codec.Keys{},
+		Lease: catalog.LeaseOptions{Interval: time.Millisecond, Now: leaseClock}})
+	if err == nil || !strings.Contains(err.Error(), "lease") {
+		t.Fatalf("backup with a lapsed lease: %v", err)
+	}
+	if all, err := catalog.List(t.Context(), base, nil); err != nil || len(all) != 0 {
+		t.Fatalf("listed after a lapsed lease: %v %v", all, err)
+	}
 }

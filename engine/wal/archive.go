@@ -115,6 +115,21 @@ func (a *Archive) sign(ctx context.Context, name, hash string) error {
 	return a.Store.Put(ctx, SignatureKey(name, hash), bytes.NewReader(sig))
 }
 
+// SignExisting signs an archived file that has no signature yet (see
+// catalog.SignExisting); partial copies are skipped (wal-receive signs
+// each new one). It reports whether it signed.
+func (a *Archive) SignExisting(ctx context.Context, e Entry) (bool, error) {
+	if e.Partial || a.Signer == nil {
+		return false, nil
+	}
+	if _, err := a.Store.Stat(ctx, SignatureKey(e.Name, e.Hash)); err == nil {
+		return false, nil
+	} else if !errors.Is(err, storage.ErrNotExist) {
+		return false, err
+	}
+	return true, a.sign(ctx, e.Name, e.Hash)
+}
+
 // CheckSignature verifies the stored signature of an archived file.
 func (a *Archive) CheckSignature(ctx context.Context, name, hash string) (string, error) {
 	key := SignatureKey(name, hash)
