@@ -271,6 +271,7 @@ type physicalRestoreFlags struct {
 	target         rphysical.Target
 	tablespaceMap  []string
 	tsOriginal     bool
+	skipLinks      bool
 	start          bool
 	startOptions   []string
 	recoveryConfig string
@@ -287,6 +288,7 @@ func (p *physicalRestoreFlags) register(cmd *cobra.Command) {
 	f.StringVar(&p.target.Action, "target-action", "promote", "at the target: promote, pause or shutdown")
 	f.StringArrayVar(&p.tablespaceMap, "tablespace-map", nil, "OLD=NEW: restore the tablespace with OID or path OLD into NEW (repeatable)")
 	f.BoolVar(&p.tsOriginal, "tablespace-original", false, "restore tablespaces not named by --tablespace-map to their original paths (taken from the backup: trust it first)")
+	f.BoolVar(&p.skipLinks, "skip-external-symlinks", false, "leave out symlinks of the backup that point outside the data directory (e.g. pg_log -> /var/log/...) instead of refusing it")
 	f.BoolVar(&p.start, "start", false, "start PostgreSQL and wait until recovery reached the target")
 	f.StringArrayVar(&p.startOptions, "start-option", nil, "name=value server setting for --start, e.g. port=5433 (repeatable)")
 	f.StringVar(&p.recoveryConfig, "recovery-config", "", "where to write the configuration restore_command uses (default DIR.drctl-recovery.yaml, beside DIR)")
@@ -359,7 +361,7 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 	restoreCmd := fmt.Sprintf("%s --config %s wal-fetch --segment-size %d %%f %%p", exe, cfgPath, m.Physical.WALSegmentSize)
 	bar := newProgressBar(stderr, !asJSON)
 	res, err := rphysical.Restore(cmd.Context(), rphysical.Options{
-		Store: st, Manifest: m, Keys: keys, Dir: dir, TablespaceMap: tsMap, TablespaceOriginal: p.tsOriginal, Target: p.target,
+		Store: st, Manifest: m, Keys: keys, Dir: dir, TablespaceMap: tsMap, TablespaceOriginal: p.tsOriginal, SkipExternalSymlinks: p.skipLinks, Target: p.target,
 		RestoreCommand: restoreCmd, RecoveryFile: cfgPath, RecoveryFileContent: recoveryCfg,
 		Owner: owner, PauseAtTarget: p.start, Progress: bar.update, Logger: s.Logger,
 	})

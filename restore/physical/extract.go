@@ -74,7 +74,11 @@ func extractObject(ctx context.Context, opt Options, o catalog.Object, root *os.
 			res.Bytes += n
 		case tar.TypeSymlink:
 			if why := linkOutside(name, hdr.Linkname, links); why != "" {
-				return unsafe(hdr.Name, fmt.Sprintf("a symlink to %q, which %s", hdr.Linkname, why))
+				if opt.SkipExternalSymlinks {
+					res.Warnings = append(res.Warnings, fmt.Sprintf("symlink %s -> %s not restored: it %s", name, hdr.Linkname, why))
+					continue
+				}
+				return unsafe(hdr.Name, fmt.Sprintf("a symlink to %q, which %s (--skip-external-symlinks leaves such links out)", hdr.Linkname, why))
 			}
 			if err := mkParent(root, name); err != nil {
 				return fmt.Errorf("%s: %w", o.Key, err)
@@ -100,7 +104,13 @@ func extractObject(ctx context.Context, opt Options, o catalog.Object, root *os.
 	sort.Strings(names)
 	for _, name := range names {
 		if why := linkOutside(name, links[name], links); why != "" {
-			return unsafe(name, fmt.Sprintf("a symlink to %q, which %s", links[name], why))
+			if !opt.SkipExternalSymlinks {
+				return unsafe(name, fmt.Sprintf("a symlink to %q, which %s", links[name], why))
+			}
+			if err := root.Remove(name); err != nil {
+				return fmt.Errorf("%s: %w", o.Key, err)
+			}
+			res.Warnings = append(res.Warnings, fmt.Sprintf("symlink %s -> %s not restored: it %s", name, links[name], why))
 		}
 	}
 	// The tar's end-of-archive blocks may leave padding unread.

@@ -362,3 +362,28 @@ func TestTablespaceOriginalNeedsTheServersDirectory(t *testing.T) {
 		t.Fatal("a root-owned directory the backup named was written")
 	}
 }
+
+// --skip-external-symlinks restores a backup whose data directory links
+// out (pg_log to /var/log, say) without the link, saying so.
+func TestSkipExternalSymlinks(t *testing.T) {
+	h := newHostileRepo(t)
+	s := newSandbox(t)
+	m := h.backup(t, []entry{{name: "PG_VERSION", body: "15\n"}, {name: "pg_log", typ: tar.TypeSymlink, link: s.outside},
+		{name: "x", typ: tar.TypeSymlink, link: "y/../.."}, {name: "y", typ: tar.TypeSymlink, link: "."}, {name: "ok", typ: tar.TypeSymlink, link: "PG_VERSION"}})
+	res, err := physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: s.target, RestoreCommand: "false", SkipExternalSymlinks: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.untouched(t)
+	for _, gone := range []string{"pg_log", "x"} {
+		if _, err := os.Lstat(filepath.Join(s.target, gone)); err == nil {
+			t.Errorf("%s was restored", gone)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(s.target, "ok")); err != nil {
+		t.Errorf("an inside symlink was left out: %v", err)
+	}
+	if w := strings.Join(res.Warnings, "\n"); !strings.Contains(w, "pg_log") || !strings.Contains(w, "symlink x") {
+		t.Fatalf("warnings: %s", w)
+	}
+}

@@ -104,6 +104,10 @@ type Options struct {
 	// Owner, when set, receives every file written (PostgreSQL must own
 	// its data directory and refuses to run as root).
 	Owner *Owner
+	// SkipExternalSymlinks leaves out, with a warning, symlinks that point
+	// outside the directory (a pg_log linked to /var/log, say) instead of
+	// refusing the backup.
+	SkipExternalSymlinks bool
 	// RecoveryFile, when set, receives RecoveryFileContent (mode 0600,
 	// owned by Owner): the configuration restore_command reads. It is
 	// written after the data, before the directory is synced.
