@@ -22,11 +22,22 @@ func streamGiB() int64 {
 	return 60
 }
 
+// randomGiB is the size of the incompressible stream (DRCTL_BENCH_RANDOM_GIB,
+// default 2: versitygw's posix backend keeps a multipart upload's part
+// checksums in an extended attribute, and fails to complete uploads of a
+// few hundred parts or more with "no space left on device"; S3 takes 10,000).
+func randomGiB() int64 {
+	if s, err := strconv.ParseInt(os.Getenv("DRCTL_BENCH_RANDOM_GIB"), 10, 64); err == nil && s > 0 {
+		return s
+	}
+	return 2
+}
+
 // BenchmarkMemory: the peak RSS of `drctl backup` when pg_dump produces a
 // very large stream, through the real pipeline (zstd, age, multipart upload)
 // to the S3 server. pg_dump is played by a script (DRCTL_PG_BINDIR) that
 // writes the stream: 60 GiB of zeros (compressible: the codec's memory over
-// a long stream), and 6 GiB from /dev/urandom (incompressible: full-size
+// a long stream), and 2 GiB from /dev/urandom (incompressible: full-size
 // parts in flight all along).
 func BenchmarkMemory(b *testing.B) {
 	for range b.N {
@@ -37,6 +48,15 @@ func BenchmarkMemory(b *testing.B) {
 func runMemory(b *testing.B) {
 	pg := testrig.StartPostgres(b)
 	srv := testrig.StartS3(b)
+	b.Cleanup(func() {
+		if b.Failed() {
+			log := readFile(b, filepath.Join(srv.Dir, "versitygw.log"))
+			if len(log) > 3000 {
+				log = log[len(log)-3000:]
+			}
+			fmt.Printf("versitygw log (end):\n%s\n", log)
+		}
+	})
 	dir := b.TempDir()
 	keys := testrig.NewKeys(b, dir)
 	bin := filepath.Join(dir, "drctl")
@@ -49,7 +69,7 @@ func runMemory(b *testing.B) {
 		bytes  int64
 	}{
 		{"zeros", "/dev/zero", streamGiB() << 30},
-		{"random", "/dev/urandom", 6 << 30},
+		{"random", "/dev/urandom", randomGiB() << 30},
 	} {
 		fake := filepath.Join(dir, "fake-"+c.name)
 		os.MkdirAll(fake, 0o755)
