@@ -41,13 +41,18 @@ port=$(free_port 55432)
 
 # The repository, and what archive_command (run by the server's user) needs.
 mkdir -p demo-work
-rm -rf demo-work/repo demo-work/key.txt demo-work/recipients.txt demo-work/archive.yaml
+rm -rf demo-work/repo demo-work/key.txt demo-work/recipients.txt demo-work/archive.yaml demo-work/signing-key* demo-work/allowed_signers
 mkdir -p demo-work/repo/wal demo-work/repo/.drctl-tmp
 [ "$(id -u)" != 0 ] || chown postgres: demo-work/repo demo-work/repo/wal demo-work/repo/.drctl-tmp
 age-keygen -o demo-work/key.txt 2>/dev/null
 age-keygen -y demo-work/key.txt > demo-work/recipients.txt
-printf 'repo: file://%s/demo-work/repo\nrecipients_file: %s/demo-work/recipients.txt\n' "$root" "$root" > demo-work/archive.yaml
-chmod 644 demo-work/recipients.txt demo-work/archive.yaml
+# Backups and WAL are signed (an Ed25519 OpenSSH key); readers accept only
+# what an allowed signer signed.
+ssh-keygen -q -t ed25519 -N '' -C demo-backup-host -f demo-work/signing-key
+[ "$(id -u)" != 0 ] || chown postgres: demo-work/signing-key
+printf 'backup@demo %s\n' "$(cat demo-work/signing-key.pub)" > demo-work/allowed_signers
+printf 'repo: file://%s/demo-work/repo\nrecipients_file: %s/demo-work/recipients.txt\nsigning_key_file: %s/demo-work/signing-key\n' "$root" "$root" "$root" > demo-work/archive.yaml
+chmod 644 demo-work/recipients.txt demo-work/archive.yaml demo-work/allowed_signers
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -69,10 +74,14 @@ step "load the retail sample schema (products, stock moves, orders, payments)"
 
 step "an age key pair was generated: the backup host needs only the public half"
 cat demo-work/recipients.txt
+step "and a signing key: what it signs, readers with demo-work/allowed_signers accept"
+cat demo-work/allowed_signers
 
 export DRCTL_REPO="file://$root/demo-work/repo"
 export DRCTL_AGE_RECIPIENTS_FILE="$root/demo-work/recipients.txt"
 export DRCTL_AGE_IDENTITY_FILE="$root/demo-work/key.txt"
+export DRCTL_SIGNING_KEY_FILE="$root/demo-work/signing-key"
+export DRCTL_ALLOWED_SIGNERS_FILE="$root/demo-work/allowed_signers"
 unset PGDATABASE
 
 step "drctl backup (repository $DRCTL_REPO)"
