@@ -226,17 +226,7 @@ func TestTransientErrorsDeleteNothing(t *testing.T) {
 // A writer whose lease could not be renewed for its TTL refuses to commit:
 // a cleanup may have taken its objects.
 func TestLostLeaseFailsCheck(t *testing.T) {
-	base, err := filestore.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := &faulty.Store{Store: base}
-	clk := &clock{now: time.Now()}
-	lease, err := catalog.AcquireLease(t.Context(), st, catalog.NewID(clk.Now()), catalog.LeaseBackup, catalog.LeaseOptions{Interval: 5 * time.Millisecond, TTL: time.Minute, Now: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lease.Release(t.Context())
+	st, clk, lease := quickLease(t)
 	st.SetFail(func(method, key string) error {
 		if method == "Put" {
 			return errUnavailable
@@ -261,6 +251,21 @@ func TestLostLeaseFailsCheck(t *testing.T) {
 // A writer whose lease once went unrenewed for too long fails its check
 // for good, even after a later renewal succeeded.
 func TestLapsedLeaseStaysLapsed(t *testing.T) {
+	st, clk, lease := quickLease(t)
+	clk.Add(2 * time.Minute) // a stall: the next renewal comes too late
+	for i := 0; i < 500 && lease.Check() == nil; i++ {
+		time.Sleep(5 * time.Millisecond)
+	}
+	waitRenewed(t, st, lease.Name(), clk.Now())
+	if err := lease.Check(); err == nil || !strings.Contains(err.Error(), "without renewal") {
+		t.Fatalf("after a lapse and a renewal: Check = %v", err)
+	}
+}
+
+// quickLease holds a lease renewed every 5 ms with a one-minute expiry, on
+// an injected clock, in a store that can be made to fail.
+func quickLease(t *testing.T) (*faulty.Store, *clock, *catalog.HeldLease) {
+	t.Helper()
 	base, err := filestore.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -271,13 +276,6 @@ func TestLapsedLeaseStaysLapsed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer lease.Release(t.Context())
-	clk.Add(2 * time.Minute) // a stall: the next renewal comes too late
-	for i := 0; i < 500 && lease.Check() == nil; i++ {
-		time.Sleep(5 * time.Millisecond)
-	}
-	waitRenewed(t, st, lease.Name(), clk.Now())
-	if err := lease.Check(); err == nil || !strings.Contains(err.Error(), "without renewal") {
-		t.Fatalf("after a lapse and a renewal: Check = %v", err)
-	}
+	t.Cleanup(func() { st.SetFail(nil); lease.Release(context.Background()) })
+	return st, clk, lease
 }
