@@ -25,19 +25,16 @@ type measurement struct {
 	rssKiB int64
 }
 
-func scale() int {
-	if s, err := strconv.Atoi(os.Getenv("DRCTL_BENCH_SCALE")); err == nil && s > 0 {
+// envInt reads a positive whole number from the environment.
+func envInt(name string, def int) int {
+	if s, err := strconv.Atoi(os.Getenv(name)); err == nil && s > 0 {
 		return s
 	}
-	return 50
+	return def
 }
 
-func rounds() int {
-	if s, err := strconv.Atoi(os.Getenv("DRCTL_BENCH_ROUNDS")); err == nil && s > 0 {
-		return s
-	}
-	return 3
-}
+func scale() int  { return envInt("DRCTL_BENCH_SCALE", 50) }
+func rounds() int { return envInt("DRCTL_BENCH_ROUNDS", 3) }
 
 // BenchmarkLogicalBackup: drctl backup to S3 versus pg_dump -Fc -Z0 to
 // /dev/null (the floor), pg_dump -Fc with its default compression to local

@@ -6,32 +6,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/drctl/drctl/testrig"
 )
 
-// streamGiB is the size of the compressible stream (DRCTL_BENCH_STREAM_GIB,
-// default 60).
-func streamGiB() int64 {
-	if s, err := strconv.ParseInt(os.Getenv("DRCTL_BENCH_STREAM_GIB"), 10, 64); err == nil && s > 0 {
-		return s
-	}
-	return 60
-}
-
-// randomGiB is the size of the incompressible stream (DRCTL_BENCH_RANDOM_GIB,
-// default 2: versitygw's posix backend keeps a multipart upload's part
-// checksums in an extended attribute, and fails to complete uploads of a
-// few hundred parts or more with "no space left on device"; S3 takes 10,000).
-func randomGiB() int64 {
-	if s, err := strconv.ParseInt(os.Getenv("DRCTL_BENCH_RANDOM_GIB"), 10, 64); err == nil && s > 0 {
-		return s
-	}
-	return 2
-}
+// The compressible stream's size (default 60 GiB) and the incompressible
+// one's (default 2 GiB: versitygw's posix backend keeps a multipart upload's
+// part checksums in an extended attribute, and fails to complete uploads of
+// a few hundred parts or more with "no space left on device"; S3 takes
+// 10,000).
+func streamGiB() int64 { return int64(envInt("DRCTL_BENCH_STREAM_GIB", 60)) }
+func randomGiB() int64 { return int64(envInt("DRCTL_BENCH_RANDOM_GIB", 2)) }
 
 // BenchmarkMemory: the peak RSS of `drctl backup` when pg_dump produces a
 // very large stream, through the real pipeline (zstd, age, multipart upload)
