@@ -315,6 +315,11 @@ func Load(ctx context.Context, st storage.Store, id string, v Verifier) (*Manife
 			return nil, fmt.Errorf("manifest of backup %s: %w", id, err)
 		}
 	}
+	return parseManifest(id, body)
+}
+
+// parseManifest checks the bytes of backup id's manifest.
+func parseManifest(id string, body []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(body, &m); err != nil {
 		return nil, fmt.Errorf("manifest of %s is corrupt: %w", id, err)
@@ -372,9 +377,6 @@ func SignExisting(ctx context.Context, st storage.Store, id string, signer Signe
 	} else if !errors.Is(err, storage.ErrNotExist) {
 		return false, err
 	}
-	if _, err := Load(ctx, st, id, nil); err != nil {
-		return false, err
-	}
 	rc, err := st.Get(ctx, ManifestKey(id))
 	if err != nil {
 		return false, err
@@ -382,6 +384,9 @@ func SignExisting(ctx context.Context, st storage.Store, id string, signer Signe
 	body, err := io.ReadAll(io.LimitReader(rc, maxManifest))
 	rc.Close()
 	if err != nil {
+		return false, err
+	}
+	if _, err := parseManifest(id, body); err != nil { // the bytes signed are the bytes checked
 		return false, err
 	}
 	sig, err := signer.Sign(body)

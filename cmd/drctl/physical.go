@@ -374,7 +374,10 @@ func runPhysicalRestore(cmd *cobra.Command, g *globalFlags, p *physicalRestoreFl
 		Reached *rphysical.Reached `json:"reached,omitempty"`
 	}{Result: res}
 	for _, w := range res.Warnings {
-		s.Logger.Warn("restored server's configuration", "overridden", w)
+		s.Logger.Warn("restored data directory", "note", w)
+	}
+	for _, w := range unreadableByServer(s, owner) {
+		s.Logger.Warn("restore_command runs as the server's user, which cannot read this: recovery will stop at the first WAL file", "file", w)
 	}
 	if p.start {
 		out.Reached, err = rphysical.Start(cmd.Context(), rphysical.StartOptions{
@@ -449,6 +452,32 @@ func recoveryConfig(s *settings) ([]byte, error) {
 }
 
 var errQuiet = errors.New("")
+
+// unreadableByServer lists the files the recovery configuration names
+// (through AWS settings) that the server's user cannot read.
+func unreadableByServer(s *settings, owner *rphysical.Owner) []string {
+	if owner == nil {
+		return nil
+	}
+	var out []string
+	for _, k := range []string{"AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+		path := s.getenv(k)
+		if path == "" {
+			continue
+		}
+		fi, err := os.Stat(path)
+		if err != nil {
+			continue
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		mode := fi.Mode().Perm()
+		readable := mode&0o004 != 0 || ok && (int(st.Uid) == owner.UID && mode&0o400 != 0 || int(st.Gid) == owner.GID && mode&0o040 != 0)
+		if !readable {
+			out = append(out, k+"="+path)
+		}
+	}
+	return out
+}
 
 // serverEnv is the environment of a restored server: this one without
 // drctl's and AWS settings, which would override the recovery

@@ -333,10 +333,17 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			for _, m := range targets {
 				var rep *verify.Report
 				if verifier != nil {
-					if _, err = catalog.Load(cmd.Context(), st, m.ID, verifier); errors.Is(err, catalog.ErrUnsigned) || errors.Is(err, catalog.ErrBadSignature) {
+					checked, err := catalog.Load(cmd.Context(), st, m.ID, verifier)
+					switch {
+					case errors.Is(err, catalog.ErrUnsigned) || errors.Is(err, catalog.ErrBadSignature):
 						rep = &verify.Report{ID: m.ID, Kind: m.Kind, OK: false, Objects: []verify.ObjectReport{}, Signature: "refused: " + err.Error()}
-					} else if err != nil {
+						if firstErr == nil {
+							firstErr = err
+						}
+					case err != nil:
 						return err
+					default:
+						m = checked // the very bytes whose signature was checked
 					}
 				}
 				if rep == nil {
@@ -344,11 +351,11 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 					if rep == nil {
 						return err
 					}
+					if err != nil && firstErr == nil {
+						firstErr = err
+					}
 				}
 				reports = append(reports, rep)
-				if err != nil && firstErr == nil {
-					firstErr = err
-				}
 				// prune never deletes the newest verified backup.
 				if rerr := catalog.RecordVerification(cmd.Context(), st, m.ID, catalog.Verification{Time: time.Now().UTC(), OK: rep.OK}); rerr != nil {
 					s.Logger.Warn("could not record the verification", "backup", m.ID, "error", rerr)

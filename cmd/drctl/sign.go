@@ -63,7 +63,12 @@ func newSignCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				}
 			}
 			if all {
-				a := &wal.Archive{Store: st, Signer: signer}
+				// Each WAL file is read and checked against its name first.
+				keys, err := s.decryptKeys()
+				if err != nil {
+					return err
+				}
+				a := &wal.Archive{Store: st, Signer: signer, Keys: keys}
 				entries, err := a.List(cmd.Context())
 				if err != nil {
 					return err

@@ -257,6 +257,17 @@ func ForServer(login *DSN, host string, port int, defaultUser, defaultDB string)
 	return d, nil
 }
 
+// WithOptions returns a copy that sends options (the server settings of
+// libpq's "options" parameter) at connection start.
+func (d *DSN) WithOptions(options string) *DSN {
+	p := make(map[string]string, len(d.params)+1)
+	for k, v := range d.params {
+		p[k] = v
+	}
+	p["options"] = options
+	return &DSN{params: p}
+}
+
 // WithDatabase returns a copy that connects to another database.
 func (d *DSN) WithDatabase(name string) *DSN {
 	p := make(map[string]string, len(d.params)+1)

@@ -116,8 +116,9 @@ func (a *Archive) sign(ctx context.Context, name, hash string) error {
 }
 
 // SignExisting signs an archived file that has no signature yet (see
-// catalog.SignExisting); partial copies are skipped (wal-receive signs
-// each new one). It reports whether it signed.
+// catalog.SignExisting), once its content has been read and found to match
+// the hash in its name (a.Keys must decrypt it); partial copies are skipped
+// (wal-receive signs each new one). It reports whether it signed.
 func (a *Archive) SignExisting(ctx context.Context, e Entry) (bool, error) {
 	if e.Partial || a.Signer == nil {
 		return false, nil
@@ -126,6 +127,23 @@ func (a *Archive) SignExisting(ctx context.Context, e Entry) (bool, error) {
 		return false, nil
 	} else if !errors.Is(err, storage.ErrNotExist) {
 		return false, err
+	}
+	rc, err := a.Store.Get(ctx, e.Key)
+	if err != nil {
+		return false, err
+	}
+	defer rc.Close()
+	dec, err := codec.NewReader(rc, strings.HasSuffix(e.Key, ".age"), a.Keys)
+	if err != nil {
+		return false, fmt.Errorf("%s: %w", e.Key, err)
+	}
+	defer dec.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, dec); err != nil {
+		return false, fmt.Errorf("%s: %w", e.Key, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil))[:hashLen]; got != e.Hash {
+		return false, fmt.Errorf("%s: content SHA-256 %s does not match its name: not signed", e.Key, got)
 	}
 	return true, a.sign(ctx, e.Name, e.Hash)
 }

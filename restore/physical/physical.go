@@ -173,7 +173,7 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	}
 	roots := map[string]*os.Root{}
 	var created []string
-	ok := false
+	ok, wroteRecoveryFile := false, false
 	defer func() {
 		for _, r := range roots {
 			if !ok {
@@ -184,6 +184,9 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		if !ok {
 			for _, dir := range created {
 				os.Remove(dir)
+			}
+			if wroteRecoveryFile {
+				os.Remove(opt.RecoveryFile) // it holds the identity
 			}
 		}
 	}()
@@ -230,6 +233,7 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		return nil, err
 	}
 	if opt.RecoveryFile != "" {
+		wroteRecoveryFile = true
 		if err := writeRecoveryFile(opt); err != nil {
 			return nil, err
 		}

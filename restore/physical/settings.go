@@ -76,6 +76,11 @@ var overridden = []struct{ name, value string }{
 	{"ssl_passphrase_command", ""},
 	{"dynamic_library_path", "$libdir"},
 	{"jit_provider", "llvmjit"},
+	// Settings that write files where the server's user can: kept inside
+	// the data directory.
+	{"log_directory", "log"},
+	{"log_filename", "postgresql-%Y-%m-%d_%H%M%S.log"},
+	{"external_pid_file", ""},
 	// Recovery targets come from drctl alone.
 	{"recovery_target", ""},
 	{"recovery_target_time", ""},
@@ -146,6 +151,38 @@ func configValues(root *os.Root) map[string]string {
 	return out
 }
 
+// neutralizeConf comments out the lines of the backup's postgresql.conf
+// that postgresql.auto.conf cannot override: data_directory (the server
+// would run another directory, with that one's settings) and include
+// directives (they could bring such a line from anywhere).
+func neutralizeConf(root *os.Root, res *Result) error {
+	const file = "postgresql.conf"
+	data, err := root.ReadFile(file)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(string(data), "\n")
+	changed := false
+	for i, line := range lines {
+		name, _, ok := parseConfLine(line)
+		switch strings.ToLower(name) {
+		case "data_directory", "include", "include_dir", "include_if_exists", "config_file", "hba_file", "ident_file":
+			if ok {
+				lines[i] = "# disabled by drctl restore (a backup is untrusted input): " + line
+				res.Warnings = append(res.Warnings, "the backup's postgresql.conf line "+strings.TrimSpace(line)+" was disabled")
+				changed = true
+			}
+		}
+	}
+	if !changed {
+		return nil
+	}
+	return replaceFile(root, file, []byte(strings.Join(lines, "\n")))
+}
+
 // writeRecoveryConfig makes the directory start in targeted recovery, with
 // the settings that run commands or load code overridden.
 func writeRecoveryConfig(root *os.Root, opt Options, res *Result) error {
@@ -154,9 +191,12 @@ func writeRecoveryConfig(root *os.Root, opt Options, res *Result) error {
 	values := configValues(root)
 	conf.WriteString("\n# Added by drctl restore of backup " + opt.Manifest.ID + ".\n")
 	conf.WriteString("# Settings that run commands or load code are reset: a backup is untrusted input.\n")
+	if err := neutralizeConf(root, res); err != nil {
+		return err
+	}
 	for _, o := range overridden {
-		if v, ok := values[o.name]; ok && v != o.value && o.value == "" && v != "" {
-			res.Warnings = append(res.Warnings, fmt.Sprintf("the backup's %s = %q was reset", o.name, v))
+		if v, ok := values[o.name]; ok && v != o.value {
+			res.Warnings = append(res.Warnings, fmt.Sprintf("the backup's %s = %q was reset to %q", o.name, v, o.value))
 		}
 		set(o.name, o.value)
 	}

@@ -94,10 +94,14 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := loginDSN(opt.Login, opt.Owner, sockDir, port)
+	login, err := loginDSN(opt.Login, opt.Owner, sockDir, port)
 	if err != nil {
 		return nil, err
 	}
+	// The restored catalog is the backup's: its role and database settings
+	// must not load a library or shadow a function in drctl's session.
+	plain := login.WithOptions("-c search_path=pg_catalog -c local_preload_libraries=")
+	conn := login.WithOptions("-c search_path=pg_catalog -c local_preload_libraries= -c session_preload_libraries=")
 	ctx, cancel := context.WithTimeout(ctx, opt.Timeout)
 	defer cancel()
 	reached := &Reached{SocketDir: sockDir, Port: port}
@@ -105,6 +109,10 @@ func Start(ctx context.Context, opt StartOptions) (*Reached, error) {
 		done, err := pollRecovery(ctx, conn, opt, reached)
 		if err == nil && done {
 			break
+		}
+		if errors.Is(err, errNotSuperuser) && conn != plain {
+			conn = plain // a role that may not set session_preload_libraries
+			continue
 		}
 		if errors.Is(err, errLogin) {
 			// Retrying a refused login only hides it for an hour.
@@ -206,6 +214,9 @@ func loginDSN(login *pgdsn.DSN, owner *Owner, sockDir string, port int) (*pgdsn.
 	return pgdsn.ForServer(login, sockDir, port, user, "postgres")
 }
 
+// errNotSuperuser: the login role may not set session_preload_libraries.
+var errNotSuperuser = errors.New("the login role may not set session_preload_libraries")
+
 // errLogin: the started server refused drctl's login.
 var errLogin = errors.New("the restored server refused the login that follows recovery")
 
@@ -216,6 +227,9 @@ func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reac
 	defer cancel()
 	conn, err := pgx.Connect(cctx, dsn.ConnString())
 	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+		return false, errNotSuperuser
+	}
 	if errors.As(err, &pgErr) && strings.HasPrefix(pgErr.Code, "28") {
 		return false, fmt.Errorf("%w: %s; give the role (and password) with --dsn 'user=NAME password=...', and allow it local (socket) connections in the backup's pg_hba.conf", errLogin, dsn.RedactError(err))
 	}
@@ -224,7 +238,7 @@ func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reac
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var inRecovery bool
-	if err := conn.QueryRow(cctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+	if err := conn.QueryRow(cctx, "SELECT pg_catalog.pg_is_in_recovery()").Scan(&inRecovery); err != nil {
 		return false, err
 	}
 	if !inRecovery {
@@ -235,14 +249,14 @@ func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reac
 		return false, nil // replaying to the end of the archive; promotes by itself
 	}
 	var state string
-	if err := conn.QueryRow(cctx, "SELECT pg_get_wal_replay_pause_state()").Scan(&state); err != nil {
+	if err := conn.QueryRow(cctx, "SELECT pg_catalog.pg_get_wal_replay_pause_state()").Scan(&state); err != nil {
 		return false, err
 	}
 	if state != "paused" {
 		return false, nil
 	}
 	var ts *time.Time
-	if err := conn.QueryRow(cctx, `SELECT pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()`).Scan(&r.LSN, &ts); err != nil {
+	if err := conn.QueryRow(cctx, `SELECT pg_catalog.pg_last_wal_replay_lsn()::text, pg_catalog.pg_last_xact_replay_timestamp()`).Scan(&r.LSN, &ts); err != nil {
 		return false, err
 	}
 	if ts != nil {
@@ -250,7 +264,7 @@ func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reac
 	}
 	switch opt.Target.Action {
 	case "", "promote":
-		if _, err := conn.Exec(cctx, "SELECT pg_promote(true, 60)"); err != nil {
+		if _, err := conn.Exec(cctx, "SELECT pg_catalog.pg_promote(true, 60)"); err != nil {
 			return false, fmt.Errorf("promote: %w", err)
 		}
 		r.Promoted = true
@@ -262,7 +276,7 @@ func pollRecovery(ctx context.Context, dsn *pgdsn.DSN, opt StartOptions, r *Reac
 
 // currentPosition reads a primary's WAL position and timeline (the control
 // file's timeline lags behind a promotion until the next checkpoint).
-const currentPosition = `SELECT pg_current_wal_lsn()::text, ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint`
+const currentPosition = `SELECT pg_catalog.pg_current_wal_lsn()::text, ('x' OPERATOR(pg_catalog.||) pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))::bit(32)::bigint`
 
 func runAs(ctx context.Context, owner *Owner, env []string, prog string, args ...string) error {
 	cmd := pgtools.NewCommand(ctx, prog, args, env)
@@ -293,8 +307,8 @@ func prepareLog(path string, owner *Owner) error {
 	if err != nil {
 		return err
 	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("server log %s is not a regular file", path)
+	if st, ok := fi.Sys().(*syscall.Stat_t); !fi.Mode().IsRegular() || ok && st.Nlink != 1 {
+		return fmt.Errorf("server log %s is not a plain file (a link?): remove it, or give --start-option's log elsewhere", path)
 	}
 	if owner != nil {
 		return f.Chown(owner.UID, owner.GID)

@@ -129,6 +129,9 @@ func NewClient(ctx context.Context, o ClientOptions) (*s3.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("s3 repository: AWS configuration: %w", cloud(err))
 	}
+	if cfg.Region == "" {
+		cfg.Region = "us-east-1" // self-hosted servers rarely care; AWS redirects
+	}
 	if o.RoleARN != "" && o.WebIdentityTokenFile != "" && o.AccessKeyID == "" {
 		provider := stscreds.NewWebIdentityRoleProvider(sts.NewFromConfig(cfg), o.RoleARN, stscreds.IdentityTokenFile(o.WebIdentityTokenFile),
 			func(wo *stscreds.WebIdentityRoleOptions) {
@@ -137,9 +140,6 @@ func NewClient(ctx context.Context, o ClientOptions) (*s3.Client, error) {
 				}
 			})
 		cfg.Credentials = aws.NewCredentialsCache(provider)
-	}
-	if cfg.Region == "" {
-		cfg.Region = "us-east-1" // self-hosted servers rarely care; AWS redirects
 	}
 	if cfg.Credentials == nil {
 		return nil, fmt.Errorf("s3 repository: %w", ErrNoCredentials)

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -311,5 +313,38 @@ func TestCancelledErrorPrints(t *testing.T) {
 	_, err = s.List(ctx, "backups/")
 	if err == nil || !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "context canceled") {
 		t.Fatalf("cancelled list: %v", err)
+	}
+}
+
+// Web identity (IRSA) given as options reaches STS with the role and the
+// token file's token: what a config file's env: block sets for
+// restore_command, where the process environment has none of it.
+func TestWebIdentityFromOptions(t *testing.T) {
+	var got url.Values
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		got = r.PostForm
+		fmt.Fprint(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><AssumeRoleWithWebIdentityResult>`+
+			`<Credentials><AccessKeyId>AKID</AccessKeyId><SecretAccessKey>SECRET</SecretAccessKey><SessionToken>TOKEN</SessionToken>`+
+			`<Expiration>2099-01-01T00:00:00Z</Expiration></Credentials></AssumeRoleWithWebIdentityResult>`+
+			`<ResponseMetadata><RequestId>1</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>`)
+	}))
+	defer sts.Close()
+	t.Setenv("AWS_ENDPOINT_URL_STS", sts.URL)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(t.TempDir(), "none"))
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_REGION"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	token := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(token, []byte("the-pod-token"), 0o600)
+	if _, err := s3store.NewClient(t.Context(), s3store.ClientOptions{DisableIMDS: true, MaxAttempts: 1,
+		RoleARN: "arn:aws:iam::123456789012:role/drctl", WebIdentityTokenFile: token}); err != nil {
+		t.Fatalf("web identity: %v", err)
+	}
+	if got.Get("Action") != "AssumeRoleWithWebIdentity" || got.Get("RoleArn") != "arn:aws:iam::123456789012:role/drctl" || got.Get("WebIdentityToken") != "the-pod-token" {
+		t.Fatalf("STS saw %v", got)
 	}
 }
