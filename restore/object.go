@@ -67,10 +67,16 @@ func OpenObject(ctx context.Context, st storage.Store, m *catalog.Manifest, obj 
 	return &Object{obj: obj, raw: raw, reader: hr, decoded: decoded}, nil
 }
 
-// Read returns plaintext; decryption or decompression failures name the object.
+// Read returns plaintext; decryption or decompression failures name the
+// object as corrupt. A failure to read the stored bytes (the network, the
+// store) is not the object's fault and is returned as it is.
 func (s *Object) Read(p []byte) (int, error) {
 	n, err := s.decoded.Read(p)
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, context.Canceled) {
+	switch {
+	case err == nil || errors.Is(err, io.EOF):
+	case s.reader.err != nil:
+		err = fmt.Errorf("%s: read: %w", s.obj.Key, s.reader.err)
+	case !errors.Is(err, context.Canceled):
 		err = fmt.Errorf("%s: %w: %v", s.obj.Key, ErrCorrupt, err)
 	}
 	return n, err
@@ -101,10 +107,14 @@ type hashingReader struct {
 	h        hash.Hash
 	n, total int64
 	progress Progress
+	err      error // the first error reading the stored bytes
 }
 
 func (h *hashingReader) Read(p []byte) (int, error) {
 	n, err := h.r.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) && h.err == nil {
+		h.err = err
+	}
 	h.n += int64(n)
 	h.h.Write(p[:n])
 	if h.progress != nil && n > 0 {

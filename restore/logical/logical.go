@@ -143,9 +143,16 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, obj catalog.
 	return cmd.Wait()
 }
 
+// checkedReader is a stored object's plaintext, and the check of the whole
+// object once the plaintext reached its end (restore.Object).
+type checkedReader interface {
+	io.Reader
+	Check() error
+}
+
 // feed copies the plaintext to pg_restore, holding back the last bytes
 // until the stored object has been read to its end and checked.
-func feed(w io.Writer, stream *restore.Object) error {
+func feed(w io.Writer, stream checkedReader) error {
 	buf := make([]byte, 256<<10)
 	pending := make([]byte, 0, holdback+len(buf))
 	for {
