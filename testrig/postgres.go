@@ -150,10 +150,11 @@ func StartPostgres(t testing.TB, settings ...string) *Postgres {
 			args = append(args, "-c", s)
 		}
 		pg.args, pg.logFile = args, logFile
+		// A port taken between FreePort and the bind: start has stopped
+		// the server already; try another port.
 		if p, err = pg.start(); err == nil {
 			break
 		}
-		p.stop(syscall.SIGKILL, time.Second)
 	}
 	if err != nil {
 		t.Fatalf("postgres: %v", err)
