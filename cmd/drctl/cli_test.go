@@ -387,22 +387,42 @@ func TestStockToolsRecipe(t *testing.T) {
 	r := mustRun(t, env, "backup", "--dsn", pg.DSN("shop"), "--json")
 	var b struct{ ID string }
 	json.Unmarshal([]byte(r.stdout), &b)
-	pg.Exec(t, "postgres", "CREATE DATABASE by_hand")
-
-	pgRestore := filepath.Join(pg.BinDir, "pg_restore")
-	script := fmt.Sprintf(`set -euo pipefail
-cd %q
-id=$(ls backups | tail -n 1)
-test "$(jq -r .id backups/$id/manifest.json 2>/dev/null || echo $id)" = "$id"
-sha256sum backups/$id/dump.pgc.zst.age | grep -q "$(grep -o '"sha256": "[0-9a-f]*"' backups/$id/manifest.json | cut -d'"' -f4)"
-age -d -i %q backups/$id/dump.pgc.zst.age | zstd -d | %q --exit-on-error --dbname=by_hand`,
-		filepath.Join(dir, "repo"), keys.IdentityFile, pgRestore)
-	cmd := exec.Command("bash", "-c", script)
-	cmd.Env = append(os.Environ(), pg.Env("by_hand")...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("stock tools recipe: %v\n%s", err, out)
+	// FORMAT.md's own recipe, so the documentation cannot drift.
+	format, err := os.ReadFile(filepath.Join(testrig.RepoRoot(), "FORMAT.md"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got, want := pg.DumpPlain(t, "by_hand"), pg.DumpPlain(t, "shop"); got != want {
+	_, section, ok := strings.Cut(string(format), "## Restoring with stock tools only")
+	_, block, ok2 := strings.Cut(section, "```sh\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("FORMAT.md has no stock-tools recipe")
+	}
+	var script []string
+	replaced := 0
+	for _, line := range strings.Split(block, "\n") {
+		switch {
+		case strings.HasPrefix(line, "repo="):
+			line, replaced = "repo="+filepath.Join(dir, "repo"), replaced+1
+		case strings.HasPrefix(line, "key="):
+			line, replaced = "key="+keys.IdentityFile, replaced+1
+		}
+		script = append(script, line)
+	}
+	if replaced != 2 {
+		t.Fatalf("the recipe's repo= and key= lines: found %d", replaced)
+	}
+	cmd := exec.Command("bash", "-c", strings.Join(script, "\n"))
+	cmd.Env = append(os.Environ(), pg.Env("postgres")...)
+	cmd.Env = append(cmd.Env, "PATH="+pg.BinDir+":"+os.Getenv("PATH"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("FORMAT.md's stock-tools recipe: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), b.ID) || !strings.Contains(string(out), "dump.pgc.zst.age: OK") {
+		t.Fatalf("the recipe did not read backup %s and check its SHA-256:\n%s", b.ID, out)
+	}
+	if got, want := pg.DumpPlain(t, "restored"), pg.DumpPlain(t, "shop"); got != want {
 		t.Fatalf("restored by hand differs: %s", testrig.FirstDiff(got, want))
 	}
 }
