@@ -2,6 +2,7 @@ package logical_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -47,11 +48,16 @@ func TestFormatV1Repository(t *testing.T) {
 		}
 		os.RemoveAll(filepath.Join(dir, ".drctl-tmp"))
 	}
-	st, err := filestore.Open(dir)
+	// Read a copy: opening a repository may write (its temp folder), and
+	// no test writes into the source tree.
+	copyDir := filepath.Join(t.TempDir(), "repo")
+	if out, err := exec.Command("cp", "-a", dir, copyDir).CombinedOutput(); err != nil {
+		t.Fatalf("copy fixture: %v %s", err, out)
+	}
+	st, err := filestore.Open(copyDir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.Remove(filepath.Join(dir, ".drctl-tmp")) })
 	ids, err := codec.LoadIdentities(keyFile)
 	if err != nil {
 		t.Fatal(err)
