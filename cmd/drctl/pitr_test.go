@@ -96,19 +96,24 @@ func switchAndWaitArchived(t *testing.T, conn *pgx.Conn) {
 	t.Helper()
 	seg := scalar[string](t, conn, "SELECT pg_walfile_name(pg_switch_wal())")
 	deadline := time.Now().Add(60 * time.Second)
+	var failed int64
+	var lastFailed *string
 	for time.Now().Before(deadline) {
 		var last *string
-		var failed int64
-		conn.QueryRow(context.Background(), "SELECT last_archived_wal, failed_count FROM pg_stat_archiver").Scan(&last, &failed)
+		if err := conn.QueryRow(context.Background(), "SELECT last_archived_wal, failed_count, last_failed_wal FROM pg_stat_archiver").Scan(&last, &failed, &lastFailed); err != nil {
+			t.Fatalf("pg_stat_archiver: %v", err)
+		}
 		if last != nil && *last >= seg {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("segment %s was not archived within 60s: %s", seg, tailLog(t))
+	failedWAL := "none"
+	if lastFailed != nil {
+		failedWAL = *lastFailed
+	}
+	t.Fatalf("segment %s was not archived within 60s: archive_command failed %d times, last on %s (the server log says why)", seg, failed, failedWAL)
 }
-
-func tailLog(t *testing.T) string { return "(see the server log)" }
 
 type marker struct {
 	id             int
