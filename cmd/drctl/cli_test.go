@@ -168,6 +168,9 @@ func TestCLIRoundTripS3(t *testing.T) {
 	mustFail(t, env, "not empty", "restore", "latest", "--into", pg.DSN("shop_copy"))
 	// ...and allowed with --clean, the database given by the PG* variables.
 	mustRun(t, append(env, pg.Env("shop_copy")...), "restore", "latest", "--into", "", "--clean")
+	if got, want := pg.DumpPlain(t, "shop_copy"), pg.DumpPlain(t, "shop"); got != want {
+		t.Fatalf("a --clean restore over the first one differs: %s", testrig.FirstDiff(got, want))
+	}
 }
 
 // TestCLIConfigFileAndPGEnv configures everything through a YAML file and
