@@ -117,6 +117,7 @@ func switchAndWaitArchived(t *testing.T, conn *pgx.Conn) {
 
 type marker struct {
 	id             int
+	xid            string // the inserting transaction
 	before, after  time.Time // client clock around the commit
 	lsnAfterCommit string
 }
@@ -128,7 +129,7 @@ func insertMarkers(t *testing.T, conn *pgx.Conn, prefix string, n int) []marker 
 	for i := 1; i <= n; i++ {
 		time.Sleep(150 * time.Millisecond)
 		m := marker{before: time.Now()}
-		if err := conn.QueryRow(context.Background(), "INSERT INTO markers (note) VALUES ($1) RETURNING id", fmt.Sprintf("%s-%d", prefix, i)).Scan(&m.id); err != nil {
+		if err := conn.QueryRow(context.Background(), "INSERT INTO markers (note) VALUES ($1) RETURNING id, pg_current_xact_id()::text", fmt.Sprintf("%s-%d", prefix, i)).Scan(&m.id, &m.xid); err != nil {
 			t.Fatal(err)
 		}
 		m.after = time.Now()
@@ -249,6 +250,36 @@ func TestPITR(t *testing.T) {
 		conn, _, _ := r.restoreAndStart(t, "pitr-name", "--target-name", "after-marker-7")
 		wantMarkers(t, markerIDs(t, conn, "m"), markers, 7)
 	})
+	t.Run("target-xid", func(t *testing.T) {
+		conn, _, _ := r.restoreAndStart(t, "pitr-xid", "--target-xid", markers[2].xid)
+		wantMarkers(t, markerIDs(t, conn, "m"), markers, 3) // the target transaction included
+	})
+	t.Run("target-action-pause", func(t *testing.T) {
+		conn, _, out := r.restoreAndStart(t, "pitr-pause", "--target-lsn", markers[4].lsnAfterCommit, "--target-action", "pause")
+		wantMarkers(t, markerIDs(t, conn, "m"), markers, 5)
+		if !scalar[bool](t, conn, "SELECT pg_is_in_recovery()") || out["reached"].(map[string]any)["promoted"] != false {
+			t.Fatalf("--target-action pause: the server left recovery (%v)", out["reached"])
+		}
+	})
+	t.Run("target-action-shutdown", func(t *testing.T) {
+		dir := filepath.Join(r.work, "pitr-shutdown")
+		t.Cleanup(func() { r.pg.Command("pg_ctl", "-D", dir, "-m", "immediate", "-w", "stop").Run() })
+		res := mustRun(t, r.env, "restore", "latest", "--to", dir, "--start", "--json", "--target-lsn", markers[4].lsnAfterCommit,
+			"--target-action", "shutdown", "--dsn", fmt.Sprintf("user=%s password=%s", r.pg.User, r.pg.Password),
+			"--start-option", fmt.Sprintf("port=%d", testrig.FreePort(t)), "--start-option", "listen_addresses=")
+		var out struct {
+			Reached struct {
+				LSN      string `json:"lsn"`
+				Promoted bool   `json:"promoted"`
+			} `json:"reached"`
+		}
+		if err := json.Unmarshal([]byte(res.stdout), &out); err != nil || out.Reached.LSN == "" || out.Reached.Promoted {
+			t.Fatalf("--target-action shutdown: %v %s", err, res.stdout)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "postmaster.pid")); err == nil {
+			t.Fatal("--target-action shutdown left the server running")
+		}
+	})
 	t.Run("end-of-archive", func(t *testing.T) {
 		conn, _, _ := r.restoreAndStart(t, "pitr-end")
 		wantMarkers(t, markerIDs(t, conn, "m"), markers, 9)
@@ -274,6 +305,13 @@ func TestPITR(t *testing.T) {
 		wantMarkers(t, markerIDs(t, conn2, "tl2"), tl2, 1)
 		if tli := scalar[string](t, conn2, "SELECT substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"); tli != "00000003" {
 			t.Fatalf("a restore through timeline 2 promoted to timeline %s, want 00000003", tli)
+		}
+		// --target-timeline current stays on the backup's timeline 1: every
+		// marker of it, none of timeline 2's.
+		conn3, _, _ := r.restoreAndStart(t, "pitr-tl-current", "--target-timeline", "current")
+		wantMarkers(t, markerIDs(t, conn3, "m"), markers, 9)
+		if ids := markerIDs(t, conn3, "tl2"); len(ids) != 0 {
+			t.Fatalf("--target-timeline current restored timeline 2's markers %v", ids)
 		}
 	})
 }
