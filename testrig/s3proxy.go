@@ -51,6 +51,7 @@ type S3Proxy struct {
 	requests map[string]int
 	offsets  map[string]int
 	nth      map[string]int
+	crc32c   int // requests that carried x-amz-checksum-crc32c
 	srv      *http.Server
 }
 
@@ -111,6 +112,13 @@ func (p *S3Proxy) Injected() (faults, requests map[string]int) {
 		requests[k] = v
 	}
 	return faults, requests
+}
+
+// Checksummed is how many requests carried an x-amz-checksum-crc32c header.
+func (p *S3Proxy) Checksummed() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.crc32c
 }
 
 // operation names the S3 operation of a request, as drctl's store methods
@@ -176,6 +184,11 @@ func (p *S3Proxy) decide(op string) (Fault, time.Duration) {
 func (p *S3Proxy) handler(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		op := operation(r)
+		if r.Header.Get("X-Amz-Checksum-Crc32c") != "" {
+			p.mu.Lock()
+			p.crc32c++
+			p.mu.Unlock()
+		}
 		fault, latency := p.decide(op)
 		if latency > 0 {
 			time.Sleep(latency)

@@ -65,3 +65,26 @@ func TestS3FaultMatrix(t *testing.T) {
 		})
 	}
 }
+
+// DRCTL_S3_CHECKSUMS=off stops the CRC32C headers (for servers that reject
+// them); by default every upload request carries one.
+func TestS3ChecksumsOff(t *testing.T) {
+	pg := testrig.StartPostgres(t)
+	srv := testrig.StartS3(t)
+	keys := testrig.NewKeys(t, t.TempDir())
+	pg.LoadAwkward(t, "shop", false)
+	for _, off := range []bool{false, true} {
+		proxy := testrig.StartS3Proxy(t, srv.Endpoint, 1)
+		env := append(proxy.Env(srv), "DRCTL_REPO="+srv.RepoURL(fmt.Sprintf("checksums-%v", off)),
+			"DRCTL_AGE_RECIPIENTS_FILE="+keys.RecipientsFile, "DRCTL_AGE_IDENTITY_FILE="+keys.IdentityFile)
+		if off {
+			env = append(env, "DRCTL_S3_CHECKSUMS=off")
+		}
+		mustRun(t, env, "backup", "--dsn", pg.DSN("shop"))
+		mustRun(t, env, "verify", "latest")
+		if n := proxy.Checksummed(); (n == 0) != off {
+			t.Fatalf("DRCTL_S3_CHECKSUMS off=%v: %d requests carried a CRC32C header", off, n)
+		}
+	}
+	mustFail(t, []string{"DRCTL_REPO=s3://b/x", "DRCTL_S3_CHECKSUMS=maybe"}, "DRCTL_S3_CHECKSUMS", "list")
+}

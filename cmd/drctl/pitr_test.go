@@ -117,7 +117,7 @@ func switchAndWaitArchived(t *testing.T, conn *pgx.Conn) {
 
 type marker struct {
 	id             int
-	xid            string // the inserting transaction
+	xid            string    // the inserting transaction
 	before, after  time.Time // client clock around the commit
 	lsnAfterCommit string
 }

@@ -179,3 +179,50 @@ func TestSignedRepository(t *testing.T) {
 	mustRun(t, checking, "verify", "--all")
 	mustFail(t, plain, "no signing key", "sign", "--all")
 }
+
+// Physical backups and WAL leak neither data nor secrets: no stored object
+// (tars, WAL, backup_manifest) holds a plaintext canary or a file name of
+// the data directory, and no command's output, debug logs included, holds
+// the database password or the age identity.
+func TestPhysicalNoPlaintextNoSecrets(t *testing.T) {
+	r := newPhysRig(t)
+	primary := connect(t, r.pg.DSN("postgres"))
+	const canary = "PLAINTEXT-CANARY-7c1e9b"
+	if _, err := primary.Exec(context.Background(), "CREATE TABLE secrets AS SELECT '"+canary+"' || g AS v FROM generate_series(1, 1000) g"); err != nil {
+		t.Fatal(err)
+	}
+	switchAndWaitArchived(t, primary)
+	secrets := []string{r.pg.Password, r.keys.Identity.String()}
+	debug := append(append([]string{}, r.env...), "DRCTL_LOG_LEVEL=debug")
+	var outputs []string
+	res := mustRun(t, debug, "basebackup", "--dsn", r.pg.DSN("postgres"), "--json")
+	outputs = append(outputs, res.all())
+	primary.Exec(context.Background(), "INSERT INTO secrets VALUES ('"+canary+"-late')")
+	switchAndWaitArchived(t, primary)
+	for _, args := range [][]string{{"list"}, {"list", "--json"}, {"verify", "--all"}} {
+		outputs = append(outputs, mustRun(t, debug, args...).all())
+	}
+	segs, _ := filepath.Glob(filepath.Join(r.repo, "wal", "0000000100000000000000??.*.zst.age"))
+	name := strings.Split(filepath.Base(segs[0]), ".")[0]
+	outputs = append(outputs, mustRun(t, debug, "wal-fetch", "--prefetch", "0", name, filepath.Join(r.work, "fetched")).all())
+	for _, out := range outputs {
+		noSecrets(t, out, secrets...)
+	}
+	checked := 0
+	filepath.Walk(r.repo, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || fi.IsDir() || !strings.HasSuffix(p, ".age") {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		for _, plain := range []string{canary, "PG_VERSION", "pg_control"} {
+			if strings.Contains(string(data), plain) {
+				t.Fatalf("%s holds plaintext %q", p, plain)
+			}
+		}
+		checked++
+		return nil
+	})
+	if checked < 4 {
+		t.Fatalf("only %d stored objects checked", checked)
+	}
+}
