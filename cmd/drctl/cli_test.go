@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,8 +35,55 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	if leaked := leftovers(dir); len(leaked) > 0 {
+		fmt.Fprintf(os.Stderr, "processes outlived the tests (killed now):\n%s\n", strings.Join(leaked, "\n"))
+		code = 1
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// leftovers finds the processes this package's tests started that are
+// still running — drctl itself (receivers, prefetchers) and the servers of
+// restored data directories — waits a little for them to end on their own,
+// then kills and names them. Other packages' servers (running in parallel)
+// live elsewhere and are left alone.
+func leftovers(binDir string) []string {
+	marks := []string{binDir, "/drctl-pitr-", "/drctl-compat-"}
+	find := func() map[int]string {
+		out := map[int]string{}
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil || pid == os.Getpid() {
+				continue
+			}
+			raw, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if err != nil {
+				continue
+			}
+			cmdline := strings.ReplaceAll(strings.TrimRight(string(raw), "\x00"), "\x00", " ")
+			for _, m := range marks {
+				if strings.Contains(cmdline, m) {
+					out[pid] = cmdline
+				}
+			}
+		}
+		return out
+	}
+	var left map[int]string
+	for i := 0; i < 100; i++ { // prefetchers finish their last segments
+		if left = find(); len(left) == 0 {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var names []string
+	for pid, cmdline := range left {
+		syscall.Kill(pid, syscall.SIGKILL)
+		names = append(names, fmt.Sprintf("%d %s", pid, cmdline))
+	}
+	return names
 }
 
 type result struct {
