@@ -477,3 +477,49 @@ func TestStockToolsRecipe(t *testing.T) {
 		t.Fatalf("restored by hand differs: %s", testrig.FirstDiff(got, want))
 	}
 }
+
+// Settings come from flags, then the environment (a config file's env:
+// block over the inherited one), then the config file's keys; the file is
+// --config or DRCTL_CONFIG.
+func TestConfigPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	repos := map[string]string{}
+	for _, name := range []string{"flag", "env", "fileenv", "file"} {
+		repos[name] = filepath.Join(dir, name)
+		os.MkdirAll(repos[name], 0o755)
+	}
+	cfg := filepath.Join(dir, "drctl.yaml")
+	os.WriteFile(cfg, []byte("repo: "+repos["file"]+"\nlog_level: info\n"), 0o600)
+	cfgEnv := filepath.Join(dir, "drctl-env.yaml")
+	os.WriteFile(cfgEnv, []byte("repo: "+repos["file"]+"\nenv:\n  DRCTL_REPO: "+repos["fileenv"]+"\n"), 0o600)
+	// Opening a file repository creates its .drctl-tmp: that says which
+	// repository a command used.
+	which := func(env []string, args ...string) string {
+		t.Helper()
+		r := mustRun(t, append(env, "DRCTL_LOG_LEVEL=debug"), append(args, "list", "--json")...)
+		for name, repo := range repos {
+			if _, err := os.Stat(filepath.Join(repo, ".drctl-tmp")); err == nil {
+				os.RemoveAll(filepath.Join(repo, ".drctl-tmp"))
+				return name
+			}
+		}
+		t.Fatalf("no repository was opened: %s", r.all())
+		return ""
+	}
+	for _, c := range []struct {
+		want string
+		env  []string
+		args []string
+	}{
+		{"file", nil, []string{"--config", cfg}},
+		{"file", []string{"DRCTL_CONFIG=" + cfg}, nil},
+		{"env", []string{"DRCTL_REPO=" + repos["env"]}, []string{"--config", cfg}},
+		{"flag", []string{"DRCTL_REPO=" + repos["env"]}, []string{"--config", cfg, "--repo", repos["flag"]}},
+		{"fileenv", []string{"DRCTL_REPO=" + repos["env"]}, []string{"--config", cfgEnv}},
+		{"flag", nil, []string{"--config", cfgEnv, "--repo", repos["flag"]}},
+	} {
+		if got := which(c.env, c.args...); got != c.want {
+			t.Fatalf("env %v, args %v: opened the %s repository, want %s", c.env, c.args, got, c.want)
+		}
+	}
+}
