@@ -605,3 +605,57 @@ func TestBaseBackupWithoutWAL(t *testing.T) {
 	mustFail(t, []string{"DRCTL_REPO=" + r.repo}, "--no-encryption", "basebackup", "--dsn", r.pg.DSN("postgres"))
 	mustFail(t, r.env, "password authentication failed", "basebackup", "--dsn", strings.Replace(r.pg.DSN("postgres"), r.pg.Password, "wrong", 1))
 }
+
+// TestPITRFromS3: archive_command and restore_command take their S3
+// settings from a config file's env: block (they run with the server's
+// environment, not the user's); the recovery configuration drctl writes is
+// the server user's alone (0600) and carries those settings, and a
+// point-in-time restore from the S3 repository replays through it.
+func TestPITRFromS3(t *testing.T) {
+	srv := testrig.StartS3(t)
+	work, err := os.MkdirTemp("", "drctl-pitr-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(work) })
+	os.Chmod(work, 0o755)
+	keys := testrig.NewKeys(t, work)
+	os.Chmod(keys.RecipientsFile, 0o644)
+	repo := srv.RepoURL("pitr")
+	var envBlock strings.Builder
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&envBlock, "  %s: %q\n", k, v)
+	}
+	archCfg := filepath.Join(work, "archive.yaml")
+	os.WriteFile(archCfg, []byte(fmt.Sprintf("repo: %s\nrecipients_file: %s\nenv:\n%s", repo, keys.RecipientsFile, envBlock.String())), 0o644)
+	pg := testrig.StartPostgres(t, "wal_level=replica", "archive_mode=on",
+		fmt.Sprintf("archive_command=%s --config %s wal-push %%p", drctlBin, archCfg))
+	primary := connect(t, pg.DSN("postgres"))
+	primary.Exec(context.Background(), "CREATE TABLE markers (id serial PRIMARY KEY, note text, at timestamptz DEFAULT clock_timestamp())")
+	env := append(srv.Env(), "DRCTL_REPO="+repo, "DRCTL_AGE_RECIPIENTS_FILE="+keys.RecipientsFile, "DRCTL_AGE_IDENTITY_FILE="+keys.IdentityFile)
+	mustRun(t, append(env, pg.Env("postgres")...), "basebackup")
+	markers := insertMarkers(t, primary, "s3", 3)
+	switchAndWaitArchived(t, primary)
+
+	r := &physRig{pg: pg, work: work, keys: keys, env: env}
+	conn, dir, _ := r.restoreAndStart(t, "from-s3", "--target-lsn", markers[1].lsnAfterCommit)
+	wantMarkers(t, markerIDs(t, conn, "s3"), markers, 2)
+	cfgPath := dir + ".drctl-recovery.yaml"
+	fi, err := os.Stat(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("recovery config mode %v, want 0600", fi.Mode().Perm())
+	}
+	if uid, _, ok := pg.ServerUser(); ok && int(fi.Sys().(*syscall.Stat_t).Uid) != uid {
+		t.Fatalf("recovery config owned by uid %d, want the server's %d", fi.Sys().(*syscall.Stat_t).Uid, uid)
+	}
+	cfg, _ := os.ReadFile(cfgPath)
+	for _, want := range []string{"repo: " + repo, "AWS_ENDPOINT_URL_S3", "AWS_SECRET_ACCESS_KEY", "identity: "} {
+		if !strings.Contains(string(cfg), want) {
+			t.Fatalf("the recovery config lacks %q", want)
+		}
+	}
+}
