@@ -67,6 +67,9 @@ func (a *Archive) Prefetch(ctx context.Context, name, spool string, count int) e
 	var mu sync.Mutex
 	var firstErr error
 	for i := 0; i < count; i++ {
+		if _, err := os.Stat(spool); err != nil {
+			break // recovery is over and its spool removed: nothing to fetch for
+		}
 		seg = seg.Next()
 		next := seg.Name(size)
 		final := filepath.Join(spool, next)
