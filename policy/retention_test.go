@@ -65,7 +65,7 @@ func TestKeepWithin(t *testing.T) {
 	want := []string{phys[72*time.Hour], phys[48*time.Hour], logi[72*time.Hour], logi[48*time.Hour], logi[30*time.Hour]}
 	slices.Sort(want)
 	slices.Sort(deleted)
-	if !slices.Equal(deleted, want) {
+	if !slices.Equal(deleted, want) || len(kept)+len(deleted) != 2*len(ages) {
 		t.Fatalf("deleted %v, want %v (kept %v)", deleted, want, reasons)
 	}
 	if r := reasons[phys[30*time.Hour]]; !strings.Contains(r, "base of the") {
