@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="$(go env GOCACHE)/fuzz/$(go list -m)"
 for t in $(make -s -f Makefile --eval 'print-targets: ; @echo $(FUZZ_TARGETS)' print-targets); do
-  pkg=${t%%:*}; name=${t##*:}
+  pkg=$(echo "$t" | cut -d: -f1); name=$(echo "$t" | cut -d: -f2)
   src="$cache/${pkg#./}/$name"
   [ -d "$src" ] || src="$cache/$name"
   [ -d "$src" ] || continue
