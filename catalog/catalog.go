@@ -292,6 +292,29 @@ func (m *Manifest) validate() error {
 // manifest must carry a signature by an allowed signer, checked over the
 // very bytes parsed.
 func Load(ctx context.Context, st storage.Store, id string, v Verifier) (*Manifest, error) {
+	m, _, err := LoadVerified(ctx, st, id, v)
+	return m, err
+}
+
+// LoadVerified is Load that also returns, with a verifier, the principals
+// of the allowed signer who signed the manifest.
+func LoadVerified(ctx context.Context, st storage.Store, id string, v Verifier) (*Manifest, string, error) {
+	body, err := readManifest(ctx, st, id)
+	if err != nil {
+		return nil, "", err
+	}
+	who := ""
+	if v != nil {
+		if who, err = VerifySignature(ctx, st, SignatureKey(id), body, v); err != nil {
+			return nil, "", fmt.Errorf("manifest of backup %s: %w", id, err)
+		}
+	}
+	m, err := parseManifest(id, body)
+	return m, who, err
+}
+
+// readManifest returns the stored bytes of backup id's manifest, bounded.
+func readManifest(ctx context.Context, st storage.Store, id string) ([]byte, error) {
 	if !ValidID(id) {
 		return nil, fmt.Errorf("backup %q: %w (ids look like 20261126T141438Z-3fa9c1)", id, ErrUnknownBackup)
 	}
@@ -310,12 +333,7 @@ func Load(ctx context.Context, st storage.Store, id string, v Verifier) (*Manife
 	if len(body) > maxManifest {
 		return nil, fmt.Errorf("manifest of %s is over %d bytes: refusing", id, maxManifest)
 	}
-	if v != nil {
-		if err := checkSignature(ctx, st, SignatureKey(id), body, v); err != nil {
-			return nil, fmt.Errorf("manifest of backup %s: %w", id, err)
-		}
-	}
-	return parseManifest(id, body)
+	return body, nil
 }
 
 // parseManifest checks the bytes of backup id's manifest.
@@ -337,52 +355,41 @@ func parseManifest(id string, body []byte) (*Manifest, error) {
 // repository, which anyone with write access can fill.
 const maxManifest = 16 << 20
 
-// checkSignature verifies the signature stored under sigKey over body.
-func checkSignature(ctx context.Context, st storage.Store, sigKey string, body []byte, v Verifier) error {
+// VerifySignature checks the signature stored under sigKey over message
+// (a manifest's bytes, a WAL file's signed text) and returns the signer's
+// principals. A missing signature is ErrUnsigned, a refused one
+// ErrBadSignature; anything else is an error reading it.
+func VerifySignature(ctx context.Context, st storage.Store, sigKey string, message []byte, v Verifier) (string, error) {
 	rc, err := st.Get(ctx, sigKey)
 	if errors.Is(err, storage.ErrNotExist) {
-		return fmt.Errorf("%w (no %s), and allowed signers are configured: refusing", ErrUnsigned, sigKey)
+		return "", fmt.Errorf("%w (no %s), and allowed signers are configured: refusing", ErrUnsigned, sigKey)
 	}
 	if err != nil {
-		return fmt.Errorf("read signature: %w", err)
+		return "", fmt.Errorf("read signature: %w", err)
 	}
 	sig, err := io.ReadAll(io.LimitReader(rc, 64<<10))
 	rc.Close()
 	if err != nil {
-		return fmt.Errorf("read signature: %w", err)
+		return "", fmt.Errorf("read signature: %w", err)
 	}
-	if _, err := v.Verify(body, sig); err != nil {
-		return fmt.Errorf("signature %s: %w", sigKey, badSignature(err))
+	who, err := v.Verify(message, sig)
+	if err != nil {
+		if !errors.Is(err, ErrBadSignature) {
+			err = fmt.Errorf("%w: %v", ErrBadSignature, err)
+		}
+		return "", fmt.Errorf("signature %s: %w", sigKey, err)
 	}
-	return nil
+	return who, nil
 }
-
-// badSignature makes a verifier's refusal an ErrBadSignature.
-func badSignature(err error) error {
-	if errors.Is(err, ErrBadSignature) {
-		return err
-	}
-	return fmt.Errorf("%w: %v", ErrBadSignature, err)
-}
-
-// BadSignature is badSignature for other packages' verifications.
-func BadSignature(err error) error { return badSignature(err) }
 
 // SignExisting signs backup id's manifest as it is stored, when it has no
 // signature yet: for repositories written before signing was set up, once
 // the operator has verified them. It reports whether it signed.
 func SignExisting(ctx context.Context, st storage.Store, id string, signer Signer) (bool, error) {
-	if _, err := st.Stat(ctx, SignatureKey(id)); err == nil {
-		return false, nil
-	} else if !errors.Is(err, storage.ErrNotExist) {
+	if state, err := SignatureState(ctx, st, id); err != nil || state != Unsigned {
 		return false, err
 	}
-	rc, err := st.Get(ctx, ManifestKey(id))
-	if err != nil {
-		return false, err
-	}
-	body, err := io.ReadAll(io.LimitReader(rc, maxManifest))
-	rc.Close()
+	body, err := readManifest(ctx, st, id)
 	if err != nil {
 		return false, err
 	}
@@ -396,41 +403,21 @@ func SignExisting(ctx context.Context, st storage.Store, id string, signer Signe
 	return true, st.PutIfAbsent(ctx, SignatureKey(id), bytes.NewReader(sig))
 }
 
-// SignatureState says, for messages, whether backup id's manifest is
-// signed: "verified (PRINCIPALS)" with a verifier, otherwise "signed (not
-// checked: no allowed signers configured)" or "unsigned".
-func SignatureState(ctx context.Context, st storage.Store, id string, v Verifier) (string, error) {
-	if v != nil {
-		rc, err := st.Get(ctx, ManifestKey(id))
-		if err != nil {
-			return "", err
-		}
-		body, err := io.ReadAll(io.LimitReader(rc, maxManifest))
-		rc.Close()
-		if err != nil {
-			return "", err
-		}
-		sigRC, err := st.Get(ctx, SignatureKey(id))
-		if err != nil {
-			return "", err
-		}
-		sig, err := io.ReadAll(io.LimitReader(sigRC, 64<<10))
-		sigRC.Close()
-		if err != nil {
-			return "", err
-		}
-		who, err := v.Verify(body, sig)
-		if err != nil {
-			return "", badSignature(err)
-		}
-		return "verified (" + who + ")", nil
-	}
+// What SignatureState says when no allowed signers check the signature.
+const (
+	Unsigned        = "unsigned"
+	SignedUnchecked = "signed (not checked: no allowed signers configured)"
+)
+
+// SignatureState says, for messages, whether backup id's manifest has a
+// signature, without checking it (LoadVerified checks).
+func SignatureState(ctx context.Context, st storage.Store, id string) (string, error) {
 	_, err := st.Stat(ctx, SignatureKey(id))
 	switch {
 	case err == nil:
-		return "signed (not checked: no allowed signers configured)", nil
+		return SignedUnchecked, nil
 	case errors.Is(err, storage.ErrNotExist):
-		return "unsigned", nil
+		return Unsigned, nil
 	default:
 		return "", err
 	}

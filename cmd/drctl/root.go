@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -331,29 +330,12 @@ func newVerifyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			var reports []*verify.Report
 			var firstErr error
 			for _, m := range targets {
-				var rep *verify.Report
-				if verifier != nil {
-					checked, err := catalog.Load(cmd.Context(), st, m.ID, verifier)
-					switch {
-					case errors.Is(err, catalog.ErrUnsigned) || errors.Is(err, catalog.ErrBadSignature):
-						rep = &verify.Report{ID: m.ID, Kind: m.Kind, OK: false, Objects: []verify.ObjectReport{}, Signature: "refused: " + err.Error()}
-						if firstErr == nil {
-							firstErr = err
-						}
-					case err != nil:
-						return err
-					default:
-						m = checked // the very bytes whose signature was checked
-					}
-				}
+				rep, err := verify.Backup(cmd.Context(), verify.Options{Store: st, Keys: keys, PgRestore: pgRestore, Verifier: verifier}, m)
 				if rep == nil {
-					rep, err = verify.Backup(cmd.Context(), verify.Options{Store: st, Keys: keys, PgRestore: pgRestore, Verifier: verifier}, m)
-					if rep == nil {
-						return err
-					}
-					if err != nil && firstErr == nil {
-						firstErr = err
-					}
+					return err
+				}
+				if err != nil && firstErr == nil {
+					firstErr = err
 				}
 				reports = append(reports, rep)
 				// prune never deletes the newest verified backup.

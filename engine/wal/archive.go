@@ -148,24 +148,12 @@ func (a *Archive) SignExisting(ctx context.Context, e Entry) (bool, error) {
 	return true, a.sign(ctx, e.Name, e.Hash)
 }
 
-// CheckSignature verifies the stored signature of an archived file.
+// CheckSignature verifies the stored signature of an archived file and
+// returns the signer's principals.
 func (a *Archive) CheckSignature(ctx context.Context, name, hash string) (string, error) {
-	key := SignatureKey(name, hash)
-	rc, err := a.Store.Get(ctx, key)
-	if errors.Is(err, storage.ErrNotExist) {
-		return "", fmt.Errorf("%s: %w (no %s), and allowed signers are configured: refusing", name, catalog.ErrUnsigned, key)
-	}
+	who, err := catalog.VerifySignature(ctx, a.Store, SignatureKey(name, hash), SignedMessage(name, hash), a.Verifier)
 	if err != nil {
-		return "", err
-	}
-	sig, err := io.ReadAll(io.LimitReader(rc, 64<<10))
-	rc.Close()
-	if err != nil {
-		return "", err
-	}
-	who, err := a.Verifier.Verify(SignedMessage(name, hash), sig)
-	if err != nil {
-		return "", fmt.Errorf("%s: signature %s: %w", name, key, catalog.BadSignature(err))
+		return "", fmt.Errorf("%s: %w", name, err)
 	}
 	return who, nil
 }

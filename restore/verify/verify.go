@@ -57,16 +57,33 @@ type Options struct {
 // manifest, decryption (age authenticates every 64 KiB chunk and the end),
 // decompression (zstd frame checksums), and, for dumps, that pg_restore can
 // read the archive's table of contents. The error names the first bad object.
+//
+// With a verifier, the manifest's signature is checked first, and the
+// backup verified from the very bytes checked (m may have been read
+// unchecked); a refused signature is reported against the backup (OK false,
+// an error) and nothing else of it is read.
 func Backup(ctx context.Context, opt Options, m *catalog.Manifest) (*Report, error) {
+	rep := &Report{ID: m.ID, Kind: m.Kind, OK: true, Objects: []ObjectReport{}}
+	if opt.Verifier != nil {
+		checked, who, err := catalog.LoadVerified(ctx, opt.Store, m.ID, opt.Verifier)
+		switch {
+		case errors.Is(err, catalog.ErrUnsigned) || errors.Is(err, catalog.ErrBadSignature):
+			rep.OK, rep.Signature = false, "refused: "+err.Error()
+			return rep, err
+		case err != nil:
+			return nil, err
+		}
+		m, rep.Signature = checked, "verified ("+who+")"
+	} else {
+		state, err := catalog.SignatureState(ctx, opt.Store, m.ID)
+		if err != nil {
+			return nil, fmt.Errorf("backup %s: %w", m.ID, err)
+		}
+		rep.Signature = state
+	}
 	if !opt.Keys.CanDecrypt(m.Encryption) {
 		return nil, codec.ErrNoIdentity
 	}
-	rep := &Report{ID: m.ID, Kind: m.Kind, OK: true}
-	state, err := catalog.SignatureState(ctx, opt.Store, m.ID, opt.Verifier)
-	if err != nil {
-		return nil, fmt.Errorf("backup %s: %w", m.ID, err)
-	}
-	rep.Signature = state
 	if m.Kind == catalog.KindPhysical {
 		err := verifyPhysical(ctx, opt, m, rep)
 		if ctx.Err() != nil {
