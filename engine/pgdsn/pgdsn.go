@@ -6,6 +6,7 @@ package pgdsn
 
 import (
 	"fmt"
+	"maps"
 	"net/url"
 	"os"
 	"sort"
@@ -259,22 +260,15 @@ func ForServer(login *DSN, host string, port int, defaultUser, defaultDB string)
 
 // WithOptions returns a copy that sends options (the server settings of
 // libpq's "options" parameter) at connection start.
-func (d *DSN) WithOptions(options string) *DSN {
-	p := make(map[string]string, len(d.params)+1)
-	for k, v := range d.params {
-		p[k] = v
-	}
-	p["options"] = options
-	return &DSN{params: p}
-}
+func (d *DSN) WithOptions(options string) *DSN { return d.with("options", options) }
 
 // WithDatabase returns a copy that connects to another database.
-func (d *DSN) WithDatabase(name string) *DSN {
-	p := make(map[string]string, len(d.params)+1)
-	for k, v := range d.params {
-		p[k] = v
-	}
-	p["dbname"] = name
+func (d *DSN) WithDatabase(name string) *DSN { return d.with("dbname", name) }
+
+// with returns a copy with one parameter set.
+func (d *DSN) with(key, value string) *DSN {
+	p := maps.Clone(d.params)
+	p[key] = value
 	return &DSN{params: p}
 }
 
