@@ -308,6 +308,18 @@ func TestCLIErrors(t *testing.T) {
 	json.Unmarshal([]byte(r.stdout), &b)
 
 	mustFail(t, withKeys, "no such backup", "restore", "20200101T000000Z-abcdef", "--into", pg.DSN("x"))
+	// A second database backed up: latest must be told which.
+	pg.Exec(t, "postgres", "CREATE DATABASE pos")
+	pg.Exec(t, "pos", "CREATE TABLE tills (id int); INSERT INTO tills VALUES (1)")
+	mustRun(t, withKeys, "backup", "--dsn", pg.DSN("pos"))
+	mustFail(t, withKeys, "give --database NAME", "restore", "latest", "--into", pg.DSN("which"))
+	mustRun(t, withKeys, "restore", "latest", "--database", "shop", "--into", pg.DSN("shop_latest"))
+	if n := pg.QueryInt(t, "shop_latest", "SELECT count(*) FROM t"); n != 1000 {
+		t.Fatalf("restore latest --database shop restored %d rows of t", n)
+	}
+	if r := mustRun(t, withKeys, "list", "--json", "--database", "pos"); strings.Count(r.stdout, `"id"`) != 1 {
+		t.Fatalf("list --database pos: %s", r.stdout)
+	}
 	mustFail(t, withKeys, "no such backup", "verify", "not-an-id")
 	if r := drctl(t, withKeys, "restore", "latest"); r.code != 2 || !strings.Contains(r.stderr, "--into") {
 		t.Fatalf("restore without --into: %+v", r)
