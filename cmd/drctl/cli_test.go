@@ -305,7 +305,7 @@ func TestCLIErrors(t *testing.T) {
 	r = mustRun(t, withKeys, "backup", "--dsn", pg.DSN("shop"), "--json")
 	noSecrets(t, r.all(), secrets...)
 	var b struct{ ID string }
-	json.Unmarshal([]byte(r.stdout), &b)
+	decodeJSON(t, r.stdout, &b)
 
 	mustFail(t, withKeys, "no such backup", "restore", "20200101T000000Z-abcdef", "--into", pg.DSN("x"))
 	// A second database backed up: latest must be told which.
@@ -426,7 +426,7 @@ func TestCLIKilledBackupNeverListed(t *testing.T) {
 			// The repository still works: the next backup is the latest.
 			r := mustRun(t, env, "backup", "--dsn", pg.DSN("big"), "--json")
 			var b struct{ ID string }
-			json.Unmarshal([]byte(r.stdout), &b)
+			decodeJSON(t, r.stdout, &b)
 			if r := mustRun(t, env, "verify", "latest", "--json"); !strings.Contains(r.stdout, b.ID) {
 				t.Fatalf("latest after the killed backup is not the new one: %s", r.stdout)
 			}
@@ -449,7 +449,7 @@ func TestStockToolsRecipe(t *testing.T) {
 	env := []string{"DRCTL_REPO=" + filepath.Join(dir, "repo"), "DRCTL_AGE_RECIPIENTS_FILE=" + keys.RecipientsFile}
 	r := mustRun(t, env, "backup", "--dsn", pg.DSN("shop"), "--json")
 	var b struct{ ID string }
-	json.Unmarshal([]byte(r.stdout), &b)
+	decodeJSON(t, r.stdout, &b)
 	// FORMAT.md's own recipe, so the documentation cannot drift.
 	format, err := os.ReadFile(filepath.Join(testrig.RepoRoot(), "FORMAT.md"))
 	if err != nil {
@@ -533,5 +533,14 @@ func TestConfigPrecedence(t *testing.T) {
 		if got := which(c.env, c.args...); got != c.want {
 			t.Fatalf("env %v, args %v: opened the %s repository, want %s", c.env, c.args, got, c.want)
 		}
+	}
+}
+
+// decodeJSON decodes a command's --json output, failing the test when it is
+// not JSON of the expected shape.
+func decodeJSON(t *testing.T, out string, v any) {
+	t.Helper()
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		t.Fatalf("decode %q: %v", out, err)
 	}
 }

@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -62,10 +61,10 @@ func writePhysicalFixture(t *testing.T, fixture, keyFile string) {
 	os.WriteFile(recipients, out, 0o644)
 	os.WriteFile(r.archCfg, []byte("repo: file://"+r.repo+"\nrecipients_file: "+recipients+"\n"), 0o644)
 	primary := connect(t, r.pg.DSN("postgres"))
-	primary.Exec(context.Background(), "CREATE TABLE fixture_rows AS SELECT g AS id, 'row ' || g AS note FROM generate_series(1, 500) g")
+	mustExec(t, primary, "CREATE TABLE fixture_rows AS SELECT g AS id, 'row ' || g AS note FROM generate_series(1, 500) g")
 	env := append([]string{"DRCTL_REPO=file://" + r.repo, "DRCTL_AGE_RECIPIENTS_FILE=" + recipients}, r.pg.Env("postgres")...)
 	mustRun(t, env, "basebackup", "--label", "fixture=format-v1")
-	primary.Exec(context.Background(), "INSERT INTO fixture_rows SELECT g, 'row ' || g FROM generate_series(501, 1000) g")
+	mustExec(t, primary, "INSERT INTO fixture_rows SELECT g, 'row ' || g FROM generate_series(501, 1000) g")
 	switchAndWaitArchived(t, primary)
 	os.RemoveAll(filepath.Join(r.repo, ".drctl-tmp"))
 	if out, err := exec.Command("cp", "-a", r.repo, fixture).CombinedOutput(); err != nil {

@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -31,7 +30,7 @@ func TestS3FaultMatrix(t *testing.T) {
 			var ids []string
 			for n := 0; n < 4; n++ {
 				var b struct{ ID string }
-				json.Unmarshal([]byte(mustRun(t, env, "backup", "--dsn", pg.DSN("shop"), "--json").stdout), &b)
+				decodeJSON(t, mustRun(t, env, "backup", "--dsn", pg.DSN("shop"), "--json").stdout, &b)
 				ids = append(ids, b.ID)
 			}
 			mustRun(t, env, "verify", "--all")
@@ -42,7 +41,7 @@ func TestS3FaultMatrix(t *testing.T) {
 			}
 			mustRun(t, env, "prune", "--keep-last", "1")
 			var list []struct{ ID string }
-			json.Unmarshal([]byte(mustRun(t, env, "list", "--json").stdout), &list)
+			decodeJSON(t, mustRun(t, env, "list", "--json").stdout, &list)
 			if len(list) != 1 || list[0].ID != ids[len(ids)-1] {
 				t.Fatalf("after prune: %+v, want only %s", list, ids[len(ids)-1])
 			}

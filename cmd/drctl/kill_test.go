@@ -2,7 +2,6 @@ package main_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -78,7 +77,7 @@ func listedWhole(t *testing.T, env []string, repo string) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		json.Unmarshal(data, &m)
+		decodeJSON(t, string(data), &m)
 		for _, o := range m.Objects {
 			fi, err := os.Stat(filepath.Join(repo, filepath.FromSlash(o.Key)))
 			if err != nil || fi.Size() != o.Size {
@@ -101,7 +100,7 @@ func TestKillMatrix(t *testing.T) {
 	const points = 20
 	r := newPhysRig(t)
 	primary := connect(t, r.pg.DSN("postgres"))
-	primary.Exec(context.Background(), "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g")
+	mustExec(t, primary, "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 200000) g")
 	env := append(append([]string{}, r.env...), r.pg.Env("postgres")...)
 	at := func(d time.Duration) time.Duration { return time.Duration(rng.Int64N(int64(d)*11/10 + 1)) }
 
@@ -111,7 +110,7 @@ func TestKillMatrix(t *testing.T) {
 		for i := 0; i < points; i++ {
 			if ok, out := killAt(t, env, at(full), &full, "backup", "--json"); ok {
 				var b struct{ ID string }
-				json.Unmarshal([]byte(out), &b)
+				decodeJSON(t, out, &b)
 				acknowledged = append(acknowledged, b.ID)
 			}
 		}
@@ -183,7 +182,7 @@ func TestKillMatrix(t *testing.T) {
 		for i := 0; i < points; i++ {
 			// Any logical backup still listed serves as the template.
 			var list []struct{ ID, Kind string }
-			json.Unmarshal([]byte(mustRun(t, env, "list", "--json", "--kind", "logical").stdout), &list)
+			decodeJSON(t, mustRun(t, env, "list", "--json", "--kind", "logical").stdout, &list)
 			for n := len(list); n < 10; n++ {
 				cloneBackup(t, r.repo, list[0].ID, rng)
 			}

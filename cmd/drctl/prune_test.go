@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -13,7 +12,7 @@ import (
 func TestPrune(t *testing.T) {
 	r := newPhysRig(t)
 	primary := connect(t, r.pg.DSN("postgres"))
-	primary.Exec(context.Background(), "CREATE TABLE t (id int)")
+	mustExec(t, primary, "CREATE TABLE t (id int)")
 	env := append(r.env, r.pg.Env("postgres")...)
 	type backup struct {
 		ID       string
@@ -25,12 +24,12 @@ func TestPrune(t *testing.T) {
 	var phys, logical []backup
 	for i := 0; i < 3; i++ {
 		var b backup
-		json.Unmarshal([]byte(mustRun(t, env, "basebackup", "--json").stdout), &b)
+		decodeJSON(t, mustRun(t, env, "basebackup", "--json").stdout, &b)
 		phys = append(phys, b)
-		primary.Exec(context.Background(), "INSERT INTO t SELECT generate_series(1, 1000)")
+		mustExec(t, primary, "INSERT INTO t SELECT generate_series(1, 1000)")
 		switchAndWaitArchived(t, primary)
 		if i < 2 {
-			json.Unmarshal([]byte(mustRun(t, env, "backup", "--json").stdout), &b)
+			decodeJSON(t, mustRun(t, env, "backup", "--json").stdout, &b)
 			logical = append(logical, b)
 		}
 	}
@@ -45,7 +44,7 @@ func TestPrune(t *testing.T) {
 		t.Fatalf("restored table has %d rows, want the 2000 of the newest dump", n)
 	}
 	var onlyLogical []backup
-	json.Unmarshal([]byte(mustRun(t, r.env, "list", "--json", "--kind", "logical").stdout), &onlyLogical)
+	decodeJSON(t, mustRun(t, r.env, "list", "--json", "--kind", "logical").stdout, &onlyLogical)
 	if len(onlyLogical) != 2 || onlyLogical[1].ID != logical[1].ID {
 		t.Fatalf("list --kind logical: %+v", onlyLogical)
 	}
@@ -86,7 +85,7 @@ func TestPrune(t *testing.T) {
 
 	mustRun(t, r.env, "prune", "--keep-last", "1")
 	var list []backup
-	json.Unmarshal([]byte(mustRun(t, r.env, "list", "--json").stdout), &list)
+	decodeJSON(t, mustRun(t, r.env, "list", "--json").stdout, &list)
 	var ids []string
 	for _, b := range list {
 		ids = append(ids, b.ID)

@@ -61,7 +61,7 @@ func TestSignedRepository(t *testing.T) {
 		t.Fatal(err)
 	}
 	primary := connect(t, r.pg.DSN("postgres"))
-	primary.Exec(context.Background(), "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 500)")
+	mustExec(t, primary, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 500)")
 	switchAndWaitArchived(t, primary)
 	plain := append([]string{}, r.env...)
 	signing := append(append([]string{}, r.env...), "DRCTL_SIGNING_KEY_FILE="+key)
@@ -69,10 +69,10 @@ func TestSignedRepository(t *testing.T) {
 	pgEnv := r.pg.Env("postgres")
 
 	var base, dump struct{ ID string }
-	json.Unmarshal([]byte(mustRun(t, append(signing, pgEnv...), "basebackup", "--json").stdout), &base)
-	primary.Exec(context.Background(), "INSERT INTO t SELECT generate_series(501, 600)")
+	decodeJSON(t, mustRun(t, append(signing, pgEnv...), "basebackup", "--json").stdout, &base)
+	mustExec(t, primary, "INSERT INTO t SELECT generate_series(501, 600)")
 	switchAndWaitArchived(t, primary)
-	json.Unmarshal([]byte(mustRun(t, append(signing, pgEnv...), "backup", "--json").stdout), &dump)
+	decodeJSON(t, mustRun(t, append(signing, pgEnv...), "backup", "--json").stdout, &dump)
 
 	// Everything verifies with the allowed signers, signer named.
 	res := mustRun(t, checking, "verify", "--all", "--json")
@@ -145,7 +145,7 @@ func TestSignedRepository(t *testing.T) {
 		ID, Signature string
 		OK            bool
 	}
-	json.Unmarshal([]byte(r2.stdout), &tamperedReports)
+	decodeJSON(t, r2.stdout, &tamperedReports)
 	if len(tamperedReports) != 2 {
 		t.Fatalf("verify --all --json with a tampered manifest: %s", r2.stdout)
 	}
@@ -161,7 +161,7 @@ func TestSignedRepository(t *testing.T) {
 
 	// An unsigned backup: refused with allowed signers, "unsigned" without.
 	var unsigned struct{ ID string }
-	json.Unmarshal([]byte(mustRun(t, append(plain, pgEnv...), "backup", "--json").stdout), &unsigned)
+	decodeJSON(t, mustRun(t, append(plain, pgEnv...), "backup", "--json").stdout, &unsigned)
 	mustFail(t, append(checking, pgEnv...), unsigned.ID+": not signed", "restore", "latest", "--into", "dbname=from_unsigned")
 	res = mustRun(t, plain, "verify", unsigned.ID, "--json")
 	if !strings.Contains(res.stdout, `"signature": "unsigned"`) {
@@ -197,7 +197,7 @@ func TestPhysicalNoPlaintextNoSecrets(t *testing.T) {
 	var outputs []string
 	res := mustRun(t, debug, "basebackup", "--dsn", r.pg.DSN("postgres"), "--json")
 	outputs = append(outputs, res.all())
-	primary.Exec(context.Background(), "INSERT INTO secrets VALUES ('"+canary+"-late')")
+	mustExec(t, primary, "INSERT INTO secrets VALUES ('"+canary+"-late')")
 	switchAndWaitArchived(t, primary)
 	for _, args := range [][]string{{"list"}, {"list", "--json"}, {"verify", "--all"}} {
 		outputs = append(outputs, mustRun(t, debug, args...).all())
