@@ -1,11 +1,14 @@
 package logical
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -13,6 +16,7 @@ import (
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/pgarchive"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/pgtools"
 	"github.com/drctl/drctl/restore"
@@ -28,7 +32,15 @@ type Options struct {
 	Target *pgdsn.DSN
 	// Clean allows restoring into a database that already holds objects:
 	// the backup's objects are dropped and recreated.
-	Clean     bool
+	Clean bool
+	// NoOwner, NoPrivileges and Role are pg_restore's --no-owner,
+	// --no-privileges and --role.
+	NoOwner, NoPrivileges bool
+	Role                  string
+	// Selection narrows the restore to some tables, schemas or sections.
+	Selection Selection
+	// Warn receives what the user may not expect (foreign keys left out).
+	Warn      func(string)
 	PgRestore string // empty finds pg_restore
 	Progress  restore.Progress
 	Logger    *slog.Logger
@@ -39,6 +51,13 @@ type Result struct {
 	ID              string  `json:"id"`
 	Database        string  `json:"database"`
 	CreatedDatabase bool    `json:"created_database"`
+	// Entries is how many entries of the dump's table of contents were
+	// restored (all of them without a selection).
+	Entries int `json:"entries"`
+	// Tables names the tables whose data was restored.
+	Tables []string `json:"tables"`
+	// LeftOut names what the selection left out that a user might expect.
+	LeftOut []string `json:"left_out,omitempty"`
 	StoredBytes     int64   `json:"stored_bytes"`
 	RawBytes        int64   `json:"raw_bytes"`
 	Seconds         float64 `json:"seconds"`
@@ -69,20 +88,51 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if !opt.Keys.CanDecrypt(m.Encryption) {
 		return nil, codec.ErrNoIdentity
 	}
+	if err := opt.Selection.Check(); err != nil {
+		return nil, err
+	}
 	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")
 	if err != nil {
 		return nil, err
 	}
 	start := time.Now()
 	dbname := opt.Target.Database()
+	log := opt.Logger.With("backup", m.ID, "database", dbname)
+
+	// The dump's table of contents comes first in the stream: read it,
+	// choose the entries and check the target's roles before touching it.
+	stream, err := restore.OpenObject(ctx, opt.Store, m, obj, opt.Keys, opt.Progress)
+	if err != nil {
+		return nil, err
+	}
+	defer stream.Close()
+	var head bytes.Buffer
+	arch := pgarchive.NewReader(stream)
+	arch.Pass = &head
+	if err := arch.ReadTOC(); err != nil {
+		return nil, fmt.Errorf("backup %s: the dump's table of contents: %w", m.ID, err)
+	}
+	p, err := choose(arch.Entries, opt.Selection)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", m.ID, err)
+	}
+	for _, w := range p.leftOut {
+		log.Warn("left out: " + w)
+		if opt.Warn != nil {
+			opt.Warn("left out: " + w)
+		}
+	}
+	if err := checkRoles(ctx, opt.Target, p, opt); err != nil {
+		return nil, err
+	}
+
 	created, err := prepareTarget(ctx, opt.Target, opt.Clean)
 	if err != nil {
 		return nil, err
 	}
-	log := opt.Logger.With("backup", m.ID, "database", dbname)
 	log.Info("restore started", "target", opt.Target.Redacted(), "created_database", created)
 
-	err = runRestore(ctx, opt, pgRestore, obj)
+	err = runRestore(ctx, opt, pgRestore, stream, arch, head.Bytes(), p)
 	if err != nil {
 		if created {
 			if derr := dropDatabase(context.WithoutCancel(ctx), opt.Target); derr != nil {
@@ -91,23 +141,60 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		}
 		return nil, fmt.Errorf("restore %s into %s: %w", m.ID, dbname, err)
 	}
-	res := &Result{ID: m.ID, Database: dbname, CreatedDatabase: created,
+	res := &Result{ID: m.ID, Database: dbname, CreatedDatabase: created, Tables: []string{}, LeftOut: p.leftOut,
 		StoredBytes: obj.Size, RawBytes: obj.RawSize, Seconds: time.Since(start).Seconds()}
+	for i := range arch.Entries {
+		e := &arch.Entries[i]
+		if p.restores(e) && !never[e.Desc] {
+			res.Entries++
+		}
+		if p.readsData(e) && e.Desc == "TABLE DATA" {
+			res.Tables = append(res.Tables, qualified(e))
+		}
+	}
 	log.Info("restore finished", "seconds", res.Seconds)
 	return res, nil
 }
 
-func runRestore(ctx context.Context, opt Options, pgRestore string, obj catalog.Object) error {
-	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, obj, opt.Keys, opt.Progress)
-	if err != nil {
-		return err
-	}
-	defer stream.Close()
-
+// runRestore feeds pg_restore the dump as it arrives: the table of
+// contents already read (head), then the data blocks pg_restore will read
+// and no others, so that it cannot finish before the last of them — held
+// back until the whole stored object has been checked.
+func runRestore(ctx context.Context, opt Options, pgRestore string, stream *restore.Object, arch *pgarchive.Reader, head []byte, p *plan) error {
 	conninfo, env := opt.Target.CommandArgs()
 	args := []string{"--no-password", "--exit-on-error", "--single-transaction"}
 	if opt.Clean {
 		args = append(args, "--clean", "--if-exists")
+	}
+	if opt.NoOwner {
+		args = append(args, "--no-owner")
+	}
+	if opt.NoPrivileges {
+		args = append(args, "--no-privileges")
+	}
+	if opt.Role != "" {
+		args = append(args, "--role="+opt.Role)
+	}
+	for _, sec := range opt.Selection.Sections {
+		args = append(args, "--section="+sec)
+	}
+	if opt.Selection.DataOnly {
+		args = append(args, "--data-only")
+	}
+	if p.ids != nil {
+		list, err := os.CreateTemp(os.Getenv("DRCTL_SPOOL_DIR"), "drctl-restore-list-")
+		if err != nil {
+			return fmt.Errorf("pg_restore's list of entries: %w", err)
+		}
+		defer os.Remove(list.Name())
+		_, werr := list.WriteString(p.listFile())
+		if cerr := list.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return fmt.Errorf("pg_restore's list of entries: %w", werr)
+		}
+		args = append(args, "--use-list="+list.Name())
 	}
 	args = append(args, "--dbname="+conninfo)
 	cmdCtx, kill := context.WithCancel(ctx)
@@ -121,7 +208,9 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, obj catalog.
 	if err := cmd.Cmd.Start(); err != nil {
 		return fmt.Errorf("start pg_restore: %w", err)
 	}
-	feedErr := feed(stdin, stream)
+	source := filtered(stream, arch, head, p)
+	feedErr := feed(stdin, source)
+	source.Close()
 	var we *writeError
 	if errors.As(feedErr, &we) {
 		// pg_restore stopped reading: its own exit status says why.
@@ -141,6 +230,50 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, obj catalog.
 	}
 	stdin.Close()
 	return cmd.Wait()
+}
+
+// filtered is the archive as pg_restore gets it: head, then the data
+// blocks it reads, produced by reading the stream to its end. Close it
+// once done with it.
+func filtered(stream *restore.Object, arch *pgarchive.Reader, head []byte, p *plan) *pipedObject {
+	pr, pw := io.Pipe()
+	// pg_dump writes table data in chunks of a row or so: batch them.
+	bw := bufio.NewWriterSize(pw, 256<<10)
+	arch.Skip = func(e *pgarchive.Entry) bool { return !p.readsData(e) }
+	arch.Pass = bw
+	o := &pipedObject{pr: pr, stream: stream, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		if _, err := bw.Write(head); err != nil {
+			pw.CloseWithError(err)
+			return
+		}
+		err := arch.ReadData()
+		var pe *pgarchive.PassError
+		if errors.As(err, &pe) {
+			err = pe.Err // the reading side went away
+		}
+		if err == nil {
+			err = bw.Flush()
+		}
+		pw.CloseWithError(err)
+	}()
+	return o
+}
+
+type pipedObject struct {
+	pr     *io.PipeReader
+	stream *restore.Object
+	done   chan struct{}
+}
+
+func (o *pipedObject) Read(b []byte) (int, error) { return o.pr.Read(b) }
+func (o *pipedObject) Check() error               { return o.stream.Check() }
+
+// Close stops the reading goroutine and waits for it.
+func (o *pipedObject) Close() {
+	o.pr.CloseWithError(errors.New("restore ended"))
+	<-o.done
 }
 
 // checkedReader is a stored object's plaintext, and the check of the whole
