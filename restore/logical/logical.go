@@ -48,19 +48,19 @@ type Options struct {
 
 // Result reports a finished restore.
 type Result struct {
-	ID              string  `json:"id"`
-	Database        string  `json:"database"`
-	CreatedDatabase bool    `json:"created_database"`
+	ID              string `json:"id"`
+	Database        string `json:"database"`
+	CreatedDatabase bool   `json:"created_database"`
 	// Entries is how many entries of the dump's table of contents were
 	// restored (all of them without a selection).
 	Entries int `json:"entries"`
 	// Tables names the tables whose data was restored.
 	Tables []string `json:"tables"`
 	// LeftOut names what the selection left out that a user might expect.
-	LeftOut []string `json:"left_out,omitempty"`
-	StoredBytes     int64   `json:"stored_bytes"`
-	RawBytes        int64   `json:"raw_bytes"`
-	Seconds         float64 `json:"seconds"`
+	LeftOut     []string `json:"left_out,omitempty"`
+	StoredBytes int64    `json:"stored_bytes"`
+	RawBytes    int64    `json:"raw_bytes"`
+	Seconds     float64  `json:"seconds"`
 }
 
 // ErrNotEmpty refuses to restore over existing data.
