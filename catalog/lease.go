@@ -134,7 +134,9 @@ func (h *HeldLease) renew(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.opt.Interval)
+	// A renewal may take up to its interval, and never less than a few
+	// seconds: a slow disk or a distant store is not a lost lease.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(h.opt.Interval, 10*time.Second))
 	defer cancel()
 	err = h.st.Put(rctx, LeaseKey(l.Name), bytes.NewReader(body))
 	h.mu.Lock()
