@@ -35,6 +35,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newBackupCommand(g, stdout, stderr),
 		newListCommand(g, stdout, stderr),
+		newShowCommand(g, stdout, stderr),
 		newVerifyCommand(g, stdout, stderr),
 		newRestoreCommand(g, stdout, stderr),
 		newBaseBackupCommand(g, stdout, stderr),
@@ -403,6 +404,7 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		into, database string
 		asJSON, clean  bool
 		phys           physicalRestoreFlags
+		lopt           rlogical.Options
 	)
 	cmd := &cobra.Command{
 		Use:   "restore ID|latest (--into DSN | --to DIR)",
@@ -420,6 +422,11 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				if database != "" {
 					return &exitCodeError{2, fmt.Errorf("--database selects a logical backup for --into; a base backup (--to) holds the whole cluster")}
 				}
+				for _, f := range []string{"no-owner", "no-privileges", "role", "table", "schema", "exclude-table", "exclude-schema", "section", "data-only"} {
+					if cmd.Flags().Changed(f) {
+						return &exitCodeError{2, fmt.Errorf("--%s is for a logical restore (--into); a base backup (--to) restores the whole cluster", f)}
+					}
+				}
 				return runPhysicalRestore(cmd, g, &phys, args[0], asJSON, stdout, stderr)
 			}
 			s, err := g.resolve(cmd, stderr)
@@ -429,6 +436,9 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			target, err := s.parseDSN(into)
 			if err != nil {
 				return fmt.Errorf("--into: %w", err)
+			}
+			if err := lopt.Selection.Check(); err != nil {
+				return &exitCodeError{2, err}
 			}
 			keys, err := s.decryptKeys()
 			if err != nil {
@@ -451,10 +461,9 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				return err
 			}
 			bar := newProgressBar(stderr, !asJSON)
-			res, err := rlogical.Restore(cmd.Context(), rlogical.Options{PgRestore: pgRestore,
-				Store: st, Manifest: m, Keys: keys, Target: target, Clean: clean,
-				Progress: bar.update, Logger: s.Logger,
-			})
+			lopt.PgRestore, lopt.Store, lopt.Manifest, lopt.Keys, lopt.Target, lopt.Clean = pgRestore, st, m, keys, target, clean
+			lopt.Progress, lopt.Logger = bar.update, s.Logger
+			res, err := rlogical.Restore(cmd.Context(), lopt)
 			bar.finish()
 			if err != nil {
 				return err
@@ -462,7 +471,14 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if asJSON {
 				return writeJSON(stdout, res)
 			}
-			fmt.Fprintf(stdout, "restored %s into database %s: %s in %.1fs\n", res.ID, res.Database, humanBytes(res.RawBytes), res.Seconds)
+			for _, w := range res.LeftOut {
+				fmt.Fprintf(stderr, "drctl: warning: left out %s\n", w)
+			}
+			what := humanBytes(res.RawBytes)
+			if lopt.Selection.Narrows() || len(lopt.Selection.Sections) > 0 || lopt.Selection.DataOnly {
+				what = fmt.Sprintf("%d entries, data of %d tables (%s)", res.Entries, len(res.Tables), strings.Join(res.Tables, ", "))
+			}
+			fmt.Fprintf(stdout, "restored %s into database %s: %s in %.1fs\n", res.ID, res.Database, what, res.Seconds)
 			return nil
 		},
 	}
@@ -471,6 +487,15 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	cmd.Flags().StringVar(&g.dsn, "dsn", "", "with --start: the login role (user, password, dbname) for following recovery; drctl always connects to the server it started, over a private socket (default: the data directory owner's name)")
 	phys.register(cmd)
 	cmd.Flags().BoolVar(&clean, "clean", false, "restore into a non-empty database, replacing the backup's objects")
+	cmd.Flags().BoolVar(&lopt.NoOwner, "no-owner", false, "--into: do not give objects to their owners in the backup: the restoring role owns them (needed as a role that is not a superuser)")
+	cmd.Flags().BoolVar(&lopt.NoPrivileges, "no-privileges", false, "--into: restore no GRANT or REVOKE (needed when the backup's roles do not exist on the target)")
+	cmd.Flags().StringVar(&lopt.Role, "role", "", "--into: SET ROLE to this role before restoring, so that it owns what it creates")
+	cmd.Flags().StringArrayVar(&lopt.Selection.Tables, "table", nil, "--into: only this table (schema.name or name; repeatable), with its data, indexes, constraints, triggers, owned sequences and what it needs")
+	cmd.Flags().StringArrayVar(&lopt.Selection.Schemas, "schema", nil, "--into: only the objects of this schema (repeatable)")
+	cmd.Flags().StringArrayVar(&lopt.Selection.ExcludeTables, "exclude-table", nil, "--into: leave out this table and what depends on it (repeatable)")
+	cmd.Flags().StringArrayVar(&lopt.Selection.ExcludeSchemas, "exclude-schema", nil, "--into: leave out this schema and what depends on it (repeatable)")
+	cmd.Flags().StringArrayVar(&lopt.Selection.Sections, "section", nil, "--into: only this section: pre-data, data or post-data (repeatable)")
+	cmd.Flags().BoolVar(&lopt.Selection.DataOnly, "data-only", false, "--into: table data only, into existing tables")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }

@@ -39,8 +39,6 @@ type Options struct {
 	Role                  string
 	// Selection narrows the restore to some tables, schemas or sections.
 	Selection Selection
-	// Warn receives what the user may not expect (foreign keys left out).
-	Warn      func(string)
 	PgRestore string // empty finds pg_restore
 	Progress  restore.Progress
 	Logger    *slog.Logger
@@ -117,10 +115,7 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		return nil, fmt.Errorf("backup %s: %w", m.ID, err)
 	}
 	for _, w := range p.leftOut {
-		log.Warn("left out: " + w)
-		if opt.Warn != nil {
-			opt.Warn("left out: " + w)
-		}
+		log.Info("left out: " + w) // also in the result
 	}
 	if err := checkRoles(ctx, opt.Target, p, opt); err != nil {
 		return nil, err
@@ -387,3 +382,35 @@ type writeError struct{ err error }
 
 func (w *writeError) Error() string { return "write to pg_restore: " + w.err.Error() }
 func (w *writeError) Unwrap() error { return w.err }
+
+// Contents reads a logical backup's dump to its end: its header, and its
+// table of contents with the size of each entry's data. The stored object
+// is checked against its manifest on the way, as verify does.
+func Contents(ctx context.Context, st storage.Store, m *catalog.Manifest, keys *codec.Keys, progress restore.Progress) (*pgarchive.Header, []pgarchive.Entry, error) {
+	if m.Kind != catalog.KindLogical {
+		return nil, nil, fmt.Errorf("backup %s is a %s backup: only a logical backup's dump has contents to list", m.ID, m.Kind)
+	}
+	obj, ok := m.Object(catalog.RoleDump)
+	if !ok {
+		return nil, nil, fmt.Errorf("backup %s: manifest lists no dump object", m.ID)
+	}
+	if !keys.CanDecrypt(m.Encryption) {
+		return nil, nil, codec.ErrNoIdentity
+	}
+	stream, err := restore.OpenObject(ctx, st, m, obj, keys, progress)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer stream.Close()
+	arch := pgarchive.NewReader(stream)
+	if err := arch.ReadTOC(); err != nil {
+		return nil, nil, fmt.Errorf("backup %s: the dump's table of contents: %w", m.ID, err)
+	}
+	if err := arch.ReadData(); err != nil {
+		return nil, nil, fmt.Errorf("backup %s: the dump's data: %w", m.ID, err)
+	}
+	if err := stream.Check(); err != nil {
+		return nil, nil, err
+	}
+	return &arch.Header, arch.Entries, nil
+}

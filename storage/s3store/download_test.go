@@ -74,16 +74,18 @@ type cuttingWriter struct {
 }
 
 func (c *cuttingWriter) Write(b []byte) (int, error) {
+	// Counted before the write: the client may have read the bytes, and
+	// the test looked at the count, before Write returns.
 	if c.limit >= 0 && c.written+int64(len(b)) > c.limit {
 		b = b[:c.limit-c.written]
-		c.ResponseWriter.Write(b)
 		c.count(len(b))
+		c.ResponseWriter.Write(b)
 		c.ResponseWriter.(http.Flusher).Flush()
 		panic(http.ErrAbortHandler)
 	}
+	c.count(len(b))
 	n, err := c.ResponseWriter.Write(b)
 	c.written += int64(n)
-	c.count(n)
 	return n, err
 }
 
