@@ -66,7 +66,7 @@ FUZZ_TARGETS := ./engine/pgdsn:FuzzParse:50000x ./engine/wal:FuzzParseLSN:100000
 	./engine/wal:FuzzParseKey:100000x ./engine/wal:FuzzParseHistory:100000x ./catalog:FuzzLoadManifest:20000x \
 	./restore/physical:FuzzTarFromRepository:300x ./restore/verify:FuzzServerManifest:50000x \
 	./engine/sshsig:FuzzVerify:5000x ./engine/sshsig:FuzzAllowedSigners:20000x ./cmd/drctl:FuzzConfigFile:20000x \
-	./cmd/drctl:FuzzLabels:100000x
+	./cmd/drctl:FuzzLabels:100000x ./engine/pgarchive:FuzzArchive:20000x
 fuzz:
 	@set -e; log=$$(mktemp); for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; rest=$${t#*:}; name=$${rest%%:*}; budget=$${rest#*:}; [ -z "$(FUZZTIME)" ] || budget=$(FUZZTIME); \

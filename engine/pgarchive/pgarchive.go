@@ -77,6 +77,7 @@ const (
 	maxString  = 1 << 30 // a function body or a view's definition
 	keepString = 1 << 16 // longest name kept (longer ones are refused)
 	maxGrants  = 1 << 20 // longest ACL entry kept
+	maxKept    = 1 << 28 // memory the table of contents may take
 )
 
 // Block types of the custom format.
@@ -104,6 +105,7 @@ type Reader struct {
 	pass bool   // copy what is read to Pass
 	buf  []byte // for reading through what is not kept
 	num  [9]byte
+	kept int64 // bytes of names, grants and entries kept
 }
 
 // NewReader reads an archive from r.
@@ -201,6 +203,9 @@ func (a *Reader) strUpTo(limit int64) (s string, null bool, err error) {
 	}
 	if n > limit {
 		return "", false, formatErr("a name or grant of %d bytes", n)
+	}
+	if a.kept += n; a.kept > maxKept {
+		return "", false, formatErr("a table of contents over %d MiB", maxKept>>20)
 	}
 	b := make([]byte, n)
 	if err := a.readFull(b); err != nil {
@@ -341,6 +346,9 @@ func (a *Reader) entry() (Entry, error) {
 		return e, formatErr("entry id %d", id)
 	}
 	e.ID = int(id)
+	if a.kept += 128; a.kept > maxKept { // the entry itself
+		return e, formatErr("a table of contents over %d MiB", maxKept>>20)
+	}
 	hadDumper, err := a.int()
 	if err != nil {
 		return e, err
@@ -413,6 +421,9 @@ func (a *Reader) entry() (Entry, error) {
 		}
 		if len(e.Deps) >= maxDeps {
 			return e, formatErr("more than %d dependencies", maxDeps)
+		}
+		if a.kept += 8; a.kept > maxKept {
+			return e, formatErr("a table of contents over %d MiB", maxKept>>20)
 		}
 		e.Deps = append(e.Deps, d)
 	}

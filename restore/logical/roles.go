@@ -101,9 +101,10 @@ func checkRoles(ctx context.Context, target *pgdsn.DSN, p *plan, opt Options) er
 	sort.Strings(missingOwners)
 	sort.Strings(foreignOwners)
 	sort.Strings(missingGrantees)
-	var problems, fixes []string
+	var problems, fixes, otherwise []string
 	if len(foreignOwners) > 0 {
 		problems = append(problems, fmt.Sprintf("role %s is not a superuser and cannot give objects to their owners in the backup (%s)", me, strings.Join(foreignOwners, ", ")))
+		otherwise = append(otherwise, "restore as a superuser")
 	}
 	if len(missingOwners) > 0 {
 		problems = append(problems, fmt.Sprintf("the backup's objects belong to roles this server lacks (%s)", strings.Join(missingOwners, ", ")))
@@ -115,10 +116,13 @@ func checkRoles(ctx context.Context, target *pgdsn.DSN, p *plan, opt Options) er
 		problems = append(problems, fmt.Sprintf("the backup grants privileges to roles this server lacks (%s)", strings.Join(missingGrantees, ", ")))
 		fixes = append(fixes, "--no-privileges (no GRANT or REVOKE is restored)")
 	}
+	if len(missingOwners)+len(missingGrantees) > 0 {
+		otherwise = append(otherwise, "create the missing roles first")
+	}
 	if len(problems) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%w: %s; give %s, or create the roles first; nothing was restored", ErrRoles, strings.Join(problems, "; "), strings.Join(fixes, " and "))
+	return fmt.Errorf("%w: %s; give %s, or %s; nothing was restored", ErrRoles, strings.Join(problems, "; "), strings.Join(fixes, " and "), strings.Join(otherwise, " and "))
 }
 
 // connectAnyDatabase connects to the target database, or to a maintenance
