@@ -123,9 +123,9 @@ func TestUnknownNames(t *testing.T) {
 
 func TestACLRoles(t *testing.T) {
 	for defn, want := range map[string][]string{
-		"GRANT SELECT ON TABLE sales.partner TO auditor;\nGRANT SELECT ON TABLE sales.partner TO app;\n": {"auditor", "app"},
-		`GRANT SELECT(id),UPDATE(name) ON TABLE t TO "Odd ""Role""", app WITH GRANT OPTION;` + "\n":      {`Odd "Role"`, "app"},
-		"REVOKE ALL ON SCHEMA public FROM PUBLIC;\nGRANT USAGE ON SCHEMA public TO PUBLIC;\n":            nil,
+		"GRANT SELECT ON TABLE sales.partner TO auditor;\nGRANT SELECT ON TABLE sales.partner TO app;\n":   {"auditor", "app"},
+		`GRANT SELECT(id),UPDATE(name) ON TABLE t TO "Odd ""Role""", app WITH GRANT OPTION;` + "\n":        {`Odd "Role"`, "app"},
+		"REVOKE ALL ON SCHEMA public FROM PUBLIC;\nGRANT USAGE ON SCHEMA public TO PUBLIC;\n":              nil,
 		"SET SESSION AUTHORIZATION boss;\nGRANT ALL ON TABLE t TO worker;\nRESET SESSION AUTHORIZATION;\n": {"boss", "worker"},
 		"REVOKE ALL ON TABLE \"TO\" FROM olduser;\n":                                                       {"olduser"},
 	} {
