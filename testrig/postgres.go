@@ -259,10 +259,11 @@ func (pg *Postgres) DatabaseExists(t testing.TB, db string) bool {
 }
 
 // DumpPlain returns a plain-SQL pg_dump of db (with large objects), the
-// reference that restored databases are compared by.
-func (pg *Postgres) DumpPlain(t testing.TB, db string) string {
+// reference that restored databases are compared by; extra are more
+// pg_dump options (--no-owner...).
+func (pg *Postgres) DumpPlain(t testing.TB, db string, extra ...string) string {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(pg.BinDir, "pg_dump"), "--format=plain", "--dbname="+db)
+	cmd := exec.Command(filepath.Join(pg.BinDir, "pg_dump"), append([]string{"--format=plain", "--dbname=" + db}, extra...)...)
 	cmd.Env = append(os.Environ(), pg.Env(db)...)
 	out, err := cmd.Output()
 	if err != nil {

@@ -121,7 +121,8 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		return nil, err
 	}
 
-	created, err := prepareTarget(ctx, opt.Target, opt.Clean)
+	// Data or post-data alone go into the tables an earlier restore made.
+	created, err := prepareTarget(ctx, opt.Target, opt.Clean || !opt.Selection.createsObjects())
 	if err != nil {
 		return nil, err
 	}

@@ -41,6 +41,12 @@ func (s Selection) dataRead() bool {
 	return s.DataOnly || len(s.Sections) == 0 || slices.Contains(s.Sections, "data")
 }
 
+// createsObjects reports whether the restore creates tables (pre-data):
+// only then must the target be empty.
+func (s Selection) createsObjects() bool {
+	return !s.DataOnly && (len(s.Sections) == 0 || slices.Contains(s.Sections, "pre-data"))
+}
+
 // Check refuses unknown sections and options that cannot go together.
 func (s Selection) Check() error {
 	for _, sec := range s.Sections {
@@ -334,13 +340,54 @@ func noSuch(entries []pgarchive.Entry, kind, name string) string {
 	}
 	sort.Strings(names)
 	msg := fmt.Sprintf("the backup has no %s named %q", kind, name)
-	if len(names) == 0 {
+	var close []string
+	_, want, _ := strings.Cut(name, ".")
+	if want == "" {
+		want = name
+	}
+	for _, n := range names {
+		_, short, ok := strings.Cut(n, ".")
+		if !ok {
+			short = n
+		}
+		if strings.Contains(short, want) || strings.Contains(want, short) || distance(short, want) <= 2 {
+			close = append(close, n)
+		}
+	}
+	if len(close) > 0 && len(close) <= 5 {
+		msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(close, ", "))
+	} else if len(names) == 0 {
 		return msg
+	} else if len(names) > 10 {
+		msg += fmt.Sprintf(" (it has %d, e.g. %s; drctl show ID --contents lists them)", len(names), strings.Join(names[:10], ", "))
+	} else {
+		msg += fmt.Sprintf(" (it has %s)", strings.Join(names, ", "))
 	}
-	if len(names) > 10 {
-		return fmt.Sprintf("%s (it has %d, e.g. %s; drctl show ID --contents lists them)", msg, len(names), strings.Join(names[:10], ", "))
+	return msg
+}
+
+// distance is the edit distance of two short names.
+func distance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return 99
 	}
-	return fmt.Sprintf("%s (it has %s)", msg, strings.Join(names, ", "))
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
 }
 
 func qualified(e *pgarchive.Entry) string {
