@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/drctl/drctl/catalog"
@@ -74,5 +75,51 @@ func TestHoldBackKeepsDamagedRestoresFromCommitting(t *testing.T) {
 				t.Fatalf("%s, download failing at %d: the target changed", c.name, at)
 			}
 		}
+	}
+}
+
+// A selective restore reads only part of the dump: pg_restore would finish
+// and commit after its last table's data, long before the object's end.
+// drctl passes it only the blocks it reads, holding back the last of them,
+// so a dump damaged after the chosen table's data still commits nothing.
+func TestSelectiveRestoreWaitsForTheWholeObject(t *testing.T) {
+	f := setup(t)
+	f.pg.Exec(t, "postgres", "CREATE DATABASE parts")
+	// "a_first" is dumped before the big table.
+	f.pg.Exec(t, "parts", "CREATE TABLE a_first (id int PRIMARY KEY); INSERT INTO a_first SELECT generate_series(1, 1000)")
+	f.pg.Exec(t, "parts", "CREATE TABLE z_rows AS SELECT g AS id, md5(g::text) || md5((-g)::text) AS v FROM generate_series(1, 120000) g")
+	dir := t.TempDir()
+	st, err := filestore.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := logical.Backup(t.Context(), logical.BackupOptions{Store: st, DSN: f.dsnOf("parts"), Keys: f.keys.Codec()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, _ := m.Object(catalog.RoleDump)
+	path := filepath.Join(dir, filepath.FromSlash(obj.Key))
+	good, _ := os.ReadFile(path)
+	bad := append([]byte(nil), good...)
+	bad[len(bad)-1] ^= 0x20
+	os.WriteFile(path, bad, 0o640)
+	opt := rlogical.Options{Store: st, Manifest: m, Keys: f.keys.Codec(), Target: f.dsnOf("one_table"),
+		Selection: rlogical.Selection{Tables: []string{"a_first"}}}
+	if _, err := rlogical.Restore(t.Context(), opt); !errors.Is(err, restore.ErrCorrupt) || strings.Contains(err.Error(), "committed") {
+		t.Fatalf("--table a_first from a dump damaged at its end: %v, want the corruption named before anything committed", err)
+	}
+	if f.pg.DatabaseExists(t, "one_table") {
+		t.Fatal("the failed selective restore left its database")
+	}
+	os.WriteFile(path, good, 0o640)
+	res, err := rlogical.Restore(t.Context(), opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := f.pg.QueryInt(t, "one_table", "SELECT count(*) FROM a_first"); n != 1000 || len(res.Tables) != 1 {
+		t.Fatalf("restored %d rows, tables %v", n, res.Tables)
+	}
+	if f.pg.QueryInt(t, "one_table", "SELECT count(*) FROM pg_tables WHERE tablename = 'z_rows'") != 0 {
+		t.Fatal("--table a_first restored z_rows too")
 	}
 }

@@ -205,8 +205,8 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, stream *rest
 		return fmt.Errorf("start pg_restore: %w", err)
 	}
 	source := filtered(stream, arch, head, p)
+	defer source.Close()
 	feedErr := feed(stdin, source)
-	source.Close()
 	var we *writeError
 	if errors.As(feedErr, &we) {
 		// pg_restore stopped reading: its own exit status says why.
@@ -214,7 +214,16 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, stream *rest
 		if err := cmd.Wait(); err != nil {
 			return err
 		}
-		return feedErr
+		// It finished without what was held back: it must not (it is
+		// given only what it reads). Check the rest, and say so loudly.
+		_, rest := io.Copy(io.Discard, source)
+		if rest == nil {
+			rest = source.Check()
+		}
+		if rest != nil {
+			return fmt.Errorf("pg_restore committed before drctl had read the whole dump, and the rest is damaged: %w", rest)
+		}
+		return nil
 	}
 	if feedErr != nil {
 		// Kill before closing stdin: pg_restore must not mistake a broken
