@@ -295,6 +295,21 @@ func TestPITR(t *testing.T) {
 	markers = append(markers, insertMarkers(t, primary, "m", 2)...)
 	stopLoad()
 	switchAndWaitArchived(t, primary)
+	// show names the restore window of the base backup.
+	var shown struct {
+		ID     string
+		Window struct {
+			Restorable bool   `json:"restorable"`
+			FromLSN    string `json:"from_lsn"`
+		} `json:"window"`
+	}
+	decodeJSON(t, mustRun(t, r.env, "show", "latest", "--kind", "physical", "--json").stdout, &shown)
+	if shown.ID != b.ID || !shown.Window.Restorable || shown.Window.FromLSN == "" {
+		t.Fatalf("show --json of the base backup: %+v", shown)
+	}
+	if out := mustRun(t, r.env, "show", b.ID).stdout; !strings.Contains(out, "restores to") || !strings.Contains(out, "any point from") {
+		t.Fatalf("show of the base backup:\n%s", out)
+	}
 
 	t.Run("target-time", func(t *testing.T) {
 		// Between marker 4's commit and marker 5's start.
