@@ -20,6 +20,19 @@ import (
 // takes them, and gzip-compressed as a user's own dump may be.
 var fixtures = []string{"testdata/shop.dump", "testdata/shop-gzip.dump"}
 
+// findPgRestore finds pg_restore, which CI must have.
+func findPgRestore(t *testing.T) string {
+	t.Helper()
+	p, err := pgtools.Find("pg_restore", "")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	return p
+}
+
 func read(t *testing.T, path string) (*pgarchive.Reader, []byte) {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -44,13 +57,7 @@ func read(t *testing.T, path string) (*pgarchive.Reader, []byte) {
 // The table of contents is pg_restore's: the same entries in the same
 // order, with the same types, schemas, names and owners.
 func TestTOCMatchesPgRestore(t *testing.T) {
-	pgRestore, err := pgtools.Find("pg_restore", "")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	pgRestore := findPgRestore(t)
 	for _, path := range fixtures {
 		a, _ := read(t, path)
 		out, err := exec.Command(pgRestore, "--list", path).Output()
@@ -92,13 +99,7 @@ func TestTOCMatchesPgRestore(t *testing.T) {
 // Each table's data size is its COPY data as pg_restore writes it, plus
 // pg_dump's end-of-data line.
 func TestDataSizes(t *testing.T) {
-	pgRestore, err := pgtools.Find("pg_restore", "")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	pgRestore := findPgRestore(t)
 	a, _ := read(t, fixtures[0])
 	if a.Header.Compression != "none" {
 		t.Fatalf("compression %q", a.Header.Compression)
@@ -139,13 +140,7 @@ func TestDataSizes(t *testing.T) {
 // Leaving data blocks out gives an archive pg_restore reads, with the
 // other blocks intact.
 func TestSkippedBlocks(t *testing.T) {
-	pgRestore, err := pgtools.Find("pg_restore", "")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	pgRestore := findPgRestore(t)
 	data, err := os.ReadFile(fixtures[0])
 	if err != nil {
 		t.Fatal(err)

@@ -119,21 +119,15 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 
 	// What is left out, and everything that depends on it.
 	excluded := map[int]bool{}
-	var queue []*pgarchive.Entry
-	for _, name := range sel.ExcludeTables {
-		matched := matchRelations(entries, name)
-		if len(matched) == 0 {
-			return nil, fmt.Errorf("--exclude-table %s: %s", name, noSuch(entries, "table", name))
-		}
-		queue = append(queue, matched...)
+	queue, err := matchAll(entries, "--exclude-table", "table", sel.ExcludeTables, matchRelations)
+	if err != nil {
+		return nil, err
 	}
-	for _, name := range sel.ExcludeSchemas {
-		matched := matchSchema(entries, name)
-		if len(matched) == 0 {
-			return nil, fmt.Errorf("--exclude-schema %s: %s", name, noSuch(entries, "schema", name))
-		}
-		queue = append(queue, matched...)
+	inSchemas, err := matchAll(entries, "--exclude-schema", "schema", sel.ExcludeSchemas, matchSchema)
+	if err != nil {
+		return nil, err
 	}
+	queue = append(queue, inSchemas...)
 	for len(queue) > 0 {
 		e := queue[0]
 		queue = queue[1:]
@@ -152,23 +146,16 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 			}
 		}
 	} else {
-		for _, name := range sel.Tables {
-			matched := matchRelations(entries, name)
-			if len(matched) == 0 {
-				return nil, fmt.Errorf("--table %s: %s", name, noSuch(entries, "table", name))
-			}
-			for _, e := range matched {
-				chosen[e.ID] = true
-			}
+		tables, err := matchAll(entries, "--table", "table", sel.Tables, matchRelations)
+		if err != nil {
+			return nil, err
 		}
-		for _, name := range sel.Schemas {
-			matched := matchSchema(entries, name)
-			if len(matched) == 0 {
-				return nil, fmt.Errorf("--schema %s: %s", name, noSuch(entries, "schema", name))
-			}
-			for _, e := range matched {
-				chosen[e.ID] = true
-			}
+		inSchemas, err := matchAll(entries, "--schema", "schema", sel.Schemas, matchSchema)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range append(tables, inSchemas...) {
+			chosen[e.ID] = true
 		}
 		for id := range chosen {
 			if excluded[id] {
@@ -285,6 +272,19 @@ func belongs(e *pgarchive.Entry, chosen, needOnly map[int]bool, byID map[int]*pg
 		return onRelation && allRelations
 	}
 	return onChosen && allRelations
+}
+
+// matchAll matches each name of a flag, refusing one that matches nothing.
+func matchAll(entries []pgarchive.Entry, flag, kind string, names []string, match func([]pgarchive.Entry, string) []*pgarchive.Entry) ([]*pgarchive.Entry, error) {
+	var out []*pgarchive.Entry
+	for _, name := range names {
+		matched := match(entries, name)
+		if len(matched) == 0 {
+			return nil, fmt.Errorf("%s %s: %s", flag, name, noSuch(entries, kind, name))
+		}
+		out = append(out, matched...)
+	}
+	return out, nil
 }
 
 // matchRelations finds the relations a --table name means: schema.name, or
