@@ -21,10 +21,12 @@ import (
 var drctlBin string
 
 func TestMain(m *testing.M) {
+	killOrphans()
 	dir, err := os.MkdirTemp("", "drctl-bin-")
 	if err != nil {
 		panic(err)
 	}
+	claim(dir)
 	// PostgreSQL's archive_command and restore_command run it as the
 	// server's OS user.
 	os.Chmod(dir, 0o755)
@@ -84,6 +86,48 @@ func leftovers(binDir string) []string {
 		names = append(names, fmt.Sprintf("%d %s", pid, cmdline))
 	}
 	return names
+}
+
+// claim marks a work directory as this test process's: processes found
+// under it once that process is gone are orphans.
+func claim(dir string) {
+	os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+}
+
+// killOrphans kills what an earlier run of these tests left behind when it
+// died without its cleanups (a panic, a timeout): servers started by
+// restore --start and detached drctl processes under a work directory
+// whose owner is no longer running. Work directories of a run still going
+// on (another go test) are left alone.
+func killOrphans() {
+	var dirs []string
+	for _, prefix := range []string{"drctl-bin-", "drctl-pitr-", "drctl-compat-"} {
+		matched, _ := filepath.Glob(filepath.Join(os.TempDir(), prefix+"*"))
+		dirs = append(dirs, matched...)
+	}
+	for _, dir := range dirs {
+		raw, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
+		if err != nil {
+			continue // not ours to judge
+		}
+		owner, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+		if err != nil || owner <= 0 || syscall.Kill(owner, 0) == nil {
+			continue // its owner still runs
+		}
+		entries, _ := os.ReadDir("/proc")
+		for _, e := range entries {
+			pid, err := strconv.Atoi(e.Name())
+			if err != nil {
+				continue
+			}
+			cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+			if strings.Contains(strings.ReplaceAll(string(cmdline), "\x00", " "), dir+"/") {
+				fmt.Fprintf(os.Stderr, "killing %d, left by a test run that died: %s\n", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		os.RemoveAll(dir)
+	}
 }
 
 type result struct {

@@ -25,6 +25,7 @@ func TestFormatV1PhysicalRepository(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	claim(work)
 	t.Cleanup(func() { os.RemoveAll(work) })
 	os.Chmod(work, 0o755)
 	// Restore from a copy: recovery must not write into testdata.

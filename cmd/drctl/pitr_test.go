@@ -42,6 +42,7 @@ func newPhysRigArchiving(t *testing.T, archive bool, extra ...string) *physRig {
 	if err != nil {
 		t.Fatal(err)
 	}
+	claim(work)
 	t.Cleanup(func() { os.RemoveAll(work) })
 	os.Chmod(work, 0o755)
 	r := &physRig{work: work, repo: filepath.Join(work, "repo")}
@@ -714,6 +715,7 @@ func TestPITRFromS3(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	claim(work)
 	t.Cleanup(func() { os.RemoveAll(work) })
 	os.Chmod(work, 0o755)
 	keys := testrig.NewKeys(t, work)
