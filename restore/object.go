@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"sync"
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
@@ -33,6 +34,10 @@ type Object struct {
 	raw     io.ReadCloser
 	reader  *hashingReader
 	decoded io.ReadCloser
+	plain   int64 // plaintext bytes read
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Progress is told how many stored bytes of how many were read.
@@ -72,6 +77,11 @@ func OpenObject(ctx context.Context, st storage.Store, m *catalog.Manifest, obj 
 // store) is not the object's fault and is returned as it is.
 func (s *Object) Read(p []byte) (int, error) {
 	n, err := s.decoded.Read(p)
+	// More plaintext than the manifest says is damage: stop it before a
+	// small hostile object streams without end into a restore.
+	if s.plain += int64(n); s.obj.RawSize > 0 && s.plain > s.obj.RawSize {
+		return 0, fmt.Errorf("%s: %w: more than the manifest's %d bytes of plaintext", s.obj.Key, ErrCorrupt, s.obj.RawSize)
+	}
 	switch {
 	case err == nil || errors.Is(err, io.EOF):
 	case s.reader.err != nil:
@@ -97,9 +107,13 @@ func (s *Object) Check() error {
 	return nil
 }
 
+// Close releases the object; it may be called more than once.
 func (s *Object) Close() error {
-	s.decoded.Close()
-	return s.raw.Close()
+	s.closeOnce.Do(func() {
+		s.decoded.Close()
+		s.closeErr = s.raw.Close()
+	})
+	return s.closeErr
 }
 
 type hashingReader struct {

@@ -115,7 +115,7 @@ func TestIncidentRestores(t *testing.T) {
 			t.Fatalf("show --contents --json: %+v", shown)
 		}
 		// Every table of the database, each with the size of its data:
-		// the rows COPY prints, and pg_dump's end-of-data line.
+		// the rows as COPY prints them.
 		want := map[string]bool{}
 		for _, rel := range relations(t, pg, "shop") {
 			kind, name, _ := strings.Cut(rel, " ")
@@ -138,7 +138,7 @@ func TestIncidentRestores(t *testing.T) {
 				continue // its rows are its partitions'
 			}
 			rows := copyOut(t, pg.DSN("shop"), pgx.Identifier{tb.Schema, tb.Name}.Sanitize())
-			if want := int64(len(rows) + len("\\.\n\n\n")); tb.DataBytes != want {
+			if want := int64(len(rows)); tb.DataBytes != want {
 				t.Errorf("%s: data_bytes %d, COPY gives %d", name, tb.DataBytes, want)
 			}
 		}
@@ -204,6 +204,38 @@ func TestIncidentRestores(t *testing.T) {
 			t.Fatalf("an unknown table: %s (database created: %v)", r.stderr, pg.DatabaseExists(t, "side2"))
 		}
 		mustFail(t, env, "for a logical restore", "restore", "latest", "--to", filepath.Join(dir, "x"), "--table", "t")
+		// Names as SQL writes them; mistakes are bad usage (exit 2), before
+		// anything is created.
+		mustRun(t, env, "restore", "latest", "--into", pg.DSN("quoted"), "--table", `"sales"."sale_order"`, "--table", "SALES.PARTNER")
+		if n := pg.QueryInt(t, "quoted", "SELECT count(*) FROM pg_constraint WHERE contype = 'f'"); n != 1 {
+			t.Fatalf("sale_order and partner together: %d foreign keys, want 1", n)
+		}
+		for _, c := range []struct {
+			want string
+			args []string
+		}{
+			{"add --table sales.sale_order", []string{"--table", "sales.open_orders"}},
+			{"leaves nothing to restore", []string{"--schema", "sales", "--exclude-schema", "sales"}},
+			{"restore into a new database", []string{"--table", "sale_order", "--clean"}},
+			{"--section", []string{"--section", "indexes"}},
+		} {
+			r := mustFail(t, env, c.want, append([]string{"restore", "latest", "--into", pg.DSN("refused")}, c.args...)...)
+			if r.code != 2 || pg.DatabaseExists(t, "refused") {
+				t.Fatalf("%v: exit %d (want 2), database created: %v", c.args, r.code, pg.DatabaseExists(t, "refused"))
+			}
+		}
+		mustFail(t, env, "does not exist", "restore", "latest", "--into", pg.DSN("refused"), "--data-only")
+		if pg.DatabaseExists(t, "refused") {
+			t.Fatal("--data-only created a database")
+		}
+		// Leaving a table out names the foreign keys that go with it.
+		var res struct {
+			LeftOut []string `json:"left_out"`
+		}
+		decodeJSON(t, mustRun(t, env, "restore", "latest", "--into", pg.DSN("without_partner"), "--exclude-table", "sales.partner", "--json").stdout, &res)
+		if len(res.LeftOut) != 1 || !strings.Contains(res.LeftOut[0], "sale_order_partner_id_fkey") {
+			t.Fatalf("--exclude-table sales.partner: left_out %v", res.LeftOut)
+		}
 	})
 
 	t.Run("sections", func(t *testing.T) {
@@ -217,10 +249,12 @@ func TestIncidentRestores(t *testing.T) {
 			t.Fatalf("sections one after another differ from the source: %s", testrig.FirstDiff(got, want))
 		}
 	})
-	t.Run("missing-grantee", func(t *testing.T) {
+	t.Run("missing-grantee-and-extension", func(t *testing.T) {
 		pg.Exec(t, "postgres", "CREATE DATABASE ghostly")
 		pg.Exec(t, "postgres", "CREATE ROLE ghost")
-		pg.Exec(t, "ghostly", "CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO ghost")
+		pg.Exec(t, "postgres", "CREATE ROLE ghost_app LOGIN CREATEDB PASSWORD 'ghost-pw'")
+		pg.Exec(t, "ghostly", `CREATE EXTENSION dblink; CREATE TABLE t (id int); INSERT INTO t VALUES (1); GRANT SELECT ON t TO ghost;
+			CREATE VIEW connections AS SELECT dblink_get_connections() AS names`)
 		mustRun(t, env, "backup", "--dsn", pg.DSN("ghostly"))
 		pg.Exec(t, "ghostly", "REVOKE ALL ON t FROM ghost")
 		pg.Exec(t, "postgres", "DROP ROLE ghost")
@@ -235,5 +269,21 @@ func TestIncidentRestores(t *testing.T) {
 		if n := pg.QueryInt(t, "graft", "SELECT count(*) FROM t"); n != 1 {
 			t.Fatalf("restored %d rows", n)
 		}
+		// dblink is not a trusted extension: a role that is not a superuser
+		// is told to leave it out, and then restores the rest.
+		asApp := fmt.Sprintf("host=127.0.0.1 port=%d user=ghost_app password=ghost-pw dbname=graft_app sslmode=disable", pg.Port)
+		mustFail(t, env, "--exclude-extension dblink", "restore", "latest", "--database", "ghostly", "--into", asApp, "--no-owner", "--no-privileges")
+		r = mustRun(t, env, "restore", "latest", "--database", "ghostly", "--into", asApp, "--no-owner", "--no-privileges", "--exclude-extension", "dblink")
+		if got := relations(t, pg, "graft_app"); strings.Join(got, ",") != "r public.t" {
+			t.Fatalf("without dblink, restored %v (the view on it must go too)", got)
+		}
+		// --role: the database is created for that role, which owns what
+		// is restored.
+		pg.Exec(t, "postgres", "CREATE ROLE ghost_owner NOLOGIN; GRANT ghost_owner TO ghost_app")
+		mustRun(t, env, "restore", "latest", "--database", "ghostly", "--into", strings.Replace(asApp, "graft_app", "graft_role", 1), "--role", "ghost_owner", "--no-owner", "--no-privileges", "--exclude-extension", "dblink")
+		if n := pg.QueryInt(t, "graft_role", "SELECT count(*) FROM pg_tables WHERE tablename = 't' AND tableowner = 'ghost_owner'"); n != 1 {
+			t.Fatal("--role ghost_owner: the table is not that role's")
+		}
+		mustFail(t, env, "not a member", "restore", "latest", "--database", "ghostly", "--into", strings.Replace(asApp, "graft_app", "graft_x", 1), "--role", "shop_app", "--no-owner")
 	})
 }

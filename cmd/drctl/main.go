@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 )
 
@@ -42,6 +43,9 @@ func main() {
 		var ec *exitCodeError
 		if errors.As(err, &ec) {
 			os.Exit(ec.code)
+		}
+		if strings.HasPrefix(err.Error(), "unknown command") {
+			os.Exit(2)
 		}
 		os.Exit(1)
 	}

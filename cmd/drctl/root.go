@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"sort"
@@ -46,6 +47,27 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newPruneCommand(g, stdout, stderr),
 		newSignCommand(g, stdout, stderr),
 	)
+	// Bad usage exits 2; for wal-fetch, 126: restore_command must not take
+	// a mistyped command for "not archived" and end recovery early.
+	usage := func(code int) func(*cobra.Command, error) error {
+		return func(_ *cobra.Command, err error) error { return &exitCodeError{code, err} }
+	}
+	root.SetFlagErrorFunc(usage(2))
+	for _, c := range root.Commands() {
+		code := 2
+		if c.Name() == "wal-fetch" {
+			code = walFetchErrorExit
+		}
+		c.SetFlagErrorFunc(usage(code))
+		if check := c.Args; check != nil {
+			c.Args = func(cmd *cobra.Command, args []string) error {
+				if err := check(cmd, args); err != nil {
+					return &exitCodeError{code, err}
+				}
+				return nil
+			}
+		}
+	}
 	return root
 }
 
@@ -422,7 +444,7 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				if database != "" {
 					return &exitCodeError{2, fmt.Errorf("--database selects a logical backup for --into; a base backup (--to) holds the whole cluster")}
 				}
-				for _, f := range []string{"no-owner", "no-privileges", "role", "table", "schema", "exclude-table", "exclude-schema", "section", "data-only"} {
+				for _, f := range []string{"no-owner", "no-privileges", "role", "table", "schema", "exclude-table", "exclude-schema", "exclude-extension", "section", "data-only", "disable-triggers"} {
 					if cmd.Flags().Changed(f) {
 						return &exitCodeError{2, fmt.Errorf("--%s is for a logical restore (--into); a base backup (--to) restores the whole cluster", f)}
 					}
@@ -465,6 +487,9 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			lopt.Progress, lopt.Logger = bar.update, s.Logger
 			res, err := rlogical.Restore(cmd.Context(), lopt)
 			bar.finish()
+			if errors.Is(err, rlogical.ErrSelection) {
+				return &exitCodeError{2, err}
+			}
 			if err != nil {
 				return err
 			}
@@ -490,8 +515,10 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	cmd.Flags().BoolVar(&lopt.NoOwner, "no-owner", false, "--into: do not give objects to their owners in the backup: the restoring role owns them (needed as a role that is not a superuser)")
 	cmd.Flags().BoolVar(&lopt.NoPrivileges, "no-privileges", false, "--into: restore no GRANT or REVOKE (needed when the backup's roles do not exist on the target)")
 	cmd.Flags().StringVar(&lopt.Role, "role", "", "--into: SET ROLE to this role before restoring, so that it owns what it creates")
-	cmd.Flags().StringArrayVar(&lopt.Selection.Tables, "table", nil, "--into: only this table (schema.name or name; repeatable), with its data, indexes, constraints, triggers, owned sequences and what it needs")
-	cmd.Flags().StringArrayVar(&lopt.Selection.Schemas, "schema", nil, "--into: only the objects of this schema (repeatable)")
+	cmd.Flags().StringArrayVar(&lopt.Selection.Tables, "table", nil, "--into: only this table (schema.name or name, double-quoted parts as in SQL; repeatable), with its data, indexes, constraints, triggers, owned sequences and what it needs")
+	cmd.Flags().StringArrayVar(&lopt.Selection.Schemas, "schema", nil, "--into: the objects of this schema (repeatable; with --table, both are restored)")
+	cmd.Flags().StringArrayVar(&lopt.Selection.ExcludeExtensions, "exclude-extension", nil, "--into: leave out this extension and what depends on it (repeatable; for extensions only a superuser may create)")
+	cmd.Flags().BoolVar(&lopt.DisableTriggers, "disable-triggers", false, "--into: with --data-only, do not fire triggers while loading (a superuser)")
 	cmd.Flags().StringArrayVar(&lopt.Selection.ExcludeTables, "exclude-table", nil, "--into: leave out this table and what depends on it (repeatable)")
 	cmd.Flags().StringArrayVar(&lopt.Selection.ExcludeSchemas, "exclude-schema", nil, "--into: leave out this schema and what depends on it (repeatable)")
 	cmd.Flags().StringArrayVar(&lopt.Selection.Sections, "section", nil, "--into: only this section: pre-data, data or post-data (repeatable)")

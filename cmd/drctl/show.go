@@ -18,13 +18,18 @@ import (
 // shown is `drctl show --json`.
 type shown struct {
 	backupSummary
+	// Snapshot is when the data is from: a dump's start; for a base
+	// backup, its window says.
+	Snapshot     *time.Time            `json:"snapshot_time,omitempty"`
+	ServerInfo   catalog.Server        `json:"server"`
+	Compression  string                `json:"compression"`
 	Objects      []catalog.Object      `json:"objects"`
 	Encryption   catalog.Encryption    `json:"encryption"`
 	Tool         catalog.Tool          `json:"tool"`
 	Signature    string                `json:"signature"`
 	Verification *catalog.Verification `json:"verification"`
-	// Drill is the newest restore drill of the backup; null until drills
-	// have run (drctl drill).
+	// Drill is the newest restore drill of the backup: always null, as
+	// drctl does not run drills yet.
 	Drill    *struct{} `json:"drill"`
 	Contents *contents `json:"contents,omitempty"`
 }
@@ -75,7 +80,10 @@ func newShowCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := shown{backupSummary: summarize(m), Objects: m.Objects, Encryption: m.Encryption, Tool: m.Tool}
+			out := shown{backupSummary: summarize(m), ServerInfo: m.Server, Compression: m.Compression, Objects: m.Objects, Encryption: m.Encryption, Tool: m.Tool}
+			if m.Kind == catalog.KindLogical {
+				out.Snapshot = &m.StartTime
+			}
 			if verifier != nil {
 				_, who, err := catalog.LoadVerified(cmd.Context(), st, m.ID, verifier)
 				if err != nil {
@@ -115,7 +123,7 @@ func newShowCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&withContents, "contents", false, "read the dump (a logical backup) and list its objects by schema, with each table's data size; the stored object is checked on the way")
+	cmd.Flags().BoolVar(&withContents, "contents", false, "read the dump (a logical backup) and list its objects by schema, with each table's data size; the stored object is checked on the way (not recorded as a verification: drctl verify does that)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON object")
 	cmd.Flags().StringVar(&q.Kind, "kind", "", "with latest: the newest backup of this kind (logical or physical)")
 	cmd.Flags().StringVar(&q.Database, "database", "", "with latest: the newest backup of this database")
@@ -184,7 +192,11 @@ func printShown(w io.Writer, m *catalog.Manifest, s *shown) {
 	if m.Kind == catalog.KindLogical {
 		row("snapshot", "%s (the data is as of the dump's start)", m.StartTime.Format(time.RFC3339))
 	}
-	row("size", "%s of data, %s stored (%s), %d objects", humanBytes(m.RawSize()), humanBytes(m.StoredSize()), m.Compression, len(m.Objects))
+	what := "dump"
+	if m.Kind == catalog.KindPhysical {
+		what = "tar and manifest"
+	}
+	row("size", "%s of %s, %s stored (%s); %d stored object(s)", humanBytes(m.RawSize()), what, humanBytes(m.StoredSize()), m.Compression, len(m.Objects))
 	if m.Server.DatabaseSize > 0 {
 		row("database size", "%s when the backup started", humanBytes(m.Server.DatabaseSize))
 	}
@@ -204,7 +216,7 @@ func printShown(w io.Writer, m *catalog.Manifest, s *shown) {
 	} else {
 		row("verified", "never (drctl verify %s)", m.ID)
 	}
-	row("drill", "none recorded")
+	row("drill", "none (drctl does not run restore drills yet)")
 	if p := m.Physical; p != nil {
 		row("WAL needed", "%s (%s) to %s (%s), timeline %d", p.StartLSN, p.StartSegment, p.StopLSN, p.StopSegment, p.StopTimeline)
 		if win := s.Window; win != nil {

@@ -55,8 +55,10 @@ type Entry struct {
 	Defn string `json:"-"`
 	// HasData: the entry has a data block (TABLE DATA, BLOBS).
 	HasData bool `json:"-"`
-	// DataBytes is the size of its data block's payload (compressed when
-	// the archive is), once the blocks have been read (Reader.ReadData).
+	// DataBytes is the size of its data, once the blocks have been read
+	// (Reader.ReadData): a table's rows as COPY text (pg_dump's end-of-data
+	// line not counted), large objects' bytes; compressed sizes when the
+	// archive is compressed.
 	DataBytes int64 `json:"data_bytes"`
 }
 
@@ -77,8 +79,11 @@ const (
 	maxString  = 1 << 30 // a function body or a view's definition
 	keepString = 1 << 16 // longest name kept (longer ones are refused)
 	maxGrants  = 1 << 20 // longest ACL entry kept
-	maxKept    = 1 << 28 // memory the table of contents may take
+	maxKept    = 1 << 29 // memory the table of contents may take (some 4 million entries)
 )
+
+// copyEnd is what pg_dump writes after a table's COPY rows.
+const copyEnd = "\\.\n\n\n"
 
 // Block types of the custom format.
 const (
@@ -105,7 +110,8 @@ type Reader struct {
 	pass bool   // copy what is read to Pass
 	buf  []byte // for reading through what is not kept
 	num  [9]byte
-	kept int64 // bytes of names, grants and entries kept
+	kept int64  // bytes of names, grants and entries kept
+	tail []byte // the last bytes of the data read through
 }
 
 // NewReader reads an archive from r.
@@ -167,8 +173,8 @@ func (a *Reader) int() (int64, error) {
 	for i := a.intSize; i >= 1; i-- {
 		v = v<<8 | uint64(buf[i])
 	}
-	if v > 1<<62 {
-		return 0, formatErr("integer out of range")
+	if v > 1<<31-1 {
+		return 0, formatErr("integer out of range") // pg_restore's int would overflow
 	}
 	if buf[0] != 0 {
 		return -int64(v), nil
@@ -214,6 +220,17 @@ func (a *Reader) strUpTo(limit int64) (s string, null bool, err error) {
 	return string(b), false, nil
 }
 
+// Printable replaces control characters in a name from the archive, which
+// drctl prints: a hostile dump must not write escapes to a terminal.
+func Printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, s)
+}
+
 // discard reads n bytes, passing them on when passing.
 func (a *Reader) discard(n int64) error {
 	if a.buf == nil {
@@ -225,6 +242,12 @@ func (a *Reader) discard(n int64) error {
 			return err
 		}
 		n -= int64(len(b))
+		if len(b) >= len(copyEnd) {
+			a.tail = append(a.tail[:0], b[len(b)-len(copyEnd):]...)
+		} else {
+			a.tail = append(a.tail, b...)
+			a.tail = a.tail[max(0, len(a.tail)-len(copyEnd)):]
+		}
 	}
 	return nil
 }
@@ -265,8 +288,10 @@ func (a *Reader) ReadTOC() error {
 	if err != nil {
 		return err
 	}
-	if is < 1 || is > 8 || os < 1 || os > 8 {
-		return formatErr("integer size %d, offset size %d", is, os)
+	// pg_dump writes C ints (4 bytes) and 64-bit offsets; pg_restore adds
+	// integers up in a C int, so wider ones would read differently there.
+	if is != 4 || (os != 8 && os != 4) {
+		return formatErr("integer size %d, offset size %d (pg_dump writes 4 and 8)", is, os)
 	}
 	a.intSize, a.offSize = int(is), int(os)
 	format, err := a.byte1()
@@ -313,6 +338,7 @@ func (a *Reader) ReadTOC() error {
 	if a.Header.DumpVersion, _, err = a.str(true); err != nil {
 		return err
 	}
+	a.Header.Database, a.Header.ServerVersion, a.Header.DumpVersion = Printable(a.Header.Database), Printable(a.Header.ServerVersion), Printable(a.Header.DumpVersion)
 	count, err := a.int()
 	if err != nil {
 		return err
@@ -320,7 +346,7 @@ func (a *Reader) ReadTOC() error {
 	if count < 0 || count > maxEntries {
 		return formatErr("%d table of contents entries", count)
 	}
-	a.byID = make(map[int]int, count)
+	a.byID = make(map[int]int, min(count, 1<<16))
 	a.Entries = make([]Entry, 0, min(count, 1<<16))
 	for i := int64(0); i < count; i++ {
 		e, err := a.entry()
@@ -346,7 +372,7 @@ func (a *Reader) entry() (Entry, error) {
 		return e, formatErr("entry id %d", id)
 	}
 	e.ID = int(id)
-	if a.kept += 128; a.kept > maxKept { // the entry itself
+	if a.kept += 96; a.kept > maxKept { // the entry itself
 		return e, formatErr("a table of contents over %d MiB", maxKept>>20)
 	}
 	hadDumper, err := a.int()
@@ -374,7 +400,7 @@ func (a *Reader) entry() (Entry, error) {
 	}
 	e.Section = Section(section)
 	defnLimit := int64(0)
-	if e.Desc == "ACL" {
+	if e.Desc == "ACL" || e.Desc == "DEFAULT ACL" {
 		defnLimit = maxGrants // the grants name the roles they need
 	}
 	if e.Defn, _, err = a.strUpTo(defnLimit); err != nil {
@@ -427,14 +453,31 @@ func (a *Reader) entry() (Entry, error) {
 		}
 		e.Deps = append(e.Deps, d)
 	}
-	// The custom format's extra TOC data: where the data block is.
-	if _, err := a.byte1(); err != nil {
+	// The custom format's extra TOC data: whether there is a data block
+	// (pg_restore believes this flag, not hadDumper), and where.
+	flag, err := a.byte1()
+	if err != nil {
 		return e, err
 	}
 	off := make([]byte, a.offSize)
 	if err := a.readFull(off); err != nil {
 		return e, err
 	}
+	const posNotSet, posSet, noData = 1, 2, 3
+	if flag != posNotSet && flag != posSet && flag != noData {
+		return e, formatErr("entry %d: data offset flag %d", e.ID, flag)
+	}
+	if (flag == noData) == e.HasData {
+		return e, formatErr("entry %d (%s) says both that it has data and that it has none", e.ID, e.Desc)
+	}
+	// Only table data and large objects carry data, in the data section:
+	// what pg_dump writes, and what pg_restore reads under every option
+	// drctl gives it. Anything else would let the two disagree on which
+	// blocks pg_restore reads.
+	if e.HasData && !((e.Desc == "TABLE DATA" || e.Desc == "BLOBS") && e.Section == SectionData) {
+		return e, formatErr("entry %d: a %s in section %s with data", e.ID, e.Desc, e.Section)
+	}
+	e.Tag, e.Desc, e.Namespace, e.Owner = Printable(e.Tag), Printable(e.Desc), Printable(e.Namespace), Printable(e.Owner)
 	return e, nil
 }
 
@@ -475,9 +518,15 @@ func (a *Reader) ReadData() error {
 		}
 		switch typ {
 		case blockData:
+			a.tail = a.tail[:0]
 			n, err := a.chunks()
 			if err != nil {
 				return fmt.Errorf("data of %s %s: %w", e.Desc, e.Tag, err)
+			}
+			// pg_dump ends COPY data with an end-of-data line: the rows
+			// alone are the table's size.
+			if a.Header.Compression == "none" && string(a.tail) == copyEnd {
+				n -= int64(len(copyEnd))
 			}
 			e.DataBytes = n
 		case blockLOs:

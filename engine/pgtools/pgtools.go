@@ -107,7 +107,14 @@ func Version(program string) string {
 	if err != nil {
 		return ""
 	}
+	// "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)": the version
+	// is the word after "(PostgreSQL)".
 	f := strings.Fields(string(out))
+	for i, w := range f {
+		if w == "(PostgreSQL)" && i+1 < len(f) {
+			return f[i+1]
+		}
+	}
 	if len(f) == 0 {
 		return ""
 	}

@@ -105,7 +105,7 @@ func TestSelectiveRestoreWaitsForTheWholeObject(t *testing.T) {
 	os.WriteFile(path, bad, 0o640)
 	opt := rlogical.Options{Store: st, Manifest: m, Keys: f.keys.Codec(), Target: f.dsnOf("one_table"),
 		Selection: rlogical.Selection{Tables: []string{"a_first"}}}
-	if _, err := rlogical.Restore(t.Context(), opt); !errors.Is(err, restore.ErrCorrupt) || strings.Contains(err.Error(), "committed") {
+	if _, err := rlogical.Restore(t.Context(), opt); !errors.Is(err, restore.ErrCorrupt) || strings.Contains(err.Error(), "finished before") {
 		t.Fatalf("--table a_first from a dump damaged at its end: %v, want the corruption named before anything committed", err)
 	}
 	if f.pg.DatabaseExists(t, "one_table") {

@@ -2,7 +2,6 @@ package logical
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +36,9 @@ type Options struct {
 	// --no-privileges and --role.
 	NoOwner, NoPrivileges bool
 	Role                  string
+	// DisableTriggers is pg_restore's --disable-triggers (data only; a
+	// superuser).
+	DisableTriggers bool
 	// Selection narrows the restore to some tables, schemas or sections.
 	Selection Selection
 	PgRestore string // empty finds pg_restore
@@ -89,6 +91,9 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if err := opt.Selection.Check(); err != nil {
 		return nil, err
 	}
+	if opt.Clean && (opt.Selection.Narrows() || opt.Selection.DataOnly || len(opt.Selection.Sections) > 0) {
+		return nil, fmt.Errorf("%w: --clean drops and recreates every object it restores, which with --table, --schema, --exclude-*, --section or --data-only would also drop the schemas, types and functions they need, or nothing at all: restore into a new database and move what you need from there", ErrSelection)
+	}
 	pgRestore, err := pgtools.Resolve(opt.PgRestore, "pg_restore")
 	if err != nil {
 		return nil, err
@@ -104,9 +109,10 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		return nil, err
 	}
 	defer stream.Close()
-	var head bytes.Buffer
+	head := &spill{limit: spillLimit}
+	defer head.Close()
 	arch := pgarchive.NewReader(stream)
-	arch.Pass = &head
+	arch.Pass = head
 	if err := arch.ReadTOC(); err != nil {
 		return nil, fmt.Errorf("backup %s: the dump's table of contents: %w", m.ID, err)
 	}
@@ -122,13 +128,13 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	}
 
 	// Data or post-data alone go into the tables an earlier restore made.
-	created, err := prepareTarget(ctx, opt.Target, opt.Clean || !opt.Selection.createsObjects())
+	created, err := prepareTarget(ctx, opt.Target, opt.Clean || !opt.Selection.createsObjects(), opt.Selection.createsObjects(), opt.Role)
 	if err != nil {
 		return nil, err
 	}
 	log.Info("restore started", "target", opt.Target.Redacted(), "created_database", created)
 
-	err = runRestore(ctx, opt, pgRestore, stream, arch, head.Bytes(), p)
+	err = runRestore(ctx, opt, pgRestore, stream, arch, head, p)
 	if err != nil {
 		if created {
 			if derr := dropDatabase(context.WithoutCancel(ctx), opt.Target); derr != nil {
@@ -137,11 +143,11 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		}
 		return nil, fmt.Errorf("restore %s into %s: %w", m.ID, dbname, err)
 	}
-	res := &Result{ID: m.ID, Database: dbname, CreatedDatabase: created, Tables: []string{}, LeftOut: p.leftOut,
+	res := &Result{ID: m.ID, Database: dbname, CreatedDatabase: created, Tables: []string{}, LeftOut: append([]string{}, p.leftOut...),
 		StoredBytes: obj.Size, RawBytes: obj.RawSize, Seconds: time.Since(start).Seconds()}
 	for i := range arch.Entries {
 		e := &arch.Entries[i]
-		if p.restores(e) && !never[e.Desc] {
+		if p.restores(e) && !never[e.Desc] && p.inSections(e) {
 			res.Entries++
 		}
 		if p.readsData(e) && e.Desc == "TABLE DATA" {
@@ -156,7 +162,7 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 // contents already read (head), then the data blocks pg_restore will read
 // and no others, so that it cannot finish before the last of them — held
 // back until the whole stored object has been checked.
-func runRestore(ctx context.Context, opt Options, pgRestore string, stream *restore.Object, arch *pgarchive.Reader, head []byte, p *plan) error {
+func runRestore(ctx context.Context, opt Options, pgRestore string, stream *restore.Object, arch *pgarchive.Reader, head *spill, p *plan) error {
 	conninfo, env := opt.Target.CommandArgs()
 	args := []string{"--no-password", "--exit-on-error", "--single-transaction"}
 	if opt.Clean {
@@ -170,6 +176,9 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, stream *rest
 	}
 	if opt.Role != "" {
 		args = append(args, "--role="+opt.Role)
+	}
+	if opt.DisableTriggers {
+		args = append(args, "--disable-triggers")
 	}
 	for _, sec := range opt.Selection.Sections {
 		args = append(args, "--section="+sec)
@@ -221,8 +230,9 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, stream *rest
 			rest = source.Check()
 		}
 		if rest != nil {
-			return fmt.Errorf("pg_restore committed before drctl had read the whole dump, and the rest is damaged: %w", rest)
+			return fmt.Errorf("pg_restore finished before drctl had read the whole dump, so the target database was changed, and the dump is damaged: %w", rest)
 		}
+		opt.Logger.Warn("pg_restore finished before drctl had read the whole dump; the rest of it checked out, so the restore stands")
 		return nil
 	}
 	if feedErr != nil {
@@ -231,6 +241,11 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, stream *rest
 		kill()
 		cmd.Wait()
 		stdin.Close()
+		if st := cmd.Cmd.ProcessState; st != nil && st.Success() {
+			// It had finished on its own: it must not have (it is given
+			// only what it reads, the last of it held back).
+			return fmt.Errorf("pg_restore finished before drctl had read the whole dump, so the target database was changed, and the dump is damaged: %w", feedErr)
+		}
 		return feedErr
 	}
 	stdin.Close()
@@ -240,7 +255,7 @@ func runRestore(ctx context.Context, opt Options, pgRestore string, stream *rest
 // filtered is the archive as pg_restore gets it: head, then the data
 // blocks it reads, produced by reading the stream to its end. Close it
 // once done with it.
-func filtered(stream *restore.Object, arch *pgarchive.Reader, head []byte, p *plan) *pipedObject {
+func filtered(stream *restore.Object, arch *pgarchive.Reader, head *spill, p *plan) *pipedObject {
 	pr, pw := io.Pipe()
 	// pg_dump writes table data in chunks of a row or so: batch them.
 	bw := bufio.NewWriterSize(pw, 256<<10)
@@ -249,11 +264,15 @@ func filtered(stream *restore.Object, arch *pgarchive.Reader, head []byte, p *pl
 	o := &pipedObject{pr: pr, stream: stream, done: make(chan struct{})}
 	go func() {
 		defer close(o.done)
-		if _, err := bw.Write(head); err != nil {
+		toc, err := head.reader()
+		if err == nil {
+			_, err = io.Copy(bw, toc)
+		}
+		if err != nil {
 			pw.CloseWithError(err)
 			return
 		}
-		err := arch.ReadData()
+		err = arch.ReadData()
 		var pe *pgarchive.PassError
 		if errors.As(err, &pe) {
 			err = pe.Err // the reading side went away
@@ -275,9 +294,11 @@ type pipedObject struct {
 func (o *pipedObject) Read(b []byte) (int, error) { return o.pr.Read(b) }
 func (o *pipedObject) Check() error               { return o.stream.Check() }
 
-// Close stops the reading goroutine and waits for it.
+// Close stops the reading goroutine and waits for it; closing the stored
+// object ends a read that hangs.
 func (o *pipedObject) Close() {
 	o.pr.CloseWithError(errors.New("restore ended"))
+	o.stream.Close()
 	<-o.done
 }
 
@@ -318,16 +339,20 @@ func feed(w io.Writer, stream checkedReader) error {
 	return nil
 }
 
-// prepareTarget creates the database when it is missing (reporting true),
-// and otherwise refuses one that holds objects unless clean is set.
-func prepareTarget(ctx context.Context, target *pgdsn.DSN, clean bool) (bool, error) {
+// prepareTarget creates the database when it is missing (reporting true;
+// owned by owner when set) if create allows, and otherwise refuses one that
+// holds objects unless nonEmpty is set.
+func prepareTarget(ctx context.Context, target *pgdsn.DSN, nonEmpty, create bool, owner string) (bool, error) {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(cctx, target.ConnString())
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "3D000" { // invalid_catalog_name
-			return true, createDatabase(cctx, target)
+			if !create {
+				return false, fmt.Errorf("database %s does not exist: data and post-data go into the tables a restore of pre-data made", target.Database())
+			}
+			return true, createDatabase(cctx, target, owner)
 		}
 		return false, fmt.Errorf("connect to %s: %s", target.Redacted(), target.RedactError(err))
 	}
@@ -345,7 +370,7 @@ func prepareTarget(ctx context.Context, target *pgdsn.DSN, clean bool) (bool, er
 	if err != nil {
 		return false, fmt.Errorf("inspect target database: %w", err)
 	}
-	if objects > 0 && !clean {
+	if objects > 0 && !nonEmpty {
 		return false, fmt.Errorf("%w: %s holds %d objects; restore into a new database or give --clean to replace the backup's objects", ErrNotEmpty, target.Database(), objects)
 	}
 	return false, nil
@@ -363,14 +388,18 @@ func maintenanceConn(ctx context.Context, target *pgdsn.DSN) (*pgx.Conn, error) 
 	return nil, fmt.Errorf("connect to the maintenance database: %s", target.RedactError(lastErr))
 }
 
-func createDatabase(ctx context.Context, target *pgdsn.DSN) error {
+func createDatabase(ctx context.Context, target *pgdsn.DSN, owner string) error {
 	conn, err := maintenanceConn(ctx, target)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	name := pgx.Identifier{target.Database()}.Sanitize()
-	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name+" TEMPLATE template0"); err != nil {
+	sql := "CREATE DATABASE " + name + " TEMPLATE template0"
+	if owner != "" {
+		sql += " OWNER " + pgx.Identifier{owner}.Sanitize() // --role creates in it
+	}
+	if _, err := conn.Exec(ctx, sql); err != nil {
 		return fmt.Errorf("create database %s: %w", name, err)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package logical
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -22,18 +23,22 @@ type Selection struct {
 	Tables []string
 	// Schemas: every object of these schemas.
 	Schemas []string
-	// ExcludeTables and ExcludeSchemas leave out these objects and
-	// everything that depends on them.
-	ExcludeTables, ExcludeSchemas []string
+	// ExcludeTables, ExcludeSchemas and ExcludeExtensions leave out these
+	// objects and everything that depends on them.
+	ExcludeTables, ExcludeSchemas, ExcludeExtensions []string
 	// Sections: pre-data, data, post-data (empty: all).
 	Sections []string
 	// DataOnly restores table data only, into existing tables.
 	DataOnly bool
 }
 
+// ErrSelection marks a selection that cannot be made: a name that matches
+// nothing or several tables, a view without its tables, nothing left.
+var ErrSelection = errors.New("bad selection")
+
 // Narrows reports whether the selection chooses entries (rather than all).
 func (s Selection) Narrows() bool {
-	return len(s.Tables)+len(s.Schemas)+len(s.ExcludeTables)+len(s.ExcludeSchemas) > 0
+	return len(s.Tables)+len(s.Schemas)+len(s.ExcludeTables)+len(s.ExcludeSchemas)+len(s.ExcludeExtensions) > 0
 }
 
 // dataRead reports whether pg_restore reads table data with these options.
@@ -51,16 +56,16 @@ func (s Selection) createsObjects() bool {
 func (s Selection) Check() error {
 	for _, sec := range s.Sections {
 		if sec != "pre-data" && sec != "data" && sec != "post-data" {
-			return fmt.Errorf("--section %q: give pre-data, data or post-data", sec)
+			return fmt.Errorf("%w: --section %q: give pre-data, data or post-data", ErrSelection, sec)
 		}
 	}
 	if s.DataOnly && len(s.Sections) > 0 {
-		return fmt.Errorf("--data-only and --section do not go together: --data-only is --section data")
+		return fmt.Errorf("%w: --data-only and --section do not go together: --data-only is --section data", ErrSelection)
 	}
-	for _, list := range [][]string{s.Tables, s.Schemas, s.ExcludeTables, s.ExcludeSchemas} {
+	for _, list := range [][]string{s.Tables, s.Schemas, s.ExcludeTables, s.ExcludeSchemas, s.ExcludeExtensions} {
 		for _, name := range list {
 			if strings.TrimSpace(name) == "" {
-				return fmt.Errorf("an empty table or schema name")
+				return fmt.Errorf("%w: an empty table, schema or extension name", ErrSelection)
 			}
 		}
 	}
@@ -86,7 +91,8 @@ var never = map[string]bool{"ENCODING": true, "STDSTRINGS": true, "SEARCHPATH": 
 // and what was left out that the user might expect.
 type plan struct {
 	ids      map[int]bool
-	leftOut  []string // foreign keys to tables not restored
+	sections map[pgarchive.Section]bool // nil: all
+	leftOut  []string                   // foreign keys to tables not restored
 	entries  []pgarchive.Entry
 	readData bool
 }
@@ -94,12 +100,32 @@ type plan struct {
 // restores reports whether the entry is restored.
 func (p *plan) restores(e *pgarchive.Entry) bool { return p.ids == nil || p.ids[e.ID] }
 
+// inSections reports whether the entry is in a section restored.
+func (p *plan) inSections(e *pgarchive.Entry) bool {
+	if p.sections == nil {
+		return true
+	}
+	if e.Section == pgarchive.SectionNone { // comments and grants: with the schema
+		return p.sections[pgarchive.SectionPreData] || p.sections[pgarchive.SectionPostData]
+	}
+	return p.sections[e.Section]
+}
+
 // readsData reports whether pg_restore reads the entry's data block.
 func (p *plan) readsData(e *pgarchive.Entry) bool { return p.readData && e.HasData && p.restores(e) }
 
 // choose applies a selection to a dump's table of contents.
 func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 	p := &plan{entries: entries, readData: sel.dataRead()}
+	if sel.DataOnly || len(sel.Sections) > 0 {
+		p.sections = map[pgarchive.Section]bool{pgarchive.SectionData: true}
+		if !sel.DataOnly {
+			p.sections = map[pgarchive.Section]bool{}
+			for _, name := range sel.Sections {
+				p.sections[map[string]pgarchive.Section{"pre-data": pgarchive.SectionPreData, "data": pgarchive.SectionData, "post-data": pgarchive.SectionPostData}[name]] = true
+			}
+		}
+	}
 	if !sel.Narrows() {
 		return p, nil
 	}
@@ -128,6 +154,11 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 		return nil, err
 	}
 	queue = append(queue, inSchemas...)
+	extensions, err := matchAll(entries, "--exclude-extension", "extension", sel.ExcludeExtensions, matchExtension)
+	if err != nil {
+		return nil, err
+	}
+	queue = append(queue, extensions...)
 	for len(queue) > 0 {
 		e := queue[0]
 		queue = queue[1:]
@@ -166,35 +197,41 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 		// what a chosen entry needs. A parent table pulled in by need
 		// brings nothing of its own (not its other partitions, nor data).
 		needOnly := map[int]bool{}
-		for changed := true; changed; {
-			changed = false
-			for i := range entries {
-				e := &entries[i]
+		work := make([]int, 0, len(chosen))
+		for id := range chosen {
+			work = append(work, id)
+		}
+		sort.Ints(work)
+		for len(work) > 0 {
+			id := work[len(work)-1]
+			work = work[:len(work)-1]
+			for _, d := range byID[id].Deps {
+				dep, ok := byID[d]
+				if !ok || chosen[d] || excluded[d] || never[dep.Desc] {
+					continue
+				}
+				// A table needs the table it is a partition or child of;
+				// other relations are never pulled in by need.
+				if relation(d) {
+					if !(byID[id].Desc == "TABLE" && dep.Desc == "TABLE") {
+						continue
+					}
+					needOnly[d] = true
+				}
+				if belongings[dep.Desc] && dep.Desc != "SEQUENCE" && dep.Desc != "TABLE" {
+					continue // part of a relation that is not restored
+				}
+				chosen[d] = true
+				work = append(work, d)
+			}
+			// What depends on it may now belong.
+			for _, e := range dependents[id] {
 				if chosen[e.ID] || excluded[e.ID] || never[e.Desc] {
 					continue
 				}
 				if belongs(e, chosen, needOnly, byID, relation) {
-					chosen[e.ID], changed = true, true
-				}
-			}
-			for id := range chosen {
-				for _, d := range byID[id].Deps {
-					dep, ok := byID[d]
-					if !ok || chosen[d] || excluded[d] || never[dep.Desc] {
-						continue
-					}
-					// A table needs the table it is a partition or child
-					// of; other relations are never pulled in by need.
-					if relation(d) {
-						if !(byID[id].Desc == "TABLE" && dep.Desc == "TABLE") {
-							continue
-						}
-						needOnly[d] = true
-					}
-					if belongings[dep.Desc] && dep.Desc != "SEQUENCE" && dep.Desc != "TABLE" {
-						continue // part of a relation that is not restored
-					}
-					chosen[d], changed = true, true
+					chosen[e.ID] = true
+					work = append(work, e.ID)
 				}
 			}
 		}
@@ -204,10 +241,33 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 			delete(chosen, id)
 		}
 	}
+	// A view (or table) named by --table needs the relations it is built
+	// on: say which to add rather than fail half-way in pg_restore.
+	for _, name := range sel.Tables {
+		matched, _ := matchRelations(entries, name)
+		for _, e := range matched {
+			if e.Desc == "SEQUENCE" {
+				continue
+			}
+			var missing []string
+			for _, d := range e.Deps {
+				if relation(d) && !chosen[d] {
+					missing = append(missing, qualified(byID[d]))
+				}
+			}
+			if len(missing) > 0 {
+				return nil, fmt.Errorf("%w: --table %s: %s %s is built on %s, which the selection leaves out: add --table %s", ErrSelection,
+					name, strings.ToLower(e.Desc), qualified(e), strings.Join(missing, ", "), strings.Join(missing, " --table "))
+			}
+		}
+	}
+	if len(chosen) == 0 {
+		return nil, fmt.Errorf("%w: the selection leaves nothing to restore", ErrSelection)
+	}
 	// Foreign keys of restored tables that reference tables not restored.
 	for i := range entries {
 		e := &entries[i]
-		if e.Desc != "FK CONSTRAINT" || chosen[e.ID] || excluded[e.ID] {
+		if e.Desc != "FK CONSTRAINT" || chosen[e.ID] {
 			continue
 		}
 		// Its tag is "<table> <constraint>".
@@ -275,47 +335,132 @@ func belongs(e *pgarchive.Entry, chosen, needOnly map[int]bool, byID map[int]*pg
 }
 
 // matchAll matches each name of a flag, refusing one that matches nothing.
-func matchAll(entries []pgarchive.Entry, flag, kind string, names []string, match func([]pgarchive.Entry, string) []*pgarchive.Entry) ([]*pgarchive.Entry, error) {
+func matchAll(entries []pgarchive.Entry, flag, kind string, names []string, match func([]pgarchive.Entry, string) ([]*pgarchive.Entry, error)) ([]*pgarchive.Entry, error) {
 	var out []*pgarchive.Entry
 	for _, name := range names {
-		matched := match(entries, name)
+		matched, err := match(entries, name)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s %s: %v", ErrSelection, flag, name, err)
+		}
 		if len(matched) == 0 {
-			return nil, fmt.Errorf("%s %s: %s", flag, name, noSuch(entries, kind, name))
+			return nil, fmt.Errorf("%w: %s %s: %s", ErrSelection, flag, name, noSuch(entries, kind, name))
 		}
 		out = append(out, matched...)
 	}
 	return out, nil
 }
 
+// identifier is one part of a name as given: "Quoted" parts match
+// exactly; unquoted ones exactly or folded to lower case, as SQL folds them.
+type identifier struct {
+	text   string
+	quoted bool
+}
+
+func (id identifier) matches(s string) bool {
+	return s == id.text || (!id.quoted && s == strings.ToLower(id.text))
+}
+
+// parseName splits schema.name, honouring double quotes; without quotes
+// the first dot separates the schema.
+func parseName(name string) ([]identifier, error) {
+	if !strings.Contains(name, `"`) {
+		if schema, rel, ok := strings.Cut(name, "."); ok && schema != "" && rel != "" {
+			return []identifier{{schema, false}, {rel, false}}, nil
+		}
+		if strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".") {
+			return nil, fmt.Errorf("an empty part in the name")
+		}
+		return []identifier{{name, false}}, nil
+	}
+	var parts []identifier
+	for _, t := range sqlTokens(name) {
+		switch {
+		case t.quoted:
+			parts = append(parts, identifier{t.text, true})
+		case t.text == "," || strings.HasPrefix(t.text, "("):
+			return nil, fmt.Errorf("not a name")
+		default:
+			for i, p := range strings.Split(t.text, ".") {
+				if p == "" && (i == 0 || i == len(strings.Split(t.text, "."))-1) && len(parts) > 0 {
+					continue // a dot next to a quoted part
+				}
+				if p == "" {
+					return nil, fmt.Errorf("an empty part in the name")
+				}
+				parts = append(parts, identifier{p, false})
+			}
+		}
+	}
+	if len(parts) == 0 || len(parts) > 2 {
+		return nil, fmt.Errorf("give name or schema.name (double-quote parts with dots or capitals)")
+	}
+	return parts, nil
+}
+
 // matchRelations finds the relations a --table name means: schema.name, or
-// name in any schema.
-func matchRelations(entries []pgarchive.Entry, name string) []*pgarchive.Entry {
+// name in any one schema (a name in several schemas must be qualified).
+func matchRelations(entries []pgarchive.Entry, name string) ([]*pgarchive.Entry, error) {
+	parts, err := parseName(name)
+	if err != nil {
+		return nil, err
+	}
 	var out []*pgarchive.Entry
 	for i := range entries {
 		e := &entries[i]
 		if !relationKinds[e.Desc] {
 			continue
 		}
-		if e.Tag == name || e.Namespace+"."+e.Tag == name {
+		if len(parts) == 2 && parts[0].matches(e.Namespace) && parts[1].matches(e.Tag) ||
+			len(parts) == 1 && parts[0].matches(e.Tag) || e.Tag == name {
 			out = append(out, e)
 		}
 	}
-	return out
+	if len(parts) == 1 {
+		schemas := map[string]bool{}
+		var names []string
+		for _, e := range out {
+			if !schemas[e.Namespace] {
+				schemas[e.Namespace] = true
+				names = append(names, qualified(e))
+			}
+		}
+		if len(schemas) > 1 {
+			sort.Strings(names)
+			return nil, fmt.Errorf("it names %s: qualify it with its schema", strings.Join(names, " and "))
+		}
+	}
+	return out, nil
 }
 
 // matchSchema finds a schema's entry and every entry in it.
-func matchSchema(entries []pgarchive.Entry, name string) []*pgarchive.Entry {
+func matchSchema(entries []pgarchive.Entry, name string) ([]*pgarchive.Entry, error) {
+	parts, err := parseName(name)
+	if err != nil || len(parts) != 1 {
+		return nil, fmt.Errorf("not a schema name")
+	}
 	var out []*pgarchive.Entry
 	for i := range entries {
 		e := &entries[i]
 		if never[e.Desc] {
 			continue
 		}
-		if e.Namespace == name || (e.Desc == "SCHEMA" && e.Tag == name) {
+		if e.Namespace != "" && parts[0].matches(e.Namespace) || (e.Desc == "SCHEMA" && parts[0].matches(e.Tag)) {
 			out = append(out, e)
 		}
 	}
-	return out
+	return out, nil
+}
+
+// matchExtension finds an extension's entry.
+func matchExtension(entries []pgarchive.Entry, name string) ([]*pgarchive.Entry, error) {
+	var out []*pgarchive.Entry
+	for i := range entries {
+		if entries[i].Desc == "EXTENSION" && entries[i].Tag == name {
+			out = append(out, &entries[i])
+		}
+	}
+	return out, nil
 }
 
 // noSuch says that a name matched nothing, with the names that exist.
@@ -332,6 +477,8 @@ func noSuch(entries []pgarchive.Entry, kind, name string) string {
 			n = e.Namespace
 		case kind == "schema" && e.Desc == "SCHEMA":
 			n = e.Tag
+		case kind == "extension" && e.Desc == "EXTENSION":
+			n = e.Tag
 		}
 		if n != "" && !seen[n] {
 			seen[n] = true
@@ -339,7 +486,7 @@ func noSuch(entries []pgarchive.Entry, kind, name string) string {
 		}
 	}
 	sort.Strings(names)
-	msg := fmt.Sprintf("the backup has no %s named %q", kind, name)
+	msg := fmt.Sprintf("the backup has no %s named %s", kind, name)
 	var close []string
 	_, want, _ := strings.Cut(name, ".")
 	if want == "" {
@@ -350,6 +497,7 @@ func noSuch(entries []pgarchive.Entry, kind, name string) string {
 		if !ok {
 			short = n
 		}
+		short, want := strings.ToLower(short), strings.ToLower(strings.Trim(want, `"`))
 		if strings.Contains(short, want) || strings.Contains(want, short) || distance(short, want) <= 2 {
 			close = append(close, n)
 		}

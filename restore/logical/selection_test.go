@@ -127,6 +127,7 @@ func TestACLRoles(t *testing.T) {
 		`GRANT SELECT(id),UPDATE(name) ON TABLE t TO "Odd ""Role""", app WITH GRANT OPTION;` + "\n":        {`Odd "Role"`, "app"},
 		"REVOKE ALL ON SCHEMA public FROM PUBLIC;\nGRANT USAGE ON SCHEMA public TO PUBLIC;\n":              nil,
 		"SET SESSION AUTHORIZATION boss;\nGRANT ALL ON TABLE t TO worker;\nRESET SESSION AUTHORIZATION;\n": {"boss", "worker"},
+		"ALTER DEFAULT PRIVILEGES FOR ROLE owner IN SCHEMA s GRANT SELECT ON TABLES TO reader;\n":          {"owner", "reader"},
 		"REVOKE ALL ON TABLE \"TO\" FROM olduser;\n":                                                       {"olduser"},
 	} {
 		if got := aclRoles(defn); !reflect.DeepEqual(got, want) {
