@@ -588,3 +588,26 @@ func decodeJSON(t *testing.T, out string, v any) {
 		t.Fatalf("decode %q: %v", out, err)
 	}
 }
+
+// TestUsageExitCodes: bad usage exits 2, one line; for wal-fetch 126, so
+// that a mistyped restore_command stops recovery instead of ending it as
+// if the archive had no more WAL.
+func TestUsageExitCodes(t *testing.T) {
+	for _, c := range []struct {
+		code int
+		args []string
+	}{
+		{2, []string{"show"}},
+		{2, []string{"restore"}},
+		{2, []string{"list", "--bogus"}},
+		{2, []string{"bogus"}},
+		{2, []string{"restore", "latest", "--into", "dbname=x", "--section", "indexes"}},
+		{126, []string{"wal-fetch", "000000010000000000000001"}},
+		{126, []string{"wal-fetch", "--bogus", "000000010000000000000001", "/tmp/x"}},
+	} {
+		r := drctl(t, []string{"DRCTL_REPO=" + t.TempDir()}, c.args...)
+		if r.code != c.code || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 || r.stderr == "" {
+			t.Errorf("drctl %s: exit %d, want %d; stderr %q", strings.Join(c.args, " "), r.code, c.code, r.stderr)
+		}
+	}
+}

@@ -206,3 +206,110 @@ func TestDamagedArchives(t *testing.T) {
 		}
 	}
 }
+
+// archiveWriter writes a version 1.14 custom archive as pg_dump does, with
+// whatever entries a test wants.
+type archiveWriter struct{ bytes.Buffer }
+
+func (w *archiveWriter) int(v int) {
+	sign := byte(0)
+	if v < 0 {
+		sign, v = 1, -v
+	}
+	w.WriteByte(sign)
+	for i := 0; i < 4; i++ {
+		w.WriteByte(byte(v >> (8 * i)))
+	}
+}
+
+func (w *archiveWriter) str(s string) { w.int(len(s)); w.WriteString(s) }
+func (w *archiveWriter) null()        { w.int(-1) }
+
+type fakeEntry struct {
+	id, hadDumper, section int
+	desc, tag              string
+	flag                   byte
+}
+
+func fakeArchive(entries []fakeEntry, blocks map[int]string) []byte {
+	var w archiveWriter
+	w.WriteString("PGDMP")
+	w.Write([]byte{1, 14, 0, 4, 8, 1})
+	w.int(0) // compression
+	for _, v := range []int{0, 0, 12, 26, 10, 126, 0} {
+		w.int(v)
+	}
+	w.str("shop")
+	w.str("15.18")
+	w.str("15.18")
+	w.int(len(entries))
+	for _, e := range entries {
+		w.int(e.id)
+		w.int(e.hadDumper)
+		w.str("0")
+		w.str("0")
+		w.str(e.tag)
+		w.str(e.desc)
+		w.int(e.section)
+		w.str("")
+		w.str("")
+		w.str("")
+		w.str("public")
+		w.str("")
+		w.str("")
+		w.str("postgres")
+		w.str("false")
+		w.null()
+		w.WriteByte(e.flag)
+		w.Write(make([]byte, 8))
+	}
+	for _, e := range entries {
+		if data, ok := blocks[e.id]; ok {
+			w.WriteByte(1)
+			w.int(e.id)
+			w.int(len(data))
+			w.WriteString(data)
+			w.int(0)
+		}
+	}
+	return w.Bytes()
+}
+
+// Entries whose data flag and hadDumper disagree, or that carry data
+// outside table data and large objects, would make drctl and pg_restore
+// disagree on which blocks pg_restore reads: refused.
+func TestEntriesThatWouldMisleadTheHoldBack(t *testing.T) {
+	table := fakeEntry{id: 1, section: 2, desc: "TABLE", tag: "t", flag: 3}
+	parse := func(b []byte) error {
+		a := pgarchive.NewReader(bytes.NewReader(b))
+		if err := a.ReadTOC(); err != nil {
+			return err
+		}
+		return a.ReadData()
+	}
+	good := fakeArchive([]fakeEntry{table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 1}}, map[int]string{2: "1\n2\n\\.\n\n\n"})
+	if err := parse(good); err != nil {
+		t.Fatalf("a well-formed archive: %v", err)
+	}
+	for name, entries := range map[string][]fakeEntry{
+		"data with the no-data flag": {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 3}},
+		"no data with a data flag":   {table, {id: 2, hadDumper: 0, section: 3, desc: "TABLE DATA", tag: "t", flag: 1}},
+		"an unknown flag":            {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 7}},
+		"data on a comment":          {table, {id: 2, hadDumper: 1, section: 1, desc: "COMMENT", tag: "TABLE t", flag: 1}},
+		"table data in pre-data":     {table, {id: 2, hadDumper: 1, section: 2, desc: "TABLE DATA", tag: "t", flag: 1}},
+		"data on an ACL":             {table, {id: 2, hadDumper: 1, section: 1, desc: "ACL", tag: "TABLE t", flag: 1}},
+	} {
+		if err := parse(fakeArchive(entries, map[int]string{2: "x"})); !errors.Is(err, pgarchive.ErrFormat) {
+			t.Errorf("%s: %v, want ErrFormat", name, err)
+		}
+	}
+	wide := append([]byte(nil), good...)
+	wide[8] = 8 // intSize: pg_restore would add these up in a 4-byte int
+	if err := parse(wide); !errors.Is(err, pgarchive.ErrFormat) {
+		t.Errorf("8-byte integers: %v, want ErrFormat", err)
+	}
+	big := fakeArchive([]fakeEntry{table, {id: 1 << 31, section: 2, desc: "TABLE", tag: "u", flag: 3}}, nil)
+	if err := parse(big); !errors.Is(err, pgarchive.ErrFormat) {
+		t.Errorf("an id beyond a C int: %v, want ErrFormat", err)
+	}
+}
