@@ -93,6 +93,14 @@ step "drctl list"
 step "drctl verify latest"
 "$drctl" verify latest
 
+step "drctl show latest --contents (what the backup holds, before restoring anything)"
+"$drctl" show latest --contents | sed -n '1,3p;/^contents/,$p' | head -24
+
+step "drctl restore latest --table orders --into dbname=retail_incident (one table, into a side database)"
+"$drctl" restore latest --table orders --into "dbname=retail_incident"
+[ "$("$bindir/psql" -d retail_incident -Atc "SELECT (SELECT count(*) FROM orders) = $("$bindir/psql" -d retail -Atc 'SELECT count(*) FROM orders') AND to_regclass('payments') IS NULL")" = t ] ||
+  { echo "demo: the one-table restore did not bring back exactly the orders" >&2; exit 1; }
+
 step "drctl restore latest --into dbname=retail_restored"
 "$drctl" restore latest --into "dbname=retail_restored"
 

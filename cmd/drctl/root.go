@@ -501,7 +501,10 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			}
 			what := humanBytes(res.RawBytes)
 			if lopt.Selection.Narrows() || len(lopt.Selection.Sections) > 0 || lopt.Selection.DataOnly {
-				what = fmt.Sprintf("%d entries, data of %d tables (%s)", res.Entries, len(res.Tables), strings.Join(res.Tables, ", "))
+				what = fmt.Sprintf("%d entries, no table rows", res.Entries)
+				if len(res.Tables) > 0 {
+					what = fmt.Sprintf("%d entries, the rows of %s", res.Entries, strings.Join(res.Tables, ", "))
+				}
 			}
 			fmt.Fprintf(stdout, "restored %s into database %s: %s in %.1fs\n", res.ID, res.Database, what, res.Seconds)
 			return nil
