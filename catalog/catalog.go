@@ -94,6 +94,12 @@ type Object struct {
 	Size    int64  `json:"size"`     // bytes stored
 	SHA256  string `json:"sha256"`   // hex SHA-256 of the bytes stored
 	RawSize int64  `json:"raw_size"` // bytes before compression and encryption
+	// TOCSHA256, for a dump: the hex SHA-256 of its plaintext header and
+	// table of contents, which hold every SQL statement pg_restore runs.
+	// A restore checks it before pg_restore starts, so that nothing runs
+	// that the (signed) manifest does not vouch for; the data after it is
+	// only ever loaded as rows, and checked with the whole object.
+	TOCSHA256 string `json:"toc_sha256,omitempty"`
 	// For tablespace tars: the tablespace's OID and original location
 	// (both empty for the main data directory, base.tar).
 	TablespaceOID  string `json:"tablespace_oid,omitempty"`
@@ -261,6 +267,9 @@ func (m *Manifest) validate() error {
 		}
 		if o.Size < 0 || o.RawSize < 0 {
 			return fmt.Errorf("manifest object %q has a negative size", o.Key)
+		}
+		if o.TOCSHA256 != "" && (len(o.TOCSHA256) != 64 || strings.Trim(o.TOCSHA256, "0123456789abcdef") != "") {
+			return fmt.Errorf("manifest object %q has a malformed toc_sha256", o.Key)
 		}
 		switch o.Role {
 		case RoleDump, RoleTar, RoleManifest:

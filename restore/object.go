@@ -107,14 +107,20 @@ func (s *Object) Check() error {
 	return nil
 }
 
-// Close releases the object; it may be called more than once.
+// Close releases the object; it may be called more than once. The stored
+// bytes' reader is closed first: that ends a read hanging in it (and the
+// decoder's own background reads) before the decoder is closed.
 func (s *Object) Close() error {
 	s.closeOnce.Do(func() {
-		s.decoded.Close()
 		s.closeErr = s.raw.Close()
+		s.decoded.Close()
 	})
 	return s.closeErr
 }
+
+// Interrupt ends a read of the stored bytes that hangs, from another
+// goroutine; Close must still be called once the readers are done.
+func (s *Object) Interrupt() { s.raw.Close() }
 
 type hashingReader struct {
 	r        io.Reader

@@ -16,6 +16,7 @@ import (
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/pgarchive"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/pgtools"
 	"github.com/drctl/drctl/engine/sshsig"
@@ -385,7 +386,9 @@ func (s *settings) decryptKeys() (*codec.Keys, error) {
 
 func oneLine(s string) string {
 	s = strings.TrimSpace(s)
-	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+	// Errors quote what came from the repository and from pg_restore (a
+	// dump's SQL): no control characters reach the terminal or the log.
+	return pgarchive.Printable(strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " "))
 }
 
 // writer is what a command that writes to the repository from a database

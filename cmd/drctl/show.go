@@ -235,7 +235,7 @@ func printShown(w io.Writer, m *catalog.Manifest, s *shown) {
 	if c == nil {
 		return
 	}
-	fmt.Fprintf(w, "\ncontents: %d entries (pg_dump %s, archive format %s, compression %s)\n", c.Entries, c.DumpVersion, c.Version, c.Compression)
+	fmt.Fprintf(w, "\ncontents: %d entries (pg_dump %s, archive format %s, compression %s)\n", c.Entries, pgarchive.Printable(c.DumpVersion), c.Version, c.Compression)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SCHEMA\tTYPE\tNAME\tOWNER\tDATA")
 	data := map[string]int64{}
@@ -258,7 +258,8 @@ func printShown(w io.Writer, m *catalog.Manifest, s *shown) {
 			if schema == "" {
 				schema = "-"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", schema, e.Desc, e.Tag, e.Owner, size)
+			p := pgarchive.Printable // names from the dump, shown on a terminal
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p(schema), p(e.Desc), p(e.Tag), p(e.Owner), size)
 		}
 	}
 	tw.Flush()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/codec"
+	"github.com/drctl/drctl/engine/pgarchive"
 	"github.com/drctl/drctl/engine/pgdsn"
 	"github.com/drctl/drctl/engine/pgtools"
 	"github.com/drctl/drctl/engine/pipeline"
@@ -155,7 +156,11 @@ func streamDump(ctx context.Context, opt BackupOptions, pgDump, key string) (cat
 		up.Abort(err)
 		return catalog.Object{}, fmt.Errorf("start pg_dump: %w", err)
 	}
-	_, copyErr := io.Copy(up, stdout)
+	// The hash of the table of contents goes into the manifest: a restore
+	// checks it before pg_restore runs any of the dump's SQL.
+	toc := pgarchive.NewTOCHash()
+	defer toc.Close()
+	_, copyErr := io.Copy(up, io.TeeReader(stdout, toc))
 	if copyErr != nil {
 		kill() // pg_dump may be blocked writing to a pipe nobody reads
 	}
@@ -170,5 +175,14 @@ func streamDump(ctx context.Context, opt BackupOptions, pgDump, key string) (cat
 		up.Abort(copyErr)
 		return catalog.Object{}, copyErr
 	}
-	return up.Finish(ctx, catalog.RoleDump)
+	obj, err := up.Finish(ctx, catalog.RoleDump)
+	if err != nil {
+		return obj, err
+	}
+	if obj.TOCSHA256, err = toc.Sum(); err != nil {
+		// The dump is whole and readable by pg_restore; drctl's restore
+		// will say it cannot read this archive version.
+		opt.Logger.Warn("drctl cannot read this pg_dump's table of contents: restore it with pg_restore (FORMAT.md)", "error", err)
+	}
+	return obj, nil
 }

@@ -51,6 +51,9 @@ type Entry struct {
 	Owner     string  `json:"owner,omitempty"`
 	Section   Section `json:"-"`
 	Deps      []int   `json:"dependencies,omitempty"`
+	// Copy: the entry's data is loaded by a COPY ... FROM stdin statement
+	// (its data is rows, never SQL).
+	Copy bool `json:"-"`
 	// Defn is the SQL of ACL entries (GRANT and REVOKE); empty for others.
 	Defn string `json:"-"`
 	// HasData: the entry has a data block (TABLE DATA, BLOBS).
@@ -79,7 +82,7 @@ const (
 	maxString  = 1 << 30 // a function body or a view's definition
 	keepString = 1 << 16 // longest name kept (longer ones are refused)
 	maxGrants  = 1 << 20 // longest ACL entry kept
-	maxKept    = 1 << 29 // memory the table of contents may take (some 4 million entries)
+	maxKept    = 1 << 29 // memory the table of contents may take (some 2 million entries)
 )
 
 // copyEnd is what pg_dump writes after a table's COPY rows.
@@ -210,7 +213,7 @@ func (a *Reader) strUpTo(limit int64) (s string, null bool, err error) {
 	if n > limit {
 		return "", false, formatErr("a name or grant of %d bytes", n)
 	}
-	if a.kept += n; a.kept > maxKept {
+	if a.kept += 2 * n; a.kept > maxKept {
 		return "", false, formatErr("a table of contents over %d MiB", maxKept>>20)
 	}
 	b := make([]byte, n)
@@ -220,8 +223,9 @@ func (a *Reader) strUpTo(limit int64) (s string, null bool, err error) {
 	return string(b), false, nil
 }
 
-// Printable replaces control characters in a name from the archive, which
-// drctl prints: a hostile dump must not write escapes to a terminal.
+// Printable replaces control characters in a name from the archive for
+// display: a hostile dump must not write escapes to a terminal or a log.
+// Names are kept as they are for matching.
 func Printable(s string) string {
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
@@ -338,7 +342,6 @@ func (a *Reader) ReadTOC() error {
 	if a.Header.DumpVersion, _, err = a.str(true); err != nil {
 		return err
 	}
-	a.Header.Database, a.Header.ServerVersion, a.Header.DumpVersion = Printable(a.Header.Database), Printable(a.Header.ServerVersion), Printable(a.Header.DumpVersion)
 	count, err := a.int()
 	if err != nil {
 		return err
@@ -372,7 +375,7 @@ func (a *Reader) entry() (Entry, error) {
 		return e, formatErr("entry id %d", id)
 	}
 	e.ID = int(id)
-	if a.kept += 96; a.kept > maxKept { // the entry itself
+	if a.kept += 256; a.kept > maxKept { // the entry, and what choosing from it costs
 		return e, formatErr("a table of contents over %d MiB", maxKept>>20)
 	}
 	hadDumper, err := a.int()
@@ -406,11 +409,14 @@ func (a *Reader) entry() (Entry, error) {
 	if e.Defn, _, err = a.strUpTo(defnLimit); err != nil {
 		return e, err
 	}
-	for range 2 { // dropStmt, copyStmt
-		if _, _, err := a.str(false); err != nil {
-			return e, err
-		}
+	if _, _, err := a.str(false); err != nil { // dropStmt
+		return e, err
 	}
+	copyStmt, _, err := a.strUpTo(keepString)
+	if err != nil {
+		return e, err
+	}
+	e.Copy = strings.HasPrefix(copyStmt, "COPY ") && strings.HasSuffix(copyStmt, " FROM stdin;\n")
 	if e.Namespace, _, err = a.str(true); err != nil {
 		return e, err
 	}
@@ -448,7 +454,7 @@ func (a *Reader) entry() (Entry, error) {
 		if len(e.Deps) >= maxDeps {
 			return e, formatErr("more than %d dependencies", maxDeps)
 		}
-		if a.kept += 8; a.kept > maxKept {
+		if a.kept += 16; a.kept > maxKept {
 			return e, formatErr("a table of contents over %d MiB", maxKept>>20)
 		}
 		e.Deps = append(e.Deps, d)
@@ -468,16 +474,20 @@ func (a *Reader) entry() (Entry, error) {
 		return e, formatErr("entry %d: data offset flag %d", e.ID, flag)
 	}
 	if (flag == noData) == e.HasData {
-		return e, formatErr("entry %d (%s) says both that it has data and that it has none", e.ID, e.Desc)
+		return e, formatErr("entry %d (%s) says both that it has data and that it has none", e.ID, Printable(e.Desc))
 	}
 	// Only table data and large objects carry data, in the data section:
 	// what pg_dump writes, and what pg_restore reads under every option
 	// drctl gives it. Anything else would let the two disagree on which
 	// blocks pg_restore reads.
 	if e.HasData && !((e.Desc == "TABLE DATA" || e.Desc == "BLOBS") && e.Section == SectionData) {
-		return e, formatErr("entry %d: a %s in section %s with data", e.ID, e.Desc, e.Section)
+		return e, formatErr("entry %d: a %s in section %s with data", e.ID, Printable(e.Desc), e.Section)
 	}
-	e.Tag, e.Desc, e.Namespace, e.Owner = Printable(e.Tag), Printable(e.Desc), Printable(e.Namespace), Printable(e.Owner)
+	// Table data as SQL (pg_dump --inserts) would run whatever it holds,
+	// before the whole object is checked; drctl's dumps load rows by COPY.
+	if e.HasData && e.Desc == "TABLE DATA" && !e.Copy {
+		return e, formatErr("entry %d: table data without a COPY statement (a pg_dump --inserts dump), which drctl does not restore", e.ID)
+	}
 	return e, nil
 }
 
@@ -507,6 +517,9 @@ func (a *Reader) ReadData() error {
 			return formatErr("a second data block for entry %d", id)
 		}
 		seen[e.ID] = true
+		if want := map[string]byte{"TABLE DATA": blockData, "BLOBS": blockLOs}[e.Desc]; typ != want {
+			return formatErr("a block of type %d for %s entry %d", typ, Printable(e.Desc), id)
+		}
 		a.pass = a.Skip == nil || !a.Skip(e)
 		if a.pass && a.Pass != nil {
 			hdr := make([]byte, 2+a.intSize)
@@ -521,7 +534,7 @@ func (a *Reader) ReadData() error {
 			a.tail = a.tail[:0]
 			n, err := a.chunks()
 			if err != nil {
-				return fmt.Errorf("data of %s %s: %w", e.Desc, e.Tag, err)
+				return fmt.Errorf("data of %s %s: %w", Printable(e.Desc), Printable(e.Tag), err)
 			}
 			// pg_dump ends COPY data with an end-of-data line: the rows
 			// alone are the table's size.

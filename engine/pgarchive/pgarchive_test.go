@@ -229,6 +229,8 @@ type fakeEntry struct {
 	id, hadDumper, section int
 	desc, tag              string
 	flag                   byte
+	noCopy                 bool // table data as SQL (--inserts)
+	blockType              byte // default: what the entry's kind has
 }
 
 func fakeArchive(entries []fakeEntry, blocks map[int]string) []byte {
@@ -253,7 +255,11 @@ func fakeArchive(entries []fakeEntry, blocks map[int]string) []byte {
 		w.int(e.section)
 		w.str("")
 		w.str("")
-		w.str("")
+		if e.desc == "TABLE DATA" && !e.noCopy {
+			w.str("COPY public.t (id) FROM stdin;\n")
+		} else {
+			w.str("")
+		}
 		w.str("public")
 		w.str("")
 		w.str("")
@@ -264,11 +270,26 @@ func fakeArchive(entries []fakeEntry, blocks map[int]string) []byte {
 		w.Write(make([]byte, 8))
 	}
 	for _, e := range entries {
-		if data, ok := blocks[e.id]; ok {
-			w.WriteByte(1)
-			w.int(e.id)
-			w.int(len(data))
-			w.WriteString(data)
+		data, ok := blocks[e.id]
+		if !ok {
+			continue
+		}
+		typ := e.blockType
+		if typ == 0 {
+			typ = map[string]byte{"BLOBS": 3}[e.desc]
+			if typ == 0 {
+				typ = 1
+			}
+		}
+		w.WriteByte(typ)
+		w.int(e.id)
+		if typ == 3 {
+			w.int(16384) // one large object
+		}
+		w.int(len(data))
+		w.WriteString(data)
+		w.int(0)
+		if typ == 3 {
 			w.int(0)
 		}
 	}
@@ -291,13 +312,20 @@ func TestEntriesThatWouldMisleadTheHoldBack(t *testing.T) {
 	if err := parse(good); err != nil {
 		t.Fatalf("a well-formed archive: %v", err)
 	}
+	los := fakeArchive([]fakeEntry{table, {id: 2, hadDumper: 1, section: 3, desc: "BLOBS", tag: "BLOBS", flag: 1}}, map[int]string{2: "large"})
+	if err := parse(los); err != nil {
+		t.Fatalf("a well-formed archive with a large object: %v", err)
+	}
 	for name, entries := range map[string][]fakeEntry{
-		"data with the no-data flag": {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 3}},
-		"no data with a data flag":   {table, {id: 2, hadDumper: 0, section: 3, desc: "TABLE DATA", tag: "t", flag: 1}},
-		"an unknown flag":            {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 7}},
-		"data on a comment":          {table, {id: 2, hadDumper: 1, section: 1, desc: "COMMENT", tag: "TABLE t", flag: 1}},
-		"table data in pre-data":     {table, {id: 2, hadDumper: 1, section: 2, desc: "TABLE DATA", tag: "t", flag: 1}},
-		"data on an ACL":             {table, {id: 2, hadDumper: 1, section: 1, desc: "ACL", tag: "TABLE t", flag: 1}},
+		"data with the no-data flag":  {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 3}},
+		"no data with a data flag":    {table, {id: 2, hadDumper: 0, section: 3, desc: "TABLE DATA", tag: "t", flag: 1}},
+		"an unknown flag":             {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 7}},
+		"data on a comment":           {table, {id: 2, hadDumper: 1, section: 1, desc: "COMMENT", tag: "TABLE t", flag: 1}},
+		"table data in pre-data":      {table, {id: 2, hadDumper: 1, section: 2, desc: "TABLE DATA", tag: "t", flag: 1}},
+		"data on an ACL":              {table, {id: 2, hadDumper: 1, section: 1, desc: "ACL", tag: "TABLE t", flag: 1}},
+		"table data as SQL":           {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 1, noCopy: true}},
+		"SQL in a large-object entry": {table, {id: 2, hadDumper: 1, section: 3, desc: "BLOBS", tag: "BLOBS", flag: 1, blockType: 1}},
+		"large objects in table data": {table, {id: 2, hadDumper: 1, section: 3, desc: "TABLE DATA", tag: "t", flag: 1, blockType: 3}},
 	} {
 		if err := parse(fakeArchive(entries, map[int]string{2: "x"})); !errors.Is(err, pgarchive.ErrFormat) {
 			t.Errorf("%s: %v, want ErrFormat", name, err)

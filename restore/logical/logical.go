@@ -116,6 +116,17 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	if err := arch.ReadTOC(); err != nil {
 		return nil, fmt.Errorf("backup %s: the dump's table of contents: %w", m.ID, err)
 	}
+	// pg_restore runs the table of contents' SQL as it goes: it must be
+	// what the manifest vouches for before pg_restore sees any of it.
+	want := obj.TOCSHA256
+	if want == "" {
+		if want, err = legacyTOCHash(ctx, opt, obj, log); err != nil {
+			return nil, err
+		}
+	}
+	if got := head.sum(); got != want {
+		return nil, fmt.Errorf("%s: %w: its table of contents has SHA-256 %s, the manifest says %s; nothing was restored", obj.Key, restore.ErrCorrupt, got, want)
+	}
 	p, err := choose(arch.Entries, opt.Selection)
 	if err != nil {
 		return nil, fmt.Errorf("backup %s: %w", m.ID, err)
@@ -156,6 +167,33 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 	}
 	log.Info("restore finished", "seconds", res.Seconds)
 	return res, nil
+}
+
+// legacyTOCHash serves backups whose manifest predates toc_sha256: it
+// reads the whole stored object first, checks it against the manifest, and
+// returns the hash of its table of contents, which the restore's own
+// download must then match. It costs a second download.
+func legacyTOCHash(ctx context.Context, opt Options, obj catalog.Object, log *slog.Logger) (string, error) {
+	log.Info("the manifest has no toc_sha256 (an older backup): checking the whole dump before restoring it")
+	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, obj, opt.Keys, nil)
+	if err != nil {
+		return "", err
+	}
+	defer stream.Close()
+	hash := &spill{limit: spillLimit, discard: true}
+	arch := pgarchive.NewReader(stream)
+	arch.Pass = hash
+	if err := arch.ReadTOC(); err != nil {
+		return "", fmt.Errorf("backup %s: the dump's table of contents: %w", opt.Manifest.ID, err)
+	}
+	arch.Pass = nil
+	if err := arch.ReadData(); err != nil {
+		return "", fmt.Errorf("backup %s: %w", opt.Manifest.ID, err)
+	}
+	if err := stream.Check(); err != nil {
+		return "", err
+	}
+	return hash.sum(), nil
 }
 
 // runRestore feeds pg_restore the dump as it arrives: the table of
@@ -298,7 +336,7 @@ func (o *pipedObject) Check() error               { return o.stream.Check() }
 // object ends a read that hangs.
 func (o *pipedObject) Close() {
 	o.pr.CloseWithError(errors.New("restore ended"))
-	o.stream.Close()
+	o.stream.Interrupt()
 	<-o.done
 }
 

@@ -64,7 +64,7 @@ func checkRoles(ctx context.Context, target *pgdsn.DSN, p *plan, opt Options) er
 	if err := conn.QueryRow(ctx, "SELECT current_user, rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&login, &super); err != nil {
 		return fmt.Errorf("look up the target's role: %w", err)
 	}
-	me := login
+	me, loginSuper := login, super
 	if opt.Role != "" {
 		var roleSuper, member bool
 		err := conn.QueryRow(ctx, "SELECT rolsuper, pg_has_role($2, oid, 'MEMBER') FROM pg_roles WHERE rolname = $1", opt.Role, login).Scan(&roleSuper, &member)
@@ -77,17 +77,20 @@ func checkRoles(ctx context.Context, target *pgdsn.DSN, p *plan, opt Options) er
 		if !super && !member {
 			return fmt.Errorf("%w: --role %s: %s is not a member of %s, so it cannot SET ROLE to it; nothing was restored", ErrRoles, opt.Role, login, opt.Role)
 		}
-		me, super = opt.Role, super || roleSuper
+		// pg_restore works as the role (SET ROLE): its rights count.
+		me, super = opt.Role, roleSuper
 	}
 	var problems, fixes, otherwise []string
+	// Grants made by other roles are restored with SET SESSION
+	// AUTHORIZATION, which the login itself must be a superuser for.
+	if grantsAsOthers && !loginSuper {
+		problems = append(problems, fmt.Sprintf("the backup has grants made by other roles, which only a superuser login can restore (%s is not one)", login))
+		fixes = append(fixes, "--no-privileges")
+	}
 	if !super {
 		if opt.DisableTriggers {
 			problems = append(problems, fmt.Sprintf("--disable-triggers needs a superuser, and %s is not one", me))
 			fixes = append(fixes, "no --disable-triggers")
-		}
-		if grantsAsOthers {
-			problems = append(problems, fmt.Sprintf("the backup has grants made by other roles, which only a superuser can restore (as %s is not)", me))
-			fixes = append(fixes, "--no-privileges")
 		}
 		if len(extensions) > 0 {
 			untrusted, err := untrustedExtensions(ctx, conn, extensions, existing)
@@ -233,7 +236,7 @@ func aclRoles(defn string) []string {
 			return i < len(toks) && !toks[i].quoted && strings.EqualFold(toks[i].text, w)
 		}
 		if word(0, "SET") && word(1, "SESSION") && word(2, "AUTHORIZATION") && len(toks) == 4 {
-			out = append(out, pgarchive.Printable(toks[3].text))
+			out = append(out, toks[3].text)
 			continue
 		}
 		if word(0, "ALTER") && word(1, "DEFAULT") && word(2, "PRIVILEGES") {
@@ -241,7 +244,7 @@ func aclRoles(defn string) []string {
 			rest := toks[3:]
 			for i := 0; i+2 < len(toks); i++ {
 				if word(i, "FOR") && (word(i+1, "ROLE") || word(i+1, "USER")) {
-					out = append(out, pgarchive.Printable(toks[i+2].text))
+					out = append(out, toks[i+2].text)
 				}
 			}
 			for i := range rest {
@@ -277,7 +280,7 @@ func aclRoles(defn string) []string {
 			if t.text == "," || word(i, "PUBLIC") || word(i, "GROUP") {
 				continue
 			}
-			out = append(out, pgarchive.Printable(t.text))
+			out = append(out, t.text)
 		}
 	}
 	return out

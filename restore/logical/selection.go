@@ -134,6 +134,8 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 	for i := range entries {
 		e := &entries[i]
 		byID[e.ID] = e
+		slices.Sort(e.Deps)
+		e.Deps = slices.Compact(e.Deps)
 		for _, d := range e.Deps {
 			dependents[d] = append(dependents[d], e)
 		}
@@ -197,6 +199,8 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 		// what a chosen entry needs. A parent table pulled in by need
 		// brings nothing of its own (not its other partitions, nor data).
 		needOnly := map[int]bool{}
+		processed := map[int]bool{}
+		standing := map[int]*entryStanding{}
 		work := make([]int, 0, len(chosen))
 		for id := range chosen {
 			work = append(work, id)
@@ -224,12 +228,26 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 				chosen[d] = true
 				work = append(work, d)
 			}
-			// What depends on it may now belong.
+			// What depends on it may now belong. Each entry's standing is
+			// kept up to date as its dependencies are processed, so that
+			// an entry with many is not rescanned for each of them.
+			processed[id] = true
 			for _, e := range dependents[id] {
-				if chosen[e.ID] || excluded[e.ID] || never[e.Desc] {
+				if chosen[e.ID] || excluded[e.ID] || never[e.Desc] || !belongings[e.Desc] {
 					continue
 				}
-				if belongs(e, chosen, needOnly, byID, relation) {
+				if standing[e.ID] == nil {
+					standing[e.ID] = newStanding(e, processed, needOnly, relation)
+				} else {
+					standing[e.ID].processed(id, needOnly, relation)
+				}
+				var ok bool
+				if e.Desc == "SEQUENCE OWNED BY" {
+					ok = belongs(e, chosen, needOnly, byID, relation) // a dependency or two
+				} else {
+					ok = standing[e.ID].belongs(e.Desc)
+				}
+				if ok {
 					chosen[e.ID] = true
 					work = append(work, e.ID)
 				}
@@ -288,12 +306,56 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 			}
 		}
 		if own && missing != nil {
-			p.leftOut = append(p.leftOut, fmt.Sprintf("foreign key %s of %s.%s (references %s, not restored)", name, e.Namespace, table, qualified(missing)))
+			p.leftOut = append(p.leftOut, pgarchive.Printable(fmt.Sprintf("foreign key %s of %s.%s (references %s, not restored)", name, e.Namespace, table, qualified(missing))))
 		}
 	}
 	sort.Strings(p.leftOut)
 	p.ids = chosen
 	return p, nil
+}
+
+// entryStanding is where an entry stands towards belonging, from the
+// dependencies processed so far.
+type entryStanding struct {
+	unchosenRel, unchosen int  // relation dependencies, all dependencies not yet processed
+	on, onRel             bool // depends on a processed entry (a relation) not pulled in only by need
+}
+
+func newStanding(e *pgarchive.Entry, processed, needOnly map[int]bool, relation func(int) bool) *entryStanding {
+	st := &entryStanding{}
+	for _, d := range e.Deps {
+		if !processed[d] {
+			st.unchosen++
+			if relation(d) {
+				st.unchosenRel++
+			}
+			continue
+		}
+		st.on = st.on || !needOnly[d]
+		st.onRel = st.onRel || (!needOnly[d] && relation(d))
+	}
+	return st
+}
+
+// processed accounts for dependency d having been chosen and processed.
+func (st *entryStanding) processed(d int, needOnly map[int]bool, relation func(int) bool) {
+	st.unchosen--
+	if relation(d) {
+		st.unchosenRel--
+	}
+	st.on = st.on || !needOnly[d]
+	st.onRel = st.onRel || (!needOnly[d] && relation(d))
+}
+
+// belongs is belongs (below) from the standing.
+func (st *entryStanding) belongs(desc string) bool {
+	switch desc {
+	case "INDEX ATTACH":
+		return st.on && st.unchosen == 0 // both indexes
+	case "TABLE", "SEQUENCE":
+		return st.onRel && st.unchosenRel == 0 // a partition or child, a sequence of a chosen table
+	}
+	return st.on && st.unchosenRel == 0
 }
 
 // belongs reports whether e comes with the chosen relations: it is of a
@@ -474,11 +536,11 @@ func noSuch(entries []pgarchive.Entry, kind, name string) string {
 		case kind == "table" && relationKinds[e.Desc] && e.Desc != "SEQUENCE":
 			n = qualified(e)
 		case kind == "schema" && e.Namespace != "":
-			n = e.Namespace
+			n = pgarchive.Printable(e.Namespace)
 		case kind == "schema" && e.Desc == "SCHEMA":
-			n = e.Tag
+			n = pgarchive.Printable(e.Tag)
 		case kind == "extension" && e.Desc == "EXTENSION":
-			n = e.Tag
+			n = pgarchive.Printable(e.Tag)
 		}
 		if n != "" && !seen[n] {
 			seen[n] = true
@@ -538,11 +600,12 @@ func distance(a, b string) int {
 	return prev[len(b)]
 }
 
+// qualified is an entry's schema.name for display.
 func qualified(e *pgarchive.Entry) string {
 	if e.Namespace == "" {
-		return e.Tag
+		return pgarchive.Printable(e.Tag)
 	}
-	return e.Namespace + "." + e.Tag
+	return pgarchive.Printable(e.Namespace + "." + e.Tag)
 }
 
 // listFile is pg_restore's --use-list for the plan, in archive order (the

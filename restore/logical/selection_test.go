@@ -1,6 +1,7 @@
 package logical
 
 import (
+	"fmt"
 	"os"
 	"reflect"
 	"sort"
@@ -143,4 +144,28 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// An entry that depends on many others (a crafted dump, or a comment on a
+// huge schema) is not rescanned for each of them: choosing stays linear.
+// (Quadratic, this took minutes; it is not timed here, only run.)
+func TestChoosingFromAWideTOC(t *testing.T) {
+	const n = 20000
+	entries := []pgarchive.Entry{{ID: 1, Desc: "SCHEMA", Tag: "s", Section: pgarchive.SectionPreData}}
+	var all []int
+	for i := 0; i < n; i++ {
+		id := 10 + i
+		all = append(all, id)
+		entries = append(entries, pgarchive.Entry{ID: id, Desc: "TABLE", Namespace: "s", Tag: fmt.Sprintf("t%d", i), Deps: []int{1}, Section: pgarchive.SectionPreData})
+	}
+	entries = append(entries,
+		pgarchive.Entry{ID: 5, Desc: "VIEW", Namespace: "other", Tag: "v", Section: pgarchive.SectionPreData},
+		pgarchive.Entry{ID: 6, Desc: "COMMENT", Namespace: "other", Tag: "wide", Deps: append(append([]int{}, all...), 5), Section: pgarchive.SectionNone})
+	p, err := choose(entries, Selection{Schemas: []string{"s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.ids) != n+1 || p.ids[6] {
+		t.Fatalf("chose %d entries (comment on a view not restored chosen: %v)", len(p.ids), p.ids[6])
+	}
 }

@@ -2,7 +2,10 @@ package logical
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 )
@@ -11,10 +14,13 @@ import (
 // before pg_restore starts — in memory up to a point, then in a temporary
 // file (DRCTL_SPOOL_DIR), so that a schema of any size costs bounded memory.
 type spill struct {
+	hash  hash.Hash // of everything written
 	mem   bytes.Buffer
 	file  *os.File
 	size  int64
 	limit int64 // refuse beyond this many bytes
+	// discard keeps nothing: only the hash is wanted.
+	discard bool
 }
 
 const (
@@ -27,6 +33,13 @@ func (s *spill) Write(p []byte) (int, error) {
 		return 0, fmt.Errorf("the dump's table of contents is over %d GiB", s.limit>>30)
 	}
 	s.size += int64(len(p))
+	if s.hash == nil {
+		s.hash = sha256.New()
+	}
+	s.hash.Write(p)
+	if s.discard {
+		return len(p), nil
+	}
 	if s.file == nil && s.mem.Len()+len(p) <= spillMemory {
 		return s.mem.Write(p)
 	}
@@ -39,6 +52,14 @@ func (s *spill) Write(p []byte) (int, error) {
 		s.file = f
 	}
 	return s.file.Write(p)
+}
+
+// sum is the hex SHA-256 of what was written.
+func (s *spill) sum() string {
+	if s.hash == nil {
+		s.hash = sha256.New()
+	}
+	return hex.EncodeToString(s.hash.Sum(nil))
 }
 
 // reader replays what was written.
