@@ -59,11 +59,18 @@ func (pg *Postgres) start() (*process, error) {
 func (pg *Postgres) Restart(t testing.TB) {
 	t.Helper()
 	pg.proc.stop(syscall.SIGINT, 30*time.Second)
-	p, err := pg.start()
-	if err != nil {
-		t.Fatalf("restart postgres: %v", err)
+	// The port must stay (clients and receivers reconnect to it); another
+	// process may hold it for a moment: try again, bounded.
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var p *process
+		if p, err = pg.start(); err == nil {
+			pg.proc = p
+			return
+		}
+		time.Sleep(time.Duration(attempt+1) * 200 * time.Millisecond)
 	}
-	pg.proc = p
+	t.Fatalf("restart postgres on port %d: %v", pg.Port, err)
 }
 
 // Crash kills the postmaster with SIGKILL, as a machine failure would.

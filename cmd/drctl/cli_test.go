@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,7 +22,20 @@ import (
 var drctlBin string
 
 func TestMain(m *testing.M) {
+	if owner := os.Getenv("DRCTL_TEST_REAPER"); owner != "" {
+		reap(owner)
+		return
+	}
 	killOrphans()
+	// A reaper outlives this process by design: should it die without its
+	// cleanups (a panic, go test's timeout), the reaper kills what it
+	// started — restored servers, detached drctl processes — at once.
+	reaper := exec.Command(os.Args[0])
+	reaper.Env = append(os.Environ(), "DRCTL_TEST_REAPER="+strconv.Itoa(os.Getpid()))
+	reaper.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := reaper.Start(); err != nil {
+		panic(err)
+	}
 	dir, err := os.MkdirTemp("", "drctl-bin-")
 	if err != nil {
 		panic(err)
@@ -42,7 +56,22 @@ func TestMain(m *testing.M) {
 		code = 1
 	}
 	os.RemoveAll(dir)
+	reaper.Process.Kill()
+	reaper.Wait()
 	os.Exit(code)
+}
+
+// reap waits (bounded by the owner's life) for the test process owner to
+// end, then kills what it left under its work directories.
+func reap(owner string) {
+	pid, err := strconv.Atoi(owner)
+	if err != nil || pid <= 0 {
+		return
+	}
+	for syscall.Kill(pid, 0) == nil {
+		time.Sleep(200 * time.Millisecond)
+	}
+	killOrphans()
 }
 
 // leftovers finds the processes this package's tests started that are
@@ -51,7 +80,11 @@ func TestMain(m *testing.M) {
 // then kills and names them. Other packages' servers (running in parallel)
 // live elsewhere and are left alone.
 func leftovers(binDir string) []string {
-	marks := []string{binDir, "/drctl-pitr-", "/drctl-compat-"}
+	// Only this process's own directories: another test run on the
+	// machine has servers of its own.
+	claimedMu.Lock()
+	marks := append([]string{binDir + "/"}, claimed...)
+	claimedMu.Unlock()
 	find := func() map[int]string {
 		out := map[int]string{}
 		entries, _ := os.ReadDir("/proc")
@@ -92,7 +125,15 @@ func leftovers(binDir string) []string {
 // under it once that process is gone are orphans.
 func claim(dir string) {
 	os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	claimedMu.Lock()
+	claimed = append(claimed, dir+"/")
+	claimedMu.Unlock()
 }
+
+var (
+	claimedMu sync.Mutex
+	claimed   []string // work directories of this process
+)
 
 // killOrphans kills what an earlier run of these tests left behind when it
 // died without its cleanups (a panic, a timeout): servers started by
@@ -151,6 +192,7 @@ func drctl(t *testing.T, env []string, args ...string) result {
 	cmd.Env = append(cmd.Env, env...)
 	var so, se strings.Builder
 	cmd.Stdout, cmd.Stderr = &so, &se
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test process
 	err := cmd.Run()
 	r := result{stdout: so.String(), stderr: se.String()}
 	var ee *exec.ExitError

@@ -284,6 +284,9 @@ func TestIncidentRestores(t *testing.T) {
 		if n := pg.QueryInt(t, "graft_role", "SELECT count(*) FROM pg_tables WHERE tablename = 't' AND tableowner = 'ghost_owner'"); n != 1 {
 			t.Fatal("--role ghost_owner: the table is not that role's")
 		}
+		if n := pg.QueryInt(t, "postgres", "SELECT count(*) FROM pg_database WHERE datname = 'graft_role' AND pg_get_userbyid(datdba) = 'ghost_owner'"); n != 1 {
+			t.Fatal("--role ghost_owner: the database was not created for that role")
+		}
 		mustFail(t, env, "not a member", "restore", "latest", "--database", "ghostly", "--into", strings.Replace(asApp, "graft_app", "graft_x", 1), "--role", "shop_app", "--no-owner")
 	})
 }

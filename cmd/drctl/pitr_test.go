@@ -54,7 +54,9 @@ func newPhysRigArchiving(t *testing.T, archive bool, extra ...string) *physRig {
 		}
 	}
 	r.archCfg = filepath.Join(work, "archive.yaml")
-	os.WriteFile(r.archCfg, []byte(fmt.Sprintf("repo: file://%s\nrecipients_file: %s\n", r.repo, r.keys.RecipientsFile)), 0o644)
+	if err := os.WriteFile(r.archCfg, []byte(fmt.Sprintf("repo: file://%s\nrecipients_file: %s\n", r.repo, r.keys.RecipientsFile)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	settings := []string{"wal_level=replica", "max_wal_senders=5"}
 	if archive {
 		settings = append(settings, "archive_mode=on", "archive_command="+r.archiveCommand())
@@ -487,14 +489,18 @@ func TestWALVerifyAndGaps(t *testing.T) {
 	if after == "" {
 		t.Fatalf("no archived segment between %s and %s: %v", b.Physical.StopSegment, rep.WAL.LastSegment, segs)
 	}
-	os.Remove(after)
+	if err := os.Remove(after); err != nil {
+		t.Fatal(err)
+	}
 	gapName := filepath.Base(after)[:24]
 	r2 := drctl(t, r.env, "verify", b.ID)
 	if r2.code != 3 || !strings.Contains(r2.stderr, gapName) || !strings.Contains(r2.stderr, "stops at") {
 		t.Fatalf("verify with %s deleted: exit %d\n%s", gapName, r2.code, r2.all())
 	}
 	// A gap inside the backup's own WAL: not restorable at all.
-	os.Remove(archived[0])
+	if err := os.Remove(archived[0]); err != nil {
+		t.Fatal(err)
+	}
 	r3 := drctl(t, r.env, "verify", b.ID)
 	if r3.code != 3 || !strings.Contains(r3.stderr, b.Physical.StopSegment) || !strings.Contains(r3.stderr, "cannot be restored") {
 		t.Fatalf("verify with the backup's own segment deleted: exit %d\n%s", r3.code, r3.all())
@@ -507,9 +513,21 @@ func TestWALVerifyAndGaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	data[len(data)/3] ^= 0x10
-	os.WriteFile(tarPath, data, 0o640)
+	if err := os.WriteFile(tarPath, data, 0o640); err != nil {
+		t.Fatal(err)
+	}
 	if r4 := drctl(t, r.env, "verify", b.ID); r4.code != 3 || !strings.Contains(r4.stderr, tarKey) {
 		t.Fatalf("verify of a base backup with a flipped byte: exit %d\n%s", r4.code, r4.all())
+	}
+	// A restore of it fails naming the object, and leaves its directories
+	// empty: nothing half-restored can be started.
+	target := filepath.Join(r.work, "from-damaged")
+	space := filepath.Join(r.work, "from-damaged-space")
+	r5 := mustFail(t, r.env, tarKey, "restore", b.ID, "--to", target, "--tablespace-map", r.tablespaceDir(t)+"="+space)
+	for _, dir := range []string{target, space} {
+		if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+			t.Fatalf("a failed restore left %d entries in %s\n%s", len(entries), dir, r5.all())
+		}
 	}
 }
 

@@ -50,14 +50,27 @@ func TestPrune(t *testing.T) {
 	}
 	mustFail(t, r.env, "not a physical one", "restore", logical[1].ID, "--to", filepath.Join(r.work, "wrong-kind"))
 	orphan := filepath.Join(r.repo, "backups", "20200101T000000Z-abcdef", "base.tar.zst.age")
-	os.MkdirAll(filepath.Dir(orphan), 0o750)
-	os.WriteFile(orphan, []byte("leftover of a killed backup"), 0o640)
+	if err := os.MkdirAll(filepath.Dir(orphan), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(orphan, []byte("leftover of a killed backup"), 0o640); err != nil {
+		t.Fatal(err)
+	}
 	firstSeg := walFiles(t, r.repo, phys[0].Physical.StartSegment)
 	if len(firstSeg) == 0 {
 		t.Fatalf("segment %s not archived", phys[0].Physical.StartSegment)
 	}
 
 	before := repoFiles(t, r.repo)
+	// --keep-within reaches the rules through the command line: every
+	// backup here is minutes old, so a window of an hour keeps them all.
+	var within struct {
+		Delete []struct{ ID string }
+	}
+	decodeJSON(t, mustRun(t, r.env, "prune", "--keep-last", "1", "--keep-within", "1h", "--dry-run", "--json").stdout, &within)
+	if len(within.Delete) != 0 {
+		t.Fatalf("prune --keep-within 1h would delete %+v, all made within the hour", within.Delete)
+	}
 	res = mustRun(t, r.env, "prune", "--keep-last", "1", "--dry-run", "--json")
 	var plan struct {
 		DryRun bool `json:"dry_run"`

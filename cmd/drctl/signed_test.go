@@ -182,8 +182,9 @@ func TestSignedRepository(t *testing.T) {
 
 // Physical backups and WAL leak neither data nor secrets: no stored object
 // (tars, WAL, backup_manifest) holds a plaintext canary or a file name of
-// the data directory, and no command's output, debug logs included, holds
-// the database password or the age identity.
+// the data directory, and no command's output (basebackup, list, verify,
+// wal-fetch, wal-push, show), debug logs included, holds the database
+// password or the age identity.
 func TestPhysicalNoPlaintextNoSecrets(t *testing.T) {
 	r := newPhysRig(t)
 	primary := connect(t, r.pg.DSN("postgres"))
@@ -205,6 +206,12 @@ func TestPhysicalNoPlaintextNoSecrets(t *testing.T) {
 	segs, _ := filepath.Glob(filepath.Join(r.repo, "wal", "0000000100000000000000??.*.zst.age"))
 	name := strings.Split(filepath.Base(segs[0]), ".")[0]
 	outputs = append(outputs, mustRun(t, debug, "wal-fetch", "--prefetch", "0", name, filepath.Join(r.work, "fetched")).all())
+	history := filepath.Join(r.work, "00000009.history")
+	if err := os.WriteFile(history, []byte("8\t0/9000000\tno recovery target specified\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	outputs = append(outputs, mustRun(t, debug, "wal-push", history).all())
+	outputs = append(outputs, mustRun(t, debug, "show", "latest", "--json").all())
 	for _, out := range outputs {
 		noSecrets(t, out, secrets...)
 	}

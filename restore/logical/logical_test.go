@@ -124,15 +124,19 @@ func TestBrokenDownloadLeavesTargetUntouched(t *testing.T) {
 	f.pg.Exec(t, "target", "CREATE TABLE keepme (id int); INSERT INTO keepme VALUES (7)")
 	before := f.pg.DumpPlain(t, "target")
 	obj, _ := f.m.Object(catalog.RoleDump)
-	for _, st := range []*faulty.Store{
-		{Store: f.st, FailGetAfter: obj.Size / 2},
-		{Store: f.st, TruncateGetAt: obj.Size - 100},
+	for _, c := range []struct {
+		st   *faulty.Store
+		want error
+	}{
+		{&faulty.Store{Store: f.st, FailGetAfter: obj.Size / 2}, faulty.ErrInjected},
+		// A download that ends early without an error is a damaged object.
+		{&faulty.Store{Store: f.st, TruncateGetAt: obj.Size - 100}, restore.ErrCorrupt},
 	} {
 		_, err := rlogical.Restore(t.Context(), rlogical.Options{
-			Store: st, Manifest: f.m, Keys: f.keys.Codec(), Target: f.dsnOf("target"), Clean: true,
+			Store: c.st, Manifest: f.m, Keys: f.keys.Codec(), Target: f.dsnOf("target"), Clean: true,
 		})
-		if err == nil {
-			t.Fatal("restore from a broken download succeeded")
+		if !errors.Is(err, c.want) {
+			t.Fatalf("restore from a broken download: %v, want %v", err, c.want)
 		}
 		if after := f.pg.DumpPlain(t, "target"); after != before {
 			t.Fatalf("a failed --clean restore changed the target: %s", testrig.FirstDiff(after, before))
@@ -158,6 +162,9 @@ func TestNonEmptyTarget(t *testing.T) {
 	// And again over itself: --clean is repeatable.
 	if _, err := f.restore(t, "busy", true); err != nil {
 		t.Fatalf("second --clean restore: %v", err)
+	}
+	if got, want := f.pg.DumpPlain(t, "busy", "--exclude-table", "unrelated"), f.pg.DumpPlain(t, "shop"); got != want {
+		t.Fatalf("after a second --clean restore the backup's objects differ: %s", testrig.FirstDiff(got, want))
 	}
 	// An existing empty database is used as it is.
 	f.pg.Exec(t, "postgres", "CREATE DATABASE empty_one")
