@@ -173,3 +173,41 @@ func TestPushIdenticalAndConflict(t *testing.T) {
 		t.Fatalf("partial segment served as %d bytes", len(got))
 	}
 }
+
+// A prefetcher whose recovery is over (its spool removed with pg_wal's
+// contents, or the data directory) stops: it fetches nothing and does not
+// create the spool again.
+func TestPrefetchStopsWhenItsSpoolIsGone(t *testing.T) {
+	st, err := filestore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := age.GenerateX25519Identity()
+	keys := &codec.Keys{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}
+	a := &Archive{Store: st, Keys: keys, SegmentSize: 1 << 20}
+	src := t.TempDir()
+	for i := 1; i <= 4; i++ {
+		seg := filepath.Join(src, fmt.Sprintf("0000000100000000000000%02X", i))
+		os.WriteFile(seg, bytes.Repeat([]byte{byte(i)}, 1<<20), 0o600)
+		if _, err := a.Push(t.Context(), seg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spool := filepath.Join(t.TempDir(), "pg_wal", ".drctl-prefetch")
+	if err := a.Prefetch(t.Context(), "000000010000000000000001", spool, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(spool); !os.IsNotExist(err) {
+		t.Fatalf("the prefetcher created the removed spool again: %v", err)
+	}
+	// With the spool there, it fetches.
+	os.MkdirAll(spool, 0o700)
+	if err := a.Prefetch(t.Context(), "000000010000000000000001", spool, 3); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= 4; i++ {
+		if _, err := os.Stat(filepath.Join(spool, fmt.Sprintf("0000000100000000000000%02X", i))); err != nil {
+			t.Fatalf("segment %d not prefetched: %v", i, err)
+		}
+	}
+}
