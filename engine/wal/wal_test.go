@@ -115,14 +115,19 @@ func TestChain(t *testing.T) {
 	}
 }
 
-func TestPushIdenticalAndConflict(t *testing.T) {
+// testArchive is an archive in a fresh file repository, with a key pair.
+func testArchive(t *testing.T) *Archive {
+	t.Helper()
 	st, err := filestore.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	id, _ := age.GenerateX25519Identity()
-	keys := &codec.Keys{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}
-	a := &Archive{Store: st, Keys: keys}
+	return &Archive{Store: st, Keys: &codec.Keys{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}}
+}
+
+func TestPushIdenticalAndConflict(t *testing.T) {
+	a := testArchive(t)
 	dir := t.TempDir()
 	seg := filepath.Join(dir, "000000010000000000000007")
 	data := make([]byte, 1<<20)
@@ -178,13 +183,8 @@ func TestPushIdenticalAndConflict(t *testing.T) {
 // contents, or the data directory) stops: it fetches nothing and does not
 // create the spool again.
 func TestPrefetchStopsWhenItsSpoolIsGone(t *testing.T) {
-	st, err := filestore.Open(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := age.GenerateX25519Identity()
-	keys := &codec.Keys{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}
-	a := &Archive{Store: st, Keys: keys, SegmentSize: 1 << 20}
+	a := testArchive(t)
+	a.SegmentSize = 1 << 20
 	src := t.TempDir()
 	for i := 1; i <= 4; i++ {
 		seg := filepath.Join(src, fmt.Sprintf("0000000100000000000000%02X", i))
