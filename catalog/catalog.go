@@ -437,30 +437,7 @@ func SignatureState(ctx context.Context, st storage.Store, id string) (string, e
 // with a verifier, is not signed by an allowed signer) is an error: a
 // broken catalog must not look like a smaller one.
 func List(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, error) {
-	objs, err := st.List(ctx, backupsPrefix)
-	if err != nil {
-		return nil, err
-	}
-	var out []*Manifest
-	for _, o := range objs {
-		rest := strings.TrimPrefix(o.Key, backupsPrefix)
-		id, file, ok := strings.Cut(rest, "/")
-		if !ok || file != "manifest.json" || !ValidID(id) {
-			continue
-		}
-		m, err := Load(ctx, st, id, v)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].EndTime.Equal(out[j].EndTime) {
-			return out[i].EndTime.Before(out[j].EndTime)
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out, nil
+	return listManifests(ctx, st, v)
 }
 
 // Query selects backups. Zero fields select everything.
@@ -515,9 +492,16 @@ func Resolve(ctx context.Context, st storage.Store, ref string, q Query) (*Manif
 		}
 		return m, nil
 	}
-	all, err := List(ctx, st, q.Verifier)
+	// The index's view, with what it lacks read from the objects; the one
+	// chosen is read again from its own object below.
+	all, fromIndex, err := latestCandidates(ctx, st, q.Verifier)
 	if err != nil {
 		return nil, err
+	}
+	if !fromIndex {
+		if all, err = List(ctx, st, q.Verifier); err != nil {
+			return nil, err
+		}
 	}
 	if q.Kind == KindLogical && q.Database == "" {
 		dbs := map[string]bool{}
@@ -535,6 +519,21 @@ func Resolve(ctx context.Context, st storage.Store, ref string, q Query) (*Manif
 		}
 	}
 	matched := Select(all, q)
+	for fromIndex && len(matched) > 0 {
+		newest := matched[len(matched)-1]
+		m, err := Load(ctx, st, newest.ID, q.Verifier)
+		if errors.Is(err, ErrUnknownBackup) {
+			matched = matched[:len(matched)-1] // deleted since the index was written
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if q.Match(m) {
+			return m, nil
+		}
+		matched = matched[:len(matched)-1] // the index's copy disagreed: it loses
+	}
 	if len(matched) == 0 {
 		what := "complete"
 		if q.Kind != "" {

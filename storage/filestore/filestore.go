@@ -217,6 +217,28 @@ func (s *Store) Stat(ctx context.Context, key string) (storage.ObjectInfo, error
 }
 
 // List walks the directory below the prefix's last slash.
+// ListDirs returns the names of the directories directly under prefix
+// (which ends with a slash), sorted.
+func (s *Store) ListDirs(ctx context.Context, prefix string) ([]string, error) {
+	if err := storage.ValidKey(strings.TrimSuffix(prefix, "/")); err != nil {
+		return nil, err
+	}
+	entries, err := os.ReadDir(filepath.Join(s.root, filepath.FromSlash(strings.TrimSuffix(prefix, "/"))))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() && !(prefix == "" && e.Name() == tmpDir) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
 func (s *Store) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, error) {
 	base := s.root
 	if i := strings.LastIndexByte(prefix, '/'); i >= 0 {

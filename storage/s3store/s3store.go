@@ -447,6 +447,32 @@ func (s *Store) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, 
 	return out, nil
 }
 
+// ListDirs returns the names directly under prefix that have objects
+// below them (S3's delimiter listing: one entry per "directory", not per
+// object), sorted.
+func (s *Store) ListDirs(ctx context.Context, prefix string) ([]string, error) {
+	full := prefix
+	if s.opt.Prefix != "" {
+		full = s.opt.Prefix + "/" + prefix
+	}
+	p := s3.NewListObjectsV2Paginator(s.client, &s3.ListObjectsV2Input{Bucket: &s.opt.Bucket, Prefix: &full, Delimiter: aws.String("/")})
+	var out []string
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list %s in %s: %w", prefix, s, cloud(err))
+		}
+		for _, cp := range page.CommonPrefixes {
+			name := strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), full), "/")
+			if name != "" && !strings.Contains(name, "/") {
+				out = append(out, name)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 // Delete removes the object; S3 reports success for a missing key.
 func (s *Store) Delete(ctx context.Context, key string) error {
 	k, err := s.objectKey(key)

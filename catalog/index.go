@@ -1,0 +1,348 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/drctl/drctl/storage"
+)
+
+// The index is a cache of the manifests, so that listing a repository of
+// thousands of backups costs a handful of requests rather than one or more
+// per backup. It is kept in shards by the month of the backup's id,
+// index/backups-YYYYMM.json, each holding the manifests' bytes (and their
+// signatures) as they are stored, with the size and modification time the
+// listing showed for the manifest.
+//
+// The manifests stay the truth. A reader lists backups/ as before; a
+// manifest the index lacks, or holds with another size or time, or whose
+// copy there does not parse or verify, is read from its own object; an
+// index entry whose manifest is gone is dropped. What the reader learned is
+// written back to the shards that changed (best effort: the index is only
+// a cache, and a reader without write access just does not repair it).
+// Writers do not touch the index: a backup committed at any moment — while
+// another process rewrites a shard included — is in the listing, so it is
+// listed, and the next reader adds it. Deleting every index/ object is
+// always safe; the next list rebuilds it.
+const indexPrefix = "index/"
+
+// indexFormat is the shards' format version.
+const indexFormat = 1
+
+type indexEntry struct {
+	ID        string    `json:"id"`
+	Size      int64     `json:"size"`     // the manifest object's, as listed
+	ModTime   time.Time `json:"mod_time"` // likewise
+	Manifest  string    `json:"manifest"` // its bytes
+	Signature string    `json:"signature,omitempty"`
+	SigSize   int64     `json:"signature_size,omitempty"`
+}
+
+type indexShard struct {
+	Format  int          `json:"format"`
+	Entries []indexEntry `json:"entries"`
+}
+
+// maxShard bounds what is read of one shard (some 10,000 manifests).
+const maxShard = 256 << 20
+
+func shardKey(id string) string { return indexPrefix + "backups-" + id[:6] + ".json" }
+
+// readIndex loads every shard, in parallel. A shard that cannot be read or
+// parsed counts as empty: the manifests are read instead.
+func readIndex(ctx context.Context, st storage.Store) map[string]indexEntry {
+	out := map[string]indexEntry{}
+	objs, err := st.List(ctx, indexPrefix)
+	if err != nil {
+		return out
+	}
+	var mu sync.Mutex
+	each(len(objs), 16, func(i int) error {
+		key := objs[i].Key
+		if !strings.HasPrefix(key, indexPrefix+"backups-") || !strings.HasSuffix(key, ".json") {
+			return nil
+		}
+		rc, err := st.Get(ctx, key)
+		if err != nil {
+			return nil
+		}
+		defer rc.Close()
+		var sh indexShard
+		if err := json.NewDecoder(io.LimitReader(rc, maxShard)).Decode(&sh); err != nil || sh.Format != indexFormat {
+			return nil
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range sh.Entries {
+			if ValidID(e.ID) && shardKey(e.ID) == key {
+				out[e.ID] = e
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// each runs f(0..n-1), at most limit at once, and returns the first error.
+func each(n, limit int, f func(int) error) error {
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	sem := make(chan struct{}, limit)
+	for i := 0; i < n; i++ {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := f(i); err != nil {
+				once.Do(func() { first = err })
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// listed is what one backup's listing showed.
+type listed struct {
+	manifest, signature storage.ObjectInfo
+	signed              bool
+}
+
+// listManifests lists the repository with the help of the index: every
+// manifest the listing shows, each from the index when its copy there is
+// current and checks out, else from its object.
+func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, error) {
+	var objs []storage.ObjectInfo
+	var index map[string]indexEntry
+	var listErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		index = readIndex(ctx, st)
+	}()
+	objs, listErr = st.List(ctx, backupsPrefix)
+	wg.Wait()
+	if listErr != nil {
+		return nil, listErr
+	}
+	seen := map[string]*listed{}
+	var ids []string
+	for _, o := range objs {
+		id, file, ok := strings.Cut(strings.TrimPrefix(o.Key, backupsPrefix), "/")
+		if !ok || !ValidID(id) || (file != "manifest.json" && file != "manifest.json.sig") {
+			continue
+		}
+		l := seen[id]
+		if l == nil {
+			l = &listed{}
+			seen[id] = l
+		}
+		if file == "manifest.json" {
+			l.manifest = o
+			ids = append(ids, id)
+		} else {
+			l.signature, l.signed = o, true
+		}
+	}
+	out := make([]*Manifest, len(ids))
+	fresh := make([]*indexEntry, len(ids)) // entries read from the objects
+	err := each(len(ids), 32, func(i int) error {
+		id, l := ids[i], seen[ids[i]]
+		if e, ok := index[id]; ok && e.Size == l.manifest.Size && e.ModTime.Equal(l.manifest.ModTime) &&
+			(e.Signature != "") == l.signed && e.SigSize == l.signature.Size {
+			if m, err := fromEntry(e, v); err == nil {
+				out[i] = m
+				return nil
+			}
+			// A copy that does not parse or verify loses: read the object.
+		}
+		e, err := readEntry(ctx, st, id, l)
+		if err != nil {
+			return err
+		}
+		m, err := fromEntry(*e, v)
+		if err != nil {
+			return fmt.Errorf("manifest of backup %s: %w", id, err)
+		}
+		out[i], fresh[i] = m, e
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	writeIndex(ctx, st, index, ids, fresh)
+	sort.SliceStable(out, func(i, j int) bool {
+		if !out[i].EndTime.Equal(out[j].EndTime) {
+			return out[i].EndTime.Before(out[j].EndTime)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out, nil
+}
+
+// readEntry reads backup id's manifest and signature from their objects.
+func readEntry(ctx context.Context, st storage.Store, id string, l *listed) (*indexEntry, error) {
+	body, err := readManifest(ctx, st, id)
+	if err != nil {
+		return nil, err
+	}
+	e := &indexEntry{ID: id, Size: l.manifest.Size, ModTime: l.manifest.ModTime, Manifest: string(body)}
+	if l.signed {
+		rc, err := st.Get(ctx, SignatureKey(id))
+		if err == nil {
+			sig, rerr := io.ReadAll(io.LimitReader(rc, 64<<10))
+			rc.Close()
+			if rerr != nil {
+				return nil, fmt.Errorf("read signature of %s: %w", id, rerr)
+			}
+			e.Signature, e.SigSize = string(sig), l.signature.Size
+		} else if !errors.Is(err, storage.ErrNotExist) {
+			return nil, fmt.Errorf("read signature of %s: %w", id, err)
+		}
+	}
+	return e, nil
+}
+
+// fromEntry parses (and with a verifier, verifies) a manifest's bytes.
+func fromEntry(e indexEntry, v Verifier) (*Manifest, error) {
+	body := []byte(e.Manifest)
+	if v != nil {
+		if e.Signature == "" {
+			return nil, fmt.Errorf("%w (no %s), and allowed signers are configured: refusing", ErrUnsigned, SignatureKey(e.ID))
+		}
+		if _, err := v.Verify(body, []byte(e.Signature)); err != nil {
+			if !errors.Is(err, ErrBadSignature) {
+				err = fmt.Errorf("%w: %v", ErrBadSignature, err)
+			}
+			return nil, fmt.Errorf("signature %s: %w", SignatureKey(e.ID), err)
+		}
+	}
+	return parseManifest(e.ID, body)
+}
+
+// writeIndex writes back the shards whose content changed: manifests read
+// from their objects, and entries whose manifest is gone. Errors are
+// ignored: the index is a cache, and a reader may have no write access.
+func writeIndex(ctx context.Context, st storage.Store, old map[string]indexEntry, ids []string, fresh []*indexEntry) {
+	shards := map[string][]indexEntry{}
+	changed := map[string]bool{}
+	current := map[string]bool{}
+	for i, id := range ids {
+		current[id] = true
+		key := shardKey(id)
+		if fresh[i] != nil {
+			shards[key] = append(shards[key], *fresh[i])
+			changed[key] = true
+		} else {
+			shards[key] = append(shards[key], old[id])
+		}
+	}
+	for id := range old {
+		if !current[id] {
+			changed[shardKey(id)] = true // its backup is gone
+		}
+	}
+	for key := range changed {
+		entries := shards[key]
+		if len(entries) == 0 {
+			st.Delete(ctx, key)
+			continue
+		}
+		sort.Slice(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
+		body, err := json.Marshal(indexShard{Format: indexFormat, Entries: entries})
+		if err != nil {
+			continue
+		}
+		st.Put(ctx, key, bytes.NewReader(body))
+	}
+}
+
+// DirLister is implemented by stores that can list the "directories"
+// directly under a prefix in few requests (S3's delimiter listing): the
+// backups' ids, without their objects.
+type DirLister interface {
+	ListDirs(ctx context.Context, prefix string) ([]string, error)
+}
+
+// latestCandidates is, for resolving "latest" without reading the whole
+// listing, every backup as the index describes it plus those the index
+// lacks (read from their objects), oldest first. The entries come from the
+// index unverified: the one chosen is read again from its object. ok is
+// false when the store cannot list directories or the index is too far
+// behind, and the caller lists instead.
+func latestCandidates(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, bool, error) {
+	dl, isDL := st.(DirLister)
+	if !isDL {
+		return nil, false, nil
+	}
+	var dirs []string
+	var dirErr error
+	var index map[string]indexEntry
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		index = readIndex(ctx, st)
+	}()
+	dirs, dirErr = dl.ListDirs(ctx, backupsPrefix)
+	wg.Wait()
+	if dirErr != nil {
+		return nil, false, dirErr
+	}
+	var known []*Manifest
+	var missing []string
+	for _, id := range dirs {
+		if !ValidID(id) {
+			continue
+		}
+		e, ok := index[id]
+		if !ok {
+			missing = append(missing, id)
+			continue
+		}
+		m, err := fromEntry(e, v)
+		if err != nil {
+			missing = append(missing, id) // the copy loses: read the object
+			continue
+		}
+		known = append(known, m)
+	}
+	if len(missing) > 64 {
+		return nil, false, nil // the index is far behind: list (which repairs it)
+	}
+	loaded := make([]*Manifest, len(missing))
+	err := each(len(missing), 16, func(i int) error {
+		m, err := Load(ctx, st, missing[i], v)
+		if errors.Is(err, ErrUnknownBackup) {
+			return nil // a backup in progress, or the leftovers of one
+		}
+		loaded[i] = m
+		return err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	for _, m := range loaded {
+		if m != nil {
+			known = append(known, m)
+		}
+	}
+	sort.SliceStable(known, func(i, j int) bool {
+		if !known[i].EndTime.Equal(known[j].EndTime) {
+			return known[i].EndTime.Before(known[j].EndTime)
+		}
+		return known[i].ID < known[j].ID
+	})
+	return known, true, nil
+}
