@@ -268,13 +268,6 @@ func writeIndex(ctx context.Context, st storage.Store, old map[string]indexEntry
 	}
 }
 
-// DirLister is implemented by stores that can list the "directories"
-// directly under a prefix in few requests (S3's delimiter listing): the
-// backups' ids, without their objects.
-type DirLister interface {
-	ListDirs(ctx context.Context, prefix string) ([]string, error)
-}
-
 // latestCandidates is, for resolving "latest" without reading the whole
 // listing, every backup as the index describes it plus those the index
 // lacks (read from their objects), oldest first. The entries come from the
@@ -282,7 +275,7 @@ type DirLister interface {
 // false when the store cannot list directories or the index is too far
 // behind, and the caller lists instead.
 func latestCandidates(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, bool, error) {
-	dl, isDL := st.(DirLister)
+	dl, isDL := st.(storage.DirLister)
 	if !isDL {
 		return nil, false, nil
 	}

@@ -56,6 +56,14 @@ type Store interface {
 	String() string
 }
 
+// DirLister is implemented by stores that can list the "directories"
+// directly under a prefix (which ends with a slash) in few requests — S3's
+// delimiter listing — without listing every object below them: the names,
+// sorted. A name is listed while any object is below it.
+type DirLister interface {
+	ListDirs(ctx context.Context, prefix string) ([]string, error)
+}
+
 // ValidKey reports whether key is acceptable to every backend: non-empty,
 // relative, slash-separated, with no empty, "." or ".." segments.
 func ValidKey(key string) error {

@@ -92,6 +92,24 @@ func (m *Memory) List(_ context.Context, prefix string) ([]storage.ObjectInfo, e
 	return out, nil
 }
 
+// ListDirs names the directories directly under prefix.
+func (m *Memory) ListDirs(_ context.Context, prefix string) ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[string]bool{}
+	var out []string
+	for k := range m.objs {
+		if rest, ok := strings.CutPrefix(k, prefix); ok {
+			if name, _, deeper := strings.Cut(rest, "/"); deeper && !seen[name] {
+				seen[name] = true
+				out = append(out, name)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
 // Delete removes the object.
 func (m *Memory) Delete(_ context.Context, key string) error {
 	m.mu.Lock()

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 
@@ -39,6 +40,32 @@ func Run(t *testing.T, newStore func(t *testing.T) storage.Store, opt Options) {
 	t.Run("EmptyObject", func(t *testing.T) { testEmpty(t, newStore(t)) })
 	t.Run("InvalidKeys", func(t *testing.T) { testInvalidKeys(t, newStore(t)) })
 	t.Run("Large", func(t *testing.T) { testLarge(t, newStore(t), opt.LargeSize) })
+	t.Run("ListDirs", func(t *testing.T) { testListDirs(t, newStore(t)) })
+}
+
+// testListDirs: a store that lists directories names each one with an
+// object below it, once, and nothing outside the prefix.
+func testListDirs(t *testing.T, s storage.Store) {
+	dl, ok := s.(storage.DirLister)
+	if !ok {
+		return // callers list objects instead
+	}
+	for _, key := range []string{"backups/20261101T000000Z-aaaaaa/manifest.json", "backups/20261101T000000Z-aaaaaa/dump",
+		"backups/20261102T000000Z-bbbbbb/deep/er/x", "backupsnot/zzz/y", "other/c/d"} {
+		if err := s.Put(ctx(t), key, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := dl.ListDirs(ctx(t), "backups/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "20261101T000000Z-aaaaaa,20261102T000000Z-bbbbbb" {
+		t.Fatalf("ListDirs(backups/) = %v", got)
+	}
+	if got, err := dl.ListDirs(ctx(t), "nothing/"); err != nil || len(got) != 0 {
+		t.Fatalf("ListDirs of an empty prefix = %v, %v", got, err)
+	}
 }
 
 func ctx(t *testing.T) context.Context { return t.Context() }
