@@ -437,6 +437,13 @@ func SignatureState(ctx context.Context, st storage.Store, id string) (string, e
 // with a verifier, is not signed by an allowed signer) is an error: a
 // broken catalog must not look like a smaller one.
 func List(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, error) {
+	all, _, err := listManifests(ctx, st, v)
+	return all, err
+}
+
+// ListVerified is List that also says which backups have a verification
+// record (LastVerification tells its outcome), from the same listing.
+func ListVerified(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, map[string]bool, error) {
 	return listManifests(ctx, st, v)
 }
 

@@ -121,7 +121,7 @@ type listed struct {
 // listManifests lists the repository with the help of the index: every
 // manifest the listing shows, each from the index when its copy there is
 // current and checks out, else from its object.
-func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, error) {
+func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, map[string]bool, error) {
 	var objs []storage.ObjectInfo
 	var index map[string]indexEntry
 	var listErr error
@@ -134,12 +134,16 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 	objs, listErr = st.List(ctx, backupsPrefix)
 	wg.Wait()
 	if listErr != nil {
-		return nil, listErr
+		return nil, nil, listErr
 	}
 	seen := map[string]*listed{}
+	verified := map[string]bool{} // backups with a verification record
 	var ids []string
 	for _, o := range objs {
 		id, file, ok := strings.Cut(strings.TrimPrefix(o.Key, backupsPrefix), "/")
+		if ok && file == "verified.json" {
+			verified[id] = true
+		}
 		if !ok || !ValidID(id) || (file != "manifest.json" && file != "manifest.json.sig") {
 			continue
 		}
@@ -179,7 +183,7 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	writeIndex(ctx, st, index, ids, fresh)
 	sort.SliceStable(out, func(i, j int) bool {
@@ -188,7 +192,7 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 		}
 		return out[i].ID < out[j].ID
 	})
-	return out, nil
+	return out, verified, nil
 }
 
 // readEntry reads backup id's manifest and signature from their objects.

@@ -59,7 +59,7 @@ func PlanPrune(ctx context.Context, st storage.Store, r Retention, now time.Time
 	if r.KeepLast <= 0 && r.KeepWithin <= 0 {
 		return nil, ErrNoRule
 	}
-	all, err := catalog.List(ctx, st, v)
+	all, recorded, err := catalog.ListVerified(ctx, st, v)
 	if err != nil {
 		return nil, err
 	}
@@ -94,6 +94,9 @@ func PlanPrune(ctx context.Context, st storage.Store, r Retention, now time.Time
 		}
 		// The newest verified backup stays whatever the rules say.
 		for i := len(list) - 1; i >= 0; i-- {
+			if !recorded[list[i].ID] {
+				continue // never verified: no record to read
+			}
 			v, err := catalog.LastVerification(ctx, st, list[i].ID)
 			if err != nil {
 				return nil, err
