@@ -173,6 +173,66 @@ func TestKillMatrix(t *testing.T) {
 		}
 	})
 
+	t.Run("wal-push-ahead", func(t *testing.T) {
+		// A pg_wal with segments PostgreSQL marked ready, archived as it
+		// would: one archive_command after another, each with --push-ahead
+		// 3, killed at random points and called again until it succeeds.
+		// Each acknowledged segment must be in the archive, whole, at once.
+		walDir := filepath.Join(t.TempDir(), "pg_wal")
+		os.MkdirAll(filepath.Join(walDir, "archive_status"), 0o700)
+		sums := map[string]string{}
+		var names []string
+		for i := 1; i <= 12; i++ {
+			name := fmt.Sprintf("0000000A00000000000000%02X", i)
+			data := make([]byte, 4<<20)
+			for j := 0; j < len(data); j += 64 {
+				binary.LittleEndian.PutUint64(data[j:], rng.Uint64())
+			}
+			os.WriteFile(filepath.Join(walDir, name), data, 0o600)
+			os.WriteFile(filepath.Join(walDir, "archive_status", name+".ready"), nil, 0o600)
+			sum := sha256.Sum256(data)
+			sums[name] = hex.EncodeToString(sum[:])
+			names = append(names, name)
+		}
+		fetchSame := func(name string) {
+			t.Helper()
+			dest := filepath.Join(t.TempDir(), "fetched")
+			mustRun(t, env, "wal-fetch", "--prefetch", "0", name, dest)
+			got, err := os.ReadFile(dest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if sum := sha256.Sum256(got); hex.EncodeToString(sum[:]) != sums[name] {
+				t.Fatalf("%s was acknowledged but the archive holds something else", name)
+			}
+		}
+		full, _ := timed(t, env, "wal-push", "--push-ahead", "3", filepath.Join(walDir, names[0]))
+		fetchSame(names[0])
+		os.Rename(filepath.Join(walDir, "archive_status", names[0]+".ready"), filepath.Join(walDir, "archive_status", names[0]+".done"))
+		fast := 0
+		for _, name := range names[1:] {
+			path := filepath.Join(walDir, name)
+			for k := 0; k < 2; k++ {
+				if ok, _ := killAt(t, env, at(full), &full, "wal-push", "--push-ahead", "3", path); ok {
+					fetchSame(name)
+				}
+			}
+			var res struct {
+				PushedAhead bool `json:"pushed_ahead"`
+			}
+			decodeJSON(t, mustRun(t, env, "wal-push", "--push-ahead", "3", "--json", path).stdout, &res)
+			if res.PushedAhead {
+				fast++
+			}
+			fetchSame(name)
+			os.Rename(filepath.Join(walDir, "archive_status", name+".ready"), filepath.Join(walDir, "archive_status", name+".done"))
+		}
+		t.Logf("%d of %d segments were answered from a push-ahead record", fast, len(names)-1)
+		if fast == 0 {
+			t.Fatal("no segment was answered from a push-ahead record: nothing was pushed ahead")
+		}
+	})
+
 	t.Run("prune", func(t *testing.T) {
 		// Many backups to delete: each round tops the repository up to
 		// ten logical backups, then a prune is killed at a random point.

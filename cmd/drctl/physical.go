@@ -67,6 +67,7 @@ func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Comma
 
 func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var asJSON, noEncryption bool
+	var ahead int
 	cmd := &cobra.Command{
 		Use:   "wal-push PATH",
 		Short: "Archive one WAL file: archive_command = 'drctl wal-push %p'",
@@ -96,7 +97,10 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				return err
 			}
 			a := &wal.Archive{Store: st, Keys: keys, AllowUnencrypted: noEncryption, Codec: copt, Signer: signer}
-			res, err := a.Push(cmd.Context(), args[0])
+			if ahead < 0 || ahead > 64 {
+				return &exitCodeError{2, fmt.Errorf("--push-ahead %d: give 0 to 64", ahead)}
+			}
+			res, err := a.PushAhead(cmd.Context(), args[0], ahead, s.Logger)
 			if err != nil {
 				return err
 			}
@@ -109,6 +113,7 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().BoolVar(&noEncryption, "no-encryption", false, "archive unencrypted when no recipients are configured")
+	cmd.Flags().IntVar(&ahead, "push-ahead", 0, "also archive up to N of the next segments PostgreSQL marked ready (in parallel), so that bursts of WAL do not pile up; their own archive_command then returns at once")
 	return cmd
 }
 

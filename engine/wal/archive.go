@@ -202,6 +202,9 @@ type PushResult struct {
 	Name            string `json:"name"`
 	Key             string `json:"key"`
 	AlreadyArchived bool   `json:"already_archived"`
+	// PushedAhead: an earlier call stored it ahead (--push-ahead), and
+	// its record and the repository said so.
+	PushedAhead bool `json:"pushed_ahead"`
 }
 
 // Push archives the file at path. It returns only once the file is stored

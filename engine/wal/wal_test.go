@@ -211,3 +211,61 @@ func TestPrefetchStopsWhenItsSpoolIsGone(t *testing.T) {
 		}
 	}
 }
+
+// Push-ahead stores the next ready segments and records them; a record is
+// believed only for the same file and while the repository holds its
+// object.
+func TestPushAheadRecords(t *testing.T) {
+	a := testArchive(t)
+	walDir := filepath.Join(t.TempDir(), "pg_wal")
+	os.MkdirAll(filepath.Join(walDir, "archive_status"), 0o700)
+	var names []string
+	for i := 1; i <= 5; i++ {
+		name := fmt.Sprintf("0000000100000000000000%02X", i)
+		data := make([]byte, 1<<20)
+		rand.Read(data)
+		os.WriteFile(filepath.Join(walDir, name), data, 0o600)
+		os.WriteFile(filepath.Join(walDir, "archive_status", name+".ready"), nil, 0o600)
+		names = append(names, name)
+	}
+	res, err := a.PushAhead(t.Context(), filepath.Join(walDir, names[0]), 3, nil)
+	if err != nil || res.PushedAhead {
+		t.Fatalf("first push: %+v %v", res, err)
+	}
+	for _, n := range names[1:4] {
+		if _, err := os.Stat(filepath.Join(walDir, AheadDir, n)); err != nil {
+			t.Fatalf("%s was not pushed ahead: %v", n, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(walDir, AheadDir, names[4])); err == nil {
+		t.Fatal("pushed further ahead than asked")
+	}
+	// Answered from the record.
+	res, err = a.PushAhead(t.Context(), filepath.Join(walDir, names[1]), 0, nil)
+	if err != nil || !res.PushedAhead {
+		t.Fatalf("a pushed-ahead segment: %+v %v", res, err)
+	}
+	// Another file under the name (its time differs): pushed for real,
+	// refused as a conflict since the archive holds different content.
+	p := filepath.Join(walDir, names[2])
+	os.WriteFile(p, bytes.Repeat([]byte{1}, 1<<20), 0o600)
+	if _, err := a.PushAhead(t.Context(), p, 0, nil); !errors.Is(err, ErrConflict) {
+		t.Fatalf("a different file under a recorded name: %v, want ErrConflict", err)
+	}
+	// The record's object gone from the repository: pushed again.
+	entries, _ := a.Lookup(t.Context(), names[3])
+	if len(entries) != 1 {
+		t.Fatalf("lookup %s: %v", names[3], entries)
+	}
+	if err := a.Store.Delete(t.Context(), entries[0].Key); err != nil {
+		t.Fatal(err)
+	}
+	res, err = a.PushAhead(t.Context(), filepath.Join(walDir, names[3]), 0, nil)
+	if err != nil || res.PushedAhead || res.AlreadyArchived {
+		t.Fatalf("a record whose object is gone: %+v %v, want it pushed again", res, err)
+	}
+	// Records of segments before the one archived are forgotten.
+	if _, err := os.Stat(filepath.Join(walDir, AheadDir, names[1])); !os.IsNotExist(err) {
+		t.Fatalf("the record of %s outlived later pushes: %v", names[1], err)
+	}
+}
