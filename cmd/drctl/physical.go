@@ -97,8 +97,8 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				return err
 			}
 			a := &wal.Archive{Store: st, Keys: keys, AllowUnencrypted: noEncryption, Codec: copt, Signer: signer}
-			if ahead < 0 || ahead > 64 {
-				return &exitCodeError{2, fmt.Errorf("--push-ahead %d: give 0 to 64", ahead)}
+			if ahead < 0 || ahead > 16 {
+				return &exitCodeError{2, fmt.Errorf("--push-ahead %d: give 0 to 16", ahead)}
 			}
 			res, err := a.PushAhead(cmd.Context(), args[0], ahead, s.Logger)
 			if err != nil {
@@ -113,7 +113,7 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	cmd.Flags().BoolVar(&noEncryption, "no-encryption", false, "archive unencrypted when no recipients are configured")
-	cmd.Flags().IntVar(&ahead, "push-ahead", 0, "also archive up to N of the next segments PostgreSQL marked ready (in parallel), so that bursts of WAL do not pile up; their own archive_command then returns at once")
+	cmd.Flags().IntVar(&ahead, "push-ahead", 0, "also archive up to N (at most 16) of the next segments PostgreSQL marked ready, two at a time, so that bursts of WAL do not pile up; their own archive_command then returns at once")
 	return cmd
 }
 

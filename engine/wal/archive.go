@@ -71,6 +71,11 @@ func ParseKey(key string) (Entry, bool) {
 
 // Archive is the WAL archive of one repository.
 type Archive struct {
+	// beforeUpload, when set, is called once the file has been read and
+	// before anything is stored: push-ahead checks there that the file did
+	// not change under it.
+	beforeUpload func() error
+
 	Store storage.Store
 	// Keys encrypt (recipients) and decrypt (identities).
 	Keys             *codec.Keys
@@ -280,6 +285,11 @@ func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResu
 			}
 		}
 		return res, err
+	}
+	if a.beforeUpload != nil {
+		if err := a.beforeUpload(); err != nil {
+			return nil, fmt.Errorf("wal-push %s: %w", name, err)
+		}
 	}
 	// The signature first: the file's key is what makes it archived.
 	if err := a.sign(ctx, name, sum); err != nil {

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 )
 
 // Push-ahead: archive_command runs one segment at a time, and a primary
@@ -33,7 +35,28 @@ type aheadRecord struct {
 	Key     string `json:"key"`
 	Size    int64  `json:"size"`
 	ModTime int64  `json:"mod_time_ns"`
+	// Inode and CTime tell apart a file copied with its time kept (cp -a,
+	// rsync -a, a restore): no copy keeps its inode change time.
+	Inode uint64 `json:"inode"`
+	CTime int64  `json:"ctime_ns"`
 }
+
+func recordOf(key string, fi os.FileInfo) aheadRecord {
+	r := aheadRecord{Key: key, Size: fi.Size(), ModTime: fi.ModTime().UnixNano()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		r.Inode, r.CTime = st.Ino, st.Ctim.Nano()
+	}
+	return r
+}
+
+// Bounds of pushing ahead: segments in flight at once beside the one
+// asked for (each held compressed in memory), the largest segment pushed
+// ahead, and how long the one asked for waits for them once it is stored.
+const (
+	aheadParallel = 2
+	aheadMaxSize  = 64 << 20
+	aheadWait     = 30 * time.Second
+)
 
 // PushAhead archives path, and up to ahead of the segments after it that
 // archive_status marks ready (in parallel); failures of those are logged,
@@ -49,34 +72,73 @@ func (a *Archive) PushAhead(ctx context.Context, path string, ahead int, log *sl
 		forgetBefore(spool, name)
 		return res, nil
 	}
-	var wg sync.WaitGroup
-	if ahead > 0 && IsSegmentName(name) {
+	aheadCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if ahead <= 0 || !IsSegmentName(name) {
+			return
+		}
+		// One zstd worker each: the one asked for keeps the others.
+		one := *a
+		one.Codec.Concurrency = 1
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, aheadParallel)
 		for _, next := range readyAfter(walDir, spool, name, ahead) {
+			sem <- struct{}{}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				p := filepath.Join(walDir, next)
-				fi, err := os.Stat(p)
-				if err != nil {
-					return
-				}
-				res, err := a.Push(ctx, p)
-				if err != nil {
-					log.Debug("push-ahead failed; its own archive_command will push it", "file", next, "error", err)
-					return
-				}
-				if err := remember(spool, next, res.Key, fi); err != nil {
-					log.Debug("could not record a pushed-ahead segment", "file", next, "error", err)
-				}
+				defer func() { <-sem }()
+				pushOneAhead(aheadCtx, &one, walDir, spool, next, log)
 			}()
 		}
-	}
+		wg.Wait()
+	}()
 	res, err := a.Push(ctx, path)
-	wg.Wait()
 	if err == nil {
 		forgetBefore(spool, name)
 	}
+	select {
+	case <-done:
+	case <-time.After(aheadWait):
+		cancel() // a stalled push-ahead must not hold the archiver: its own call will push it
+		<-done
+	}
 	return res, err
+}
+
+// pushOneAhead stores one ready segment and records it, if the file is
+// still the one PostgreSQL marked ready when it has been read.
+func pushOneAhead(ctx context.Context, a *Archive, walDir, spool, next string, log *slog.Logger) {
+	p := filepath.Join(walDir, next)
+	fi, err := os.Stat(p)
+	if err != nil || fi.Size() > aheadMaxSize {
+		return
+	}
+	before := recordOf("", fi)
+	local := *a
+	local.beforeUpload = func() error {
+		// Another archiver may have finished with it, and PostgreSQL
+		// recycled the file under another name: then it is not ours.
+		now, err := os.Stat(p)
+		if err != nil || recordOf("", now) != before {
+			return errors.New("the file changed while it was read")
+		}
+		if _, err := os.Stat(filepath.Join(walDir, "archive_status", next+".ready")); err != nil {
+			return errors.New("no longer marked ready")
+		}
+		return nil
+	}
+	res, err := local.Push(ctx, p)
+	if err != nil {
+		log.Debug("push-ahead did not store it; its own archive_command will", "file", next, "error", err)
+		return
+	}
+	if err := remember(spool, next, res.Key, fi); err != nil {
+		log.Debug("could not record a pushed-ahead segment", "file", next, "error", err)
+	}
 }
 
 // pushedAhead answers for a segment a push-ahead stored: its record
@@ -89,12 +151,22 @@ func (a *Archive) pushedAhead(ctx context.Context, path, spool string) *PushResu
 	}
 	var rec aheadRecord
 	fi, serr := os.Stat(path)
-	if json.Unmarshal(body, &rec) != nil || serr != nil || rec.Size != fi.Size() || rec.ModTime != fi.ModTime().UnixNano() ||
-		!strings.HasPrefix(rec.Key, Prefix+name+".") {
+	if json.Unmarshal(body, &rec) != nil || serr != nil || !strings.HasPrefix(rec.Key, Prefix+name+".") ||
+		recordOf(rec.Key, fi) != rec {
 		return nil
 	}
 	if _, err := a.Store.Stat(ctx, rec.Key); err != nil {
 		return nil // not there (any more): push it the ordinary way
+	}
+	if a.Signer != nil {
+		// Signing set up since, or a signature lost: Push signs.
+		entry, ok := ParseKey(rec.Key)
+		if !ok {
+			return nil
+		}
+		if _, err := a.Store.Stat(ctx, SignatureKey(name, entry.Hash)); err != nil {
+			return nil
+		}
 	}
 	return &PushResult{Name: name, Key: rec.Key, AlreadyArchived: true, PushedAhead: true}
 }
@@ -130,7 +202,7 @@ func remember(spool, name, key string, fi os.FileInfo) error {
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return err
 	}
-	body, err := json.Marshal(aheadRecord{Key: key, Size: fi.Size(), ModTime: fi.ModTime().UnixNano()})
+	body, err := json.Marshal(recordOf(key, fi))
 	if err != nil {
 		return err
 	}
