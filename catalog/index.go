@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -44,6 +45,7 @@ type indexEntry struct {
 	Manifest  string    `json:"manifest"` // its bytes
 	Signature string    `json:"signature,omitempty"`
 	SigSize   int64     `json:"signature_size,omitempty"`
+	SigTime   time.Time `json:"signature_mod_time,omitempty"`
 }
 
 type indexShard struct {
@@ -51,44 +53,111 @@ type indexShard struct {
 	Entries []indexEntry `json:"entries"`
 }
 
-// maxShard bounds what is read of one shard (some 10,000 manifests).
-const maxShard = 256 << 20
+// Bounds on what is read of the index (it comes from the repository): a
+// shard (a month of backups) and its entries, how many shards, and the
+// bytes of all of them. What is over them is not read, and the manifests
+// are read instead.
+const (
+	maxShard        = 32 << 20
+	maxShardEntries = 50_000
+	maxShards       = 600 // 50 years of months
+	maxIndexBytes   = 256 << 20
+)
+
+var shardName = regexp.MustCompile(`^index/backups-[0-9]{6}\.json$`)
 
 func shardKey(id string) string { return indexPrefix + "backups-" + id[:6] + ".json" }
 
-// readIndex loads every shard, in parallel. A shard that cannot be read or
-// parsed counts as empty: the manifests are read instead.
-func readIndex(ctx context.Context, st storage.Store) map[string]indexEntry {
+// readIndex loads the shards, in parallel, and names those that held
+// anything it did not keep (they are written again). A shard that cannot
+// be read or parsed counts as empty: the manifests are read instead.
+func readIndex(ctx context.Context, st storage.Store) (map[string]indexEntry, map[string]bool) {
 	out := map[string]indexEntry{}
+	dirty := map[string]bool{}
 	objs, err := st.List(ctx, indexPrefix)
 	if err != nil {
-		return out
+		return out, dirty
+	}
+	var shards []storage.ObjectInfo
+	var total int64
+	for _, o := range objs {
+		if !shardName.MatchString(o.Key) || o.Size > maxShard || len(shards) >= maxShards || total+o.Size > maxIndexBytes {
+			continue
+		}
+		total += o.Size
+		shards = append(shards, o)
 	}
 	var mu sync.Mutex
-	each(len(objs), 16, func(i int) error {
-		key := objs[i].Key
-		if !strings.HasPrefix(key, indexPrefix+"backups-") || !strings.HasSuffix(key, ".json") {
-			return nil
-		}
-		rc, err := st.Get(ctx, key)
-		if err != nil {
-			return nil
-		}
-		defer rc.Close()
-		var sh indexShard
-		if err := json.NewDecoder(io.LimitReader(rc, maxShard)).Decode(&sh); err != nil || sh.Format != indexFormat {
-			return nil
-		}
+	each(len(shards), 16, func(i int) error {
+		key := shards[i].Key
+		entries, clean := readShard(ctx, st, key)
 		mu.Lock()
 		defer mu.Unlock()
-		for _, e := range sh.Entries {
-			if ValidID(e.ID) && shardKey(e.ID) == key {
-				out[e.ID] = e
-			}
+		if !clean {
+			dirty[key] = true
+		}
+		for _, e := range entries {
+			out[e.ID] = e
 		}
 		return nil
 	})
-	return out
+	return out, dirty
+}
+
+// readShard decodes one shard entry by entry, keeping the well-formed
+// entries that belong in it; clean is false when anything was dropped.
+func readShard(ctx context.Context, st storage.Store, key string) (kept []indexEntry, clean bool) {
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return nil, false
+	}
+	defer rc.Close()
+	dec := json.NewDecoder(io.LimitReader(rc, maxShard))
+	expect := func(want json.Delim) bool {
+		t, err := dec.Token()
+		return err == nil && t == want
+	}
+	if !expect('{') {
+		return nil, false
+	}
+	clean, format := true, 0
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, false
+		}
+		switch t {
+		case "format":
+			if dec.Decode(&format) != nil || format != indexFormat {
+				return nil, false
+			}
+		case "entries":
+			if !expect('[') {
+				return nil, false
+			}
+			for n := 0; dec.More(); n++ {
+				var e indexEntry
+				if n >= maxShardEntries || dec.Decode(&e) != nil {
+					return nil, false
+				}
+				if !ValidID(e.ID) || shardKey(e.ID) != key || e.Size != int64(len(e.Manifest)) || e.Size > maxManifest ||
+					e.SigSize != int64(len(e.Signature)) || e.SigSize > 64<<10 {
+					clean = false
+					continue
+				}
+				kept = append(kept, e)
+			}
+			if !expect(']') {
+				return nil, false
+			}
+		default:
+			return nil, false
+		}
+	}
+	if format != indexFormat {
+		return nil, false
+	}
+	return kept, clean
 }
 
 // each runs f(0..n-1), at most limit at once, and returns the first error.
@@ -124,12 +193,13 @@ type listed struct {
 func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, map[string]bool, error) {
 	var objs []storage.ObjectInfo
 	var index map[string]indexEntry
+	var dirty map[string]bool
 	var listErr error
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		index = readIndex(ctx, st)
+		index, dirty = readIndex(ctx, st)
 	}()
 	objs, listErr = st.List(ctx, backupsPrefix)
 	wg.Wait()
@@ -164,14 +234,14 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 	err := each(len(ids), 32, func(i int) error {
 		id, l := ids[i], seen[ids[i]]
 		if e, ok := index[id]; ok && e.Size == l.manifest.Size && e.ModTime.Equal(l.manifest.ModTime) &&
-			(e.Signature != "") == l.signed && e.SigSize == l.signature.Size {
+			(e.Signature != "") == l.signed && e.SigSize == l.signature.Size && e.SigTime.Equal(l.signature.ModTime) {
 			if m, err := fromEntry(e, v); err == nil {
 				out[i] = m
 				return nil
 			}
 			// A copy that does not parse or verify loses: read the object.
 		}
-		e, err := readEntry(ctx, st, id, l)
+		e, err := readEntry(ctx, st, id, l, v)
 		if err != nil {
 			return err
 		}
@@ -185,7 +255,7 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 	if err != nil {
 		return nil, nil, err
 	}
-	writeIndex(ctx, st, index, ids, fresh)
+	writeIndex(ctx, st, index, dirty, ids, fresh)
 	sort.SliceStable(out, func(i, j int) bool {
 		if !out[i].EndTime.Equal(out[j].EndTime) {
 			return out[i].EndTime.Before(out[j].EndTime)
@@ -196,7 +266,7 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 }
 
 // readEntry reads backup id's manifest and signature from their objects.
-func readEntry(ctx context.Context, st storage.Store, id string, l *listed) (*indexEntry, error) {
+func readEntry(ctx context.Context, st storage.Store, id string, l *listed, v Verifier) (*indexEntry, error) {
 	body, err := readManifest(ctx, st, id)
 	if err != nil {
 		return nil, err
@@ -210,10 +280,12 @@ func readEntry(ctx context.Context, st storage.Store, id string, l *listed) (*in
 			if rerr != nil {
 				return nil, fmt.Errorf("read signature of %s: %w", id, rerr)
 			}
-			e.Signature, e.SigSize = string(sig), l.signature.Size
-		} else if !errors.Is(err, storage.ErrNotExist) {
+			e.Signature, e.SigSize, e.SigTime = string(sig), l.signature.Size, l.signature.ModTime
+		} else if !errors.Is(err, storage.ErrNotExist) && v != nil {
 			return nil, fmt.Errorf("read signature of %s: %w", id, err)
 		}
+		// Without a verifier the signature is only cached: one that cannot
+		// be read now is read again next time (the entry will not match).
 	}
 	return e, nil
 }
@@ -238,9 +310,12 @@ func fromEntry(e indexEntry, v Verifier) (*Manifest, error) {
 // writeIndex writes back the shards whose content changed: manifests read
 // from their objects, and entries whose manifest is gone. Errors are
 // ignored: the index is a cache, and a reader may have no write access.
-func writeIndex(ctx context.Context, st storage.Store, old map[string]indexEntry, ids []string, fresh []*indexEntry) {
+func writeIndex(ctx context.Context, st storage.Store, old map[string]indexEntry, dirty map[string]bool, ids []string, fresh []*indexEntry) {
 	shards := map[string][]indexEntry{}
 	changed := map[string]bool{}
+	for key := range dirty {
+		changed[key] = true
+	}
 	current := map[string]bool{}
 	for i, id := range ids {
 		current[id] = true
@@ -290,7 +365,7 @@ func latestCandidates(ctx context.Context, st storage.Store, v Verifier) ([]*Man
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		index = readIndex(ctx, st)
+		index, _ = readIndex(ctx, st)
 	}()
 	dirs, dirErr = dl.ListDirs(ctx, backupsPrefix)
 	wg.Wait()

@@ -151,6 +151,24 @@ func TestIndex(t *testing.T) {
 	if n := st.reads(); n != 0 {
 		t.Fatalf("the index was not repaired: the next list read %d manifests", n)
 	}
+
+	// A hostile shard — entries without end, entries of other months, a
+	// copy whose length is not its manifest's — costs bounded work, is
+	// read around, and written again.
+	hostile := `{"format":1,"entries":[` + strings.Repeat(`{},`, 60000) + `{}]}`
+	os.WriteFile(shards[0], []byte(hostile), 0o644)
+	os.WriteFile(filepath.Join(dir, "index", "backups-evil.json"), []byte(hostile), 0o644)
+	st.reads()
+	if all, err = catalog.List(t.Context(), st, nil); err != nil || ids(t, all) != ids(t, want) {
+		t.Fatalf("list with a hostile shard: %v", err)
+	}
+	if n := st.reads(); n == 0 || n == 40 {
+		t.Fatalf("with one hostile shard, list read %d manifests, want that shard's only", n)
+	}
+	catalog.List(t.Context(), st, nil)
+	if n := st.reads(); n != 0 {
+		t.Fatalf("the hostile shard was not written again: the next list read %d manifests", n)
+	}
 }
 
 // fakeSigner signs with a hash; fakeVerifier accepts exactly those.
