@@ -125,6 +125,13 @@ func runPhysical(b *testing.B) {
 		return run(b, "", drctlEnv, nil, bin, "wal-push", f)
 	})
 	best[walPush.name] = walPush
+	// The floor of one segment: compress and encrypt it, as one process
+	// per segment would, nothing stored.
+	floorSegs := sampleSegments(b, filepath.Join(data, "pg_wal"), work, 8)
+	walFloor := timePerFile(b, "zstd -3 -T2 | age, per segment (floor)", floorSegs, func(f string) measurement {
+		return run(b, "", pgEnv, nil, "bash", "-o", "pipefail", "-c", fmt.Sprintf("zstd -q -3 -T2 -c %s | age -R %s > /dev/null", f, keys.RecipientsFile))
+	})
+	best[walFloor.name] = walFloor
 	var pgbrPush measurement
 	if havePgbr {
 		segs2 := sampleSegments(b, filepath.Join(data, "pg_wal"), work, 8)
@@ -151,6 +158,8 @@ func runPhysical(b *testing.B) {
 	check("basebackup within 1.5x of tar | zstd -3 -T2", float64(bb.wall) <= 1.5*float64(bf.wall), fmt.Sprintf("%.2fx", float64(bb.wall)/float64(bf.wall)))
 	check("restore within 1.3x of zstd -dc | tar -x + sync", float64(rr.wall) <= 1.3*float64(rf.wall), fmt.Sprintf("%.2fx", float64(rr.wall)/float64(rf.wall)))
 	check("wal-push under 50 ms per 16 MiB segment", walPush.wall < 50*time.Millisecond, fmt.Sprintf("%.1f ms", float64(walPush.wall.Microseconds())/1000))
+	check("wal-push within 1.3x of zstd -3 -T2 | age per segment", float64(walPush.wall) <= 1.3*float64(walFloor.wall),
+		fmt.Sprintf("%.2fx (%.1f ms against %.1f ms)", float64(walPush.wall)/float64(walFloor.wall), float64(walPush.wall.Microseconds())/1000, float64(walFloor.wall.Microseconds())/1000))
 	maxRSS := max(bb.rssKiB, rr.rssKiB, walPush.rssKiB)
 	check("peak RSS under 100 MiB in every command", maxRSS < 100<<10, fmt.Sprintf("%d MiB", maxRSS>>10))
 	if havePgbr {
