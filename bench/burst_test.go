@@ -17,13 +17,13 @@ import (
 	"github.com/drctl/drctl/testrig"
 )
 
-// burstScale is the pgbench scale of the WAL burst (default 300: about
-// 4.5 GiB of WAL from pgbench -i).
-func burstScale() int { return envInt("DRCTL_BENCH_BURST_SCALE", 300) }
+// burstScale is the pgbench scale of the WAL burst (default 340: about
+// 4 GiB of WAL from pgbench -i).
+func burstScale() int { return envInt("DRCTL_BENCH_BURST_SCALE", 340) }
 
 // BenchmarkWALBurst: a primary writes WAL as fast as it can (pgbench -i)
-// with archiving on, once archiving with drctl wal-push --push-ahead 4, once
-// with pgBackRest 2.45 archive-push, archive-async=y and process-max=2, to
+// with archiving on: archived by drctl wal-push alone, with --push-ahead 4,
+// and by pgBackRest 2.45 archive-push, archive-async=y and process-max=2, to
 // the same S3 server. Reports the peak number of .ready files and the time
 // from the end of the burst until the archive caught up.
 func BenchmarkWALBurst(b *testing.B) {
@@ -80,6 +80,7 @@ func runWALBurst(b *testing.B) {
 	fmt.Printf("%-58s %8s %10s %11s %10s\n", "archiver", "WAL GiB", "burst s", "peak .ready", "catch-up s")
 	results := map[string]float64{}
 	for i, c := range []struct{ name, command string }{
+		{"drctl wal-push (one segment per call)", fmt.Sprintf("%s --config %s wal-push %%p", bin, drctlCfg)},
 		{"drctl wal-push --push-ahead 4", drctlArchive},
 		{"pgbackrest archive-push, archive-async=y, process-max=2", fmt.Sprintf("%s --config=%s --stanza=bench archive-push %%p", pgbackrest, pgbrCfg)},
 	} {
