@@ -37,26 +37,7 @@ func runWALBurst(b *testing.B) {
 	if err != nil {
 		b.Fatal("pgbackrest is not installed (make bench installs it)")
 	}
-	srv := testrig.StartS3TLS(b)
-	work, err := os.MkdirTemp("", "drctl-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(work) })
-	os.Chmod(work, 0o755)
-	keys := testrig.NewKeys(b, work)
-	os.Chmod(keys.RecipientsFile, 0o644)
-	bin := filepath.Join(work, "drctl")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testrig.RepoRoot(), "cmd", "drctl")).CombinedOutput(); err != nil {
-		b.Fatalf("build drctl: %v\n%s", err, out)
-	}
-	envYAML := ""
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		envYAML += fmt.Sprintf("  %s: %q\n", k, v)
-	}
-	drctlCfg := filepath.Join(work, "drctl.yaml")
-	os.WriteFile(drctlCfg, []byte(fmt.Sprintf("repo: %s\nrecipients_file: %s\nenv:\n%s", srv.RepoURL("burst"), keys.RecipientsFile, envYAML)), 0o644)
+	srv, work, _, bin, drctlCfg := newArchiveRig(b, "burst")
 	drctlArchive := fmt.Sprintf("%s --config %s wal-push --push-ahead 4 %%p", bin, drctlCfg)
 	pg := testrig.StartPostgres(b, "shared_buffers=256MB", "wal_level=replica", "archive_mode=on",
 		"max_wal_senders=5", "archive_command="+drctlArchive, "max_wal_size=16GB", "checkpoint_timeout=30min")

@@ -28,26 +28,7 @@ func BenchmarkPhysical(b *testing.B) {
 func runPhysical(b *testing.B) {
 	pgbackrest, lookErr := exec.LookPath("pgbackrest")
 	havePgbr := lookErr == nil
-	srv := testrig.StartS3TLS(b)
-	work, err := os.MkdirTemp("", "drctl-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(work) })
-	os.Chmod(work, 0o755)
-	keys := testrig.NewKeys(b, work)
-	os.Chmod(keys.RecipientsFile, 0o644)
-	bin := filepath.Join(work, "drctl")
-	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testrig.RepoRoot(), "cmd", "drctl")).CombinedOutput(); err != nil {
-		b.Fatalf("build drctl: %v\n%s", err, out)
-	}
-	envYAML := ""
-	for _, kv := range srv.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		envYAML += fmt.Sprintf("  %s: %q\n", k, v)
-	}
-	drctlCfg := filepath.Join(work, "drctl.yaml")
-	os.WriteFile(drctlCfg, []byte(fmt.Sprintf("repo: %s\nrecipients_file: %s\nenv:\n%s", srv.RepoURL("drctl"), keys.RecipientsFile, envYAML)), 0o644)
+	srv, work, keys, bin, drctlCfg := newArchiveRig(b, "drctl")
 	pgbrCfg := filepath.Join(work, "pgbackrest.conf")
 	archive := fmt.Sprintf("%s --config %s wal-push %%p", bin, drctlCfg)
 	if havePgbr {
@@ -250,6 +231,34 @@ func runQuiet(b *testing.B, env []string, prog string, args ...string) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("%s %s: %v\n%s", prog, strings.Join(args, " "), err, out)
 	}
+}
+
+// newArchiveRig starts a TLS S3 server (pgBackRest speaks only HTTPS) and
+// builds drctl into a work directory the server's user can read, with a
+// config file for archive_command (repository under prefix, the S3
+// settings in its env: block).
+func newArchiveRig(b *testing.B, prefix string) (*testrig.S3, string, *testrig.Keys, string, string) {
+	srv := testrig.StartS3TLS(b)
+	work, err := os.MkdirTemp("", "drctl-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(work) })
+	os.Chmod(work, 0o755)
+	keys := testrig.NewKeys(b, work)
+	os.Chmod(keys.RecipientsFile, 0o644)
+	bin := filepath.Join(work, "drctl")
+	if out, err := exec.Command("go", "build", "-o", bin, filepath.Join(testrig.RepoRoot(), "cmd", "drctl")).CombinedOutput(); err != nil {
+		b.Fatalf("build drctl: %v\n%s", err, out)
+	}
+	envYAML := ""
+	for _, kv := range srv.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		envYAML += fmt.Sprintf("  %s: %q\n", k, v)
+	}
+	cfg := filepath.Join(work, "drctl.yaml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("repo: %s\nrecipients_file: %s\nenv:\n%s", srv.RepoURL(prefix), keys.RecipientsFile, envYAML)), 0o644)
+	return srv, work, keys, bin, cfg
 }
 
 func writePgbackrestConf(b *testing.B, path string, srv *testrig.S3, pg *testrig.Postgres, work string) {

@@ -256,12 +256,7 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 		return nil, nil, err
 	}
 	writeIndex(ctx, st, index, dirty, ids, fresh)
-	sort.SliceStable(out, func(i, j int) bool {
-		if !out[i].EndTime.Equal(out[j].EndTime) {
-			return out[i].EndTime.Before(out[j].EndTime)
-		}
-		return out[i].ID < out[j].ID
-	})
+	sortByEnd(out)
 	return out, verified, nil
 }
 
@@ -410,11 +405,16 @@ func latestCandidates(ctx context.Context, st storage.Store, v Verifier) ([]*Man
 			known = append(known, m)
 		}
 	}
-	sort.SliceStable(known, func(i, j int) bool {
-		if !known[i].EndTime.Equal(known[j].EndTime) {
-			return known[i].EndTime.Before(known[j].EndTime)
-		}
-		return known[i].ID < known[j].ID
-	})
+	sortByEnd(known)
 	return known, true, nil
+}
+
+// sortByEnd orders backups oldest first: by end time, then id.
+func sortByEnd(ms []*Manifest) {
+	sort.SliceStable(ms, func(i, j int) bool {
+		if !ms[i].EndTime.Equal(ms[j].EndTime) {
+			return ms[i].EndTime.Before(ms[j].EndTime)
+		}
+		return ms[i].ID < ms[j].ID
+	})
 }
