@@ -160,6 +160,24 @@ func readShard(ctx context.Context, st storage.Store, key string) (kept []indexE
 	return kept, clean
 }
 
+// alongsideIndex reads the index while list runs (both are round trips
+// to the store), and returns the index, its shards to write again, and
+// list's error.
+func alongsideIndex(ctx context.Context, st storage.Store, list func() error) (map[string]indexEntry, map[string]bool, error) {
+	type read struct {
+		index map[string]indexEntry
+		dirty map[string]bool
+	}
+	done := make(chan read, 1)
+	go func() {
+		index, dirty := readIndex(ctx, st)
+		done <- read{index, dirty}
+	}()
+	err := list()
+	r := <-done
+	return r.index, r.dirty, err
+}
+
 // each runs f(0..n-1), at most limit at once, and returns the first error.
 func each(n, limit int, f func(int) error) error {
 	var wg sync.WaitGroup
@@ -192,19 +210,12 @@ type listed struct {
 // current and checks out, else from its object.
 func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manifest, map[string]bool, error) {
 	var objs []storage.ObjectInfo
-	var index map[string]indexEntry
-	var dirty map[string]bool
-	var listErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		index, dirty = readIndex(ctx, st)
-	}()
-	objs, listErr = st.List(ctx, backupsPrefix)
-	wg.Wait()
-	if listErr != nil {
-		return nil, nil, listErr
+	index, dirty, err := alongsideIndex(ctx, st, func() (err error) {
+		objs, err = st.List(ctx, backupsPrefix)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	seen := map[string]*listed{}
 	verified := map[string]bool{} // backups with a verification record
@@ -231,7 +242,7 @@ func listManifests(ctx context.Context, st storage.Store, v Verifier) ([]*Manife
 	}
 	out := make([]*Manifest, len(ids))
 	fresh := make([]*indexEntry, len(ids)) // entries read from the objects
-	err := each(len(ids), 32, func(i int) error {
+	err = each(len(ids), 32, func(i int) error {
 		id, l := ids[i], seen[ids[i]]
 		if e, ok := index[id]; ok && e.Size == l.manifest.Size && e.ModTime.Equal(l.manifest.ModTime) &&
 			(e.Signature != "") == l.signed && e.SigSize == l.signature.Size && e.SigTime.Equal(l.signature.ModTime) {
@@ -354,18 +365,12 @@ func latestCandidates(ctx context.Context, st storage.Store, v Verifier) ([]*Man
 		return nil, false, nil
 	}
 	var dirs []string
-	var dirErr error
-	var index map[string]indexEntry
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		index, _ = readIndex(ctx, st)
-	}()
-	dirs, dirErr = dl.ListDirs(ctx, backupsPrefix)
-	wg.Wait()
-	if dirErr != nil {
-		return nil, false, dirErr
+	index, _, err := alongsideIndex(ctx, st, func() (err error) {
+		dirs, err = dl.ListDirs(ctx, backupsPrefix)
+		return err
+	})
+	if err != nil {
+		return nil, false, err
 	}
 	var known []*Manifest
 	var missing []string
@@ -389,7 +394,7 @@ func latestCandidates(ctx context.Context, st storage.Store, v Verifier) ([]*Man
 		return nil, false, nil // the index is far behind: list (which repairs it)
 	}
 	loaded := make([]*Manifest, len(missing))
-	err := each(len(missing), 16, func(i int) error {
+	err = each(len(missing), 16, func(i int) error {
 		m, err := Load(ctx, st, missing[i], v)
 		if errors.Is(err, ErrUnknownBackup) {
 			return nil // a backup in progress, or the leftovers of one
