@@ -3,6 +3,8 @@ package logical
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -78,15 +80,9 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 		opt.Logger = slog.New(slog.DiscardHandler)
 	}
 	m := opt.Manifest
-	if m.Kind != catalog.KindLogical {
-		return nil, fmt.Errorf("backup %s is a %s backup, not a logical one", m.ID, m.Kind)
-	}
-	obj, ok := m.Object(catalog.RoleDump)
-	if !ok {
-		return nil, fmt.Errorf("backup %s: manifest lists no dump object", m.ID)
-	}
-	if !opt.Keys.CanDecrypt(m.Encryption) {
-		return nil, codec.ErrNoIdentity
+	obj, err := dumpObject(m, opt.Keys)
+	if err != nil {
+		return nil, err
 	}
 	if err := opt.Selection.Check(); err != nil {
 		return nil, err
@@ -175,25 +171,48 @@ func Restore(ctx context.Context, opt Options) (*Result, error) {
 // download must then match. It costs a second download.
 func legacyTOCHash(ctx context.Context, opt Options, obj catalog.Object, log *slog.Logger) (string, error) {
 	log.Info("the manifest has no toc_sha256 (an older backup): checking the whole dump before restoring it")
-	stream, err := restore.OpenObject(ctx, opt.Store, opt.Manifest, obj, opt.Keys, nil)
+	_, sum, err := readWhole(ctx, opt.Store, opt.Manifest, obj, opt.Keys, nil)
+	return sum, err
+}
+
+// dumpObject is a logical backup's dump, which keys must be able to read.
+func dumpObject(m *catalog.Manifest, keys *codec.Keys) (catalog.Object, error) {
+	if m.Kind != catalog.KindLogical {
+		return catalog.Object{}, fmt.Errorf("backup %s is a %s backup, not a logical one", m.ID, m.Kind)
+	}
+	obj, ok := m.Object(catalog.RoleDump)
+	if !ok {
+		return catalog.Object{}, fmt.Errorf("backup %s: manifest lists no dump object", m.ID)
+	}
+	if !keys.CanDecrypt(m.Encryption) {
+		return catalog.Object{}, codec.ErrNoIdentity
+	}
+	return obj, nil
+}
+
+// readWhole reads a dump to its end, checking the stored object against
+// its manifest: the archive as read (header, entries, data sizes) and the
+// hex SHA-256 of its table of contents.
+func readWhole(ctx context.Context, st storage.Store, m *catalog.Manifest, obj catalog.Object, keys *codec.Keys, progress restore.Progress) (*pgarchive.Reader, string, error) {
+	stream, err := restore.OpenObject(ctx, st, m, obj, keys, progress)
 	if err != nil {
-		return "", err
+		return nil, "", err
 	}
 	defer stream.Close()
-	hash := &spill{limit: spillLimit, discard: true}
+	toc := sha256.New()
 	arch := pgarchive.NewReader(stream)
-	arch.Pass = hash
+	arch.Pass = toc
 	if err := arch.ReadTOC(); err != nil {
-		return "", fmt.Errorf("backup %s: the dump's table of contents: %w", opt.Manifest.ID, err)
+		return nil, "", fmt.Errorf("backup %s: the dump's table of contents: %w", m.ID, err)
 	}
 	arch.Pass = nil
 	if err := arch.ReadData(); err != nil {
-		return "", fmt.Errorf("backup %s: %w", opt.Manifest.ID, err)
+		return nil, "", fmt.Errorf("backup %s: the dump's data: %w", m.ID, err)
 	}
 	if err := stream.Check(); err != nil {
-		return "", err
+		return nil, "", err
 	}
-	return hash.sum(), nil
+	return arch, hex.EncodeToString(toc.Sum(nil)), nil
 }
 
 // runRestore feeds pg_restore the dump as it arrives: the table of
@@ -464,29 +483,12 @@ func (w *writeError) Unwrap() error { return w.err }
 // table of contents with the size of each entry's data. The stored object
 // is checked against its manifest on the way, as verify does.
 func Contents(ctx context.Context, st storage.Store, m *catalog.Manifest, keys *codec.Keys, progress restore.Progress) (*pgarchive.Header, []pgarchive.Entry, error) {
-	if m.Kind != catalog.KindLogical {
-		return nil, nil, fmt.Errorf("backup %s is a %s backup: only a logical backup's dump has contents to list", m.ID, m.Kind)
-	}
-	obj, ok := m.Object(catalog.RoleDump)
-	if !ok {
-		return nil, nil, fmt.Errorf("backup %s: manifest lists no dump object", m.ID)
-	}
-	if !keys.CanDecrypt(m.Encryption) {
-		return nil, nil, codec.ErrNoIdentity
-	}
-	stream, err := restore.OpenObject(ctx, st, m, obj, keys, progress)
+	obj, err := dumpObject(m, keys)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer stream.Close()
-	arch := pgarchive.NewReader(stream)
-	if err := arch.ReadTOC(); err != nil {
-		return nil, nil, fmt.Errorf("backup %s: the dump's table of contents: %w", m.ID, err)
-	}
-	if err := arch.ReadData(); err != nil {
-		return nil, nil, fmt.Errorf("backup %s: the dump's data: %w", m.ID, err)
-	}
-	if err := stream.Check(); err != nil {
+	arch, _, err := readWhole(ctx, st, m, obj, keys, progress)
+	if err != nil {
 		return nil, nil, err
 	}
 	return &arch.Header, arch.Entries, nil

@@ -19,8 +19,6 @@ type spill struct {
 	file  *os.File
 	size  int64
 	limit int64 // refuse beyond this many bytes
-	// discard keeps nothing: only the hash is wanted.
-	discard bool
 }
 
 const (
@@ -37,9 +35,6 @@ func (s *spill) Write(p []byte) (int, error) {
 		s.hash = sha256.New()
 	}
 	s.hash.Write(p)
-	if s.discard {
-		return len(p), nil
-	}
 	if s.file == nil && s.mem.Len()+len(p) <= spillMemory {
 		return s.mem.Write(p)
 	}
