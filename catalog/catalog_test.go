@@ -16,6 +16,13 @@ import (
 
 func commit(t *testing.T, st *filestore.Store, kind, db string, at time.Time) *catalog.Manifest {
 	t.Helper()
+	return commitSigned(t, st, kind, db, at, nil)
+}
+
+// commitSigned commits a backup of one small object, signed by signer
+// when it is set.
+func commitSigned(t *testing.T, st *filestore.Store, kind, db string, at time.Time, signer catalog.Signer) *catalog.Manifest {
+	t.Helper()
 	id := catalog.NewID(at)
 	key := catalog.ObjectKey(id, "dump.pgc.zst")
 	if err := st.Put(t.Context(), key, strings.NewReader("data")); err != nil {
@@ -27,7 +34,7 @@ func commit(t *testing.T, st *filestore.Store, kind, db string, at time.Time) *c
 	if kind == catalog.KindPhysical {
 		m.Physical = &catalog.Physical{}
 	}
-	if err := catalog.Commit(t.Context(), st, m, nil); err != nil {
+	if err := catalog.Commit(t.Context(), st, m, signer); err != nil {
 		t.Fatal(err)
 	}
 	return m

@@ -197,16 +197,7 @@ func TestIndexCopyThatDoesNotVerifyLoses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	at := time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)
-	id := catalog.NewID(at)
-	key := catalog.ObjectKey(id, "dump.pgc.zst")
-	fs.Put(t.Context(), key, strings.NewReader("data"))
-	m := &catalog.Manifest{FormatVersion: 1, ID: id, Kind: catalog.KindLogical, Database: "shop", StartTime: at, EndTime: at,
-		Encryption: catalog.Encryption{Method: "none"},
-		Objects:    []catalog.Object{{Key: key, Role: catalog.RoleDump, Size: 4, SHA256: strings.Repeat("0", 64)}}}
-	if err := catalog.Commit(t.Context(), fs, m, fakeSigner{}); err != nil {
-		t.Fatal(err)
-	}
+	id := commitSigned(t, fs, catalog.KindLogical, "shop", time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC), fakeSigner{}).ID
 	st := &countingStore{Store: fs}
 	if _, err := catalog.List(t.Context(), st, fakeVerifier{}); err != nil {
 		t.Fatal(err)

@@ -130,6 +130,21 @@ func claim(dir string) {
 	claimedMu.Unlock()
 }
 
+// workDir makes a work directory the server's user can enter (t.TempDir's
+// parent is private to root), claimed by this process and removed after
+// the test.
+func workDir(t *testing.T, prefix string) string {
+	t.Helper()
+	work, err := os.MkdirTemp("", "drctl-"+prefix+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim(work)
+	t.Cleanup(func() { os.RemoveAll(work) })
+	os.Chmod(work, 0o755)
+	return work
+}
+
 var (
 	claimedMu sync.Mutex
 	claimed   []string // work directories of this process

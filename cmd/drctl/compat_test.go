@@ -21,13 +21,7 @@ func TestFormatV1PhysicalRepository(t *testing.T) {
 	if os.Getenv("DRCTL_WRITE_FIXTURE") == "1" {
 		writePhysicalFixture(t, fixture, keyFile)
 	}
-	work, err := os.MkdirTemp("", "drctl-compat-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	claim(work)
-	t.Cleanup(func() { os.RemoveAll(work) })
-	os.Chmod(work, 0o755)
+	work := workDir(t, "compat")
 	// Restore from a copy: recovery must not write into testdata.
 	repo := filepath.Join(work, "repo")
 	if out, err := exec.Command("cp", "-a", fixture, repo).CombinedOutput(); err != nil {

@@ -38,13 +38,7 @@ func newPhysRig(t *testing.T, extra ...string) *physRig {
 // archiving off (WAL then reaches the repository by wal-receive).
 func newPhysRigArchiving(t *testing.T, archive bool, extra ...string) *physRig {
 	t.Helper()
-	work, err := os.MkdirTemp("", "drctl-pitr-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	claim(work)
-	t.Cleanup(func() { os.RemoveAll(work) })
-	os.Chmod(work, 0o755)
+	work := workDir(t, "pitr")
 	r := &physRig{work: work, repo: filepath.Join(work, "repo")}
 	r.keys = testrig.NewKeys(t, work)
 	os.Chmod(r.keys.RecipientsFile, 0o644)
@@ -729,13 +723,7 @@ func TestBaseBackupWithoutWAL(t *testing.T) {
 // point-in-time restore from the S3 repository replays through it.
 func TestPITRFromS3(t *testing.T) {
 	srv := testrig.StartS3(t)
-	work, err := os.MkdirTemp("", "drctl-pitr-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	claim(work)
-	t.Cleanup(func() { os.RemoveAll(work) })
-	os.Chmod(work, 0o755)
+	work := workDir(t, "pitr")
 	keys := testrig.NewKeys(t, work)
 	os.Chmod(keys.RecipientsFile, 0o644)
 	repo := srv.RepoURL("pitr")
