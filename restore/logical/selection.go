@@ -243,7 +243,7 @@ func choose(entries []pgarchive.Entry, sel Selection) (*plan, error) {
 				}
 				var ok bool
 				if e.Desc == "SEQUENCE OWNED BY" {
-					ok = belongs(e, chosen, needOnly, byID, relation) // a dependency or two
+					ok = ownedByBelongs(e, chosen, byID, relation)
 				} else {
 					ok = standing[e.ID].belongs(e.Desc)
 				}
@@ -347,7 +347,9 @@ func (st *entryStanding) processed(d int, needOnly map[int]bool, relation func(i
 	st.onRel = st.onRel || (!needOnly[d] && relation(d))
 }
 
-// belongs is belongs (below) from the standing.
+// belongs reports whether the entry comes with the chosen relations: it
+// depends on a chosen entry (not one pulled in only by need), and every
+// relation it depends on is chosen.
 func (st *entryStanding) belongs(desc string) bool {
 	switch desc {
 	case "INDEX ATTACH":
@@ -358,42 +360,27 @@ func (st *entryStanding) belongs(desc string) bool {
 	return st.on && st.unchosenRel == 0
 }
 
-// belongs reports whether e comes with the chosen relations: it is of a
-// kind that belongs to a relation, depends on a chosen entry (not one
-// pulled in only by need), and every relation it depends on is chosen.
-func belongs(e *pgarchive.Entry, chosen, needOnly map[int]bool, byID map[int]*pgarchive.Entry, relation func(int) bool) bool {
-	if !belongings[e.Desc] {
-		return false
-	}
-	deps := e.Deps
-	if e.Desc == "SEQUENCE OWNED BY" {
-		// It names only its sequence; the table owning it is the
-		// sequence's relation.
-		for _, d := range e.Deps {
-			if s, ok := byID[d]; ok && s.Desc == "SEQUENCE" {
-				deps = append(slices.Clone(deps), s.Deps...)
+// ownedByBelongs decides for a SEQUENCE OWNED BY entry, which names only
+// its sequence: it comes when its sequence is chosen and so is every
+// relation the sequence depends on (the table owning it).
+func ownedByBelongs(e *pgarchive.Entry, chosen map[int]bool, byID map[int]*pgarchive.Entry, relation func(int) bool) bool {
+	found := false
+	for _, d := range e.Deps {
+		if relation(d) && !chosen[d] {
+			return false
+		}
+		seq, ok := byID[d]
+		if !ok || seq.Desc != "SEQUENCE" || !chosen[d] {
+			continue
+		}
+		for _, rd := range seq.Deps {
+			if relation(rd) && !chosen[rd] {
+				return false
 			}
 		}
+		found = true
 	}
-	onChosen, onRelation, allRelations, all := false, false, true, true
-	for _, d := range deps {
-		if chosen[d] && !needOnly[d] {
-			onChosen = true
-			onRelation = onRelation || relation(d)
-		}
-		if relation(d) && !chosen[d] {
-			allRelations = false
-		}
-		all = all && chosen[d]
-	}
-	switch e.Desc {
-	case "INDEX ATTACH":
-		return onChosen && all // both indexes
-	case "TABLE", "SEQUENCE":
-		// A partition or child of a chosen table, a sequence of one.
-		return onRelation && allRelations
-	}
-	return onChosen && allRelations
+	return found
 }
 
 // matchAll matches each name of a flag, refusing one that matches nothing.
