@@ -97,14 +97,16 @@ func (a *Archive) PushAhead(ctx context.Context, path string, ahead int, log *sl
 		wg.Wait()
 	}()
 	res, err := a.Push(ctx, path)
-	if err == nil {
-		forgetBefore(spool, name)
-	}
 	select {
 	case <-done:
 	case <-time.After(aheadWait):
 		cancel() // a stalled push-ahead must not hold the archiver: its own call will push it
 		<-done
+	}
+	// Only now: forgetting removes temporary records too, which the
+	// push-aheads above were writing.
+	if err == nil {
+		forgetBefore(spool, name)
 	}
 	return res, err
 }
@@ -223,8 +225,10 @@ func remember(spool, name, key string, fi os.FileInfo) error {
 	return werr
 }
 
-// forgetBefore removes the records of segments before name: PostgreSQL
-// is done with them once it archives a later one.
+// forgetBefore removes the records of segments before name (PostgreSQL is
+// done with them once it archives a later one) and temporary records left
+// by a push-ahead that was killed (".tmp-" sorts first). No push-ahead of
+// this process may be writing one.
 func forgetBefore(spool, name string) {
 	entries, err := os.ReadDir(spool)
 	if errors.Is(err, os.ErrNotExist) || err != nil {
