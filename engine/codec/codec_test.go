@@ -71,6 +71,41 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// EncodeBuffer writes what NewWriter writes: the same zstd frames (the
+// very bytes, unencrypted), readable back by NewReader.
+func TestEncodeBufferMatchesTheWriter(t *testing.T) {
+	keys := testKeys(t)
+	for _, size := range []int{0, 1, frameSize - 1, frameSize, 3*frameSize + 5} {
+		want := payload(size)
+		for _, enc := range []*Keys{keys, {}} {
+			got, err := EncodeBuffer(want, enc, Options{Concurrency: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !enc.Encrypted() {
+				var streamed bytes.Buffer
+				w, _ := NewWriter(&streamed, enc, Options{Concurrency: 2})
+				w.Write(want)
+				if err := w.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.Equal(got, streamed.Bytes()) {
+					t.Fatalf("size %d: EncodeBuffer wrote %d bytes, the writer %d", size, len(got), streamed.Len())
+				}
+			}
+			r, err := NewReader(bytes.NewReader(got), enc.Encrypted(), keys)
+			if err != nil {
+				t.Fatal(err)
+			}
+			back, err := io.ReadAll(r)
+			r.Close()
+			if err != nil || !bytes.Equal(back, want) {
+				t.Fatalf("size %d encrypted=%v: read back %d bytes, %v", size, enc.Encrypted(), len(back), err)
+			}
+		}
+	}
+}
+
 type failingWriter struct{ after int }
 
 func (f *failingWriter) Write(p []byte) (int, error) {

@@ -1,10 +1,17 @@
 package codec
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"runtime"
+	"runtime/debug"
+	"slices"
 	"sync"
+	"sync/atomic"
 
+	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -203,4 +210,89 @@ func (w *framedWriter) stop() {
 	close(w.order)
 	<-w.done
 	w.workers.Wait()
+}
+
+// EncodeBuffer compresses and encrypts data held in memory into the very
+// bytes NewWriter would write for it (frames of frameSize, then age), but
+// compresses the frames straight from data, in parallel, without copying
+// them into chunks first: a WAL segment is read once and touched once.
+// data may be a mapped file: a fault reading it (the file truncated under
+// the mapping) is an error, not a crash.
+func EncodeBuffer(data []byte, keys *Keys, opt Options) ([]byte, error) {
+	level := zstd.SpeedFastest
+	if opt.Level > 1 {
+		level = zstd.EncoderLevelFromZstd(opt.Level)
+	}
+	frames := max(1, (len(data)+frameSize-1)/frameSize)
+	workers := opt.Concurrency
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = min(workers, frames)
+	out := make([][]byte, frames)
+	var next atomic.Int64
+	errs := make(chan error, workers)
+	for range workers {
+		go func() {
+			debug.SetPanicOnFault(true)
+			defer func() {
+				if r := recover(); r != nil {
+					errs <- MemoryFault(r)
+				}
+			}()
+			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
+				zstd.WithEncoderCRC(true), zstd.WithWindowSize(frameSize))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer enc.Close()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= frames {
+					errs <- nil
+					return
+				}
+				out[i] = enc.EncodeAll(data[i*frameSize:min(len(data), (i+1)*frameSize)], nil)
+			}
+		}()
+	}
+	var err error
+	for range workers {
+		err = errors.Join(err, <-errs)
+	}
+	if err != nil {
+		return nil, err
+	}
+	size := 0
+	for _, f := range out {
+		size += len(f)
+	}
+	if !keys.Encrypted() {
+		return slices.Concat(out...), nil
+	}
+	// age adds a header of a few hundred bytes and 16 bytes per 64 KiB.
+	buf := bytes.NewBuffer(make([]byte, 0, size+size/4096+4096))
+	aw, err := age.Encrypt(buf, keys.Recipients...)
+	if err != nil {
+		return nil, fmt.Errorf("age encrypt: %w", err)
+	}
+	for _, f := range out {
+		if _, err := aw.Write(f); err != nil {
+			return nil, err
+		}
+	}
+	if err := aw.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// MemoryFault turns the panic of a fault reading mapped memory (see
+// debug.SetPanicOnFault) into an error, and panics again with anything else.
+func MemoryFault(r any) error {
+	if f, ok := r.(interface{ Addr() uintptr }); ok {
+		return fmt.Errorf("input unreadable: %v (file truncated while mapped?)", f)
+	}
+	panic(r)
 }

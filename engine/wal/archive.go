@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -222,20 +223,88 @@ func (a *Archive) Push(ctx context.Context, path string) (*PushResult, error) {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
 	defer f.Close()
-	return a.push(ctx, name, f)
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("wal-push %s: %w", name, err)
+	}
+	if fi.Size() > inMemoryMax {
+		return a.push(ctx, name, func() (string, []byte, error) { return a.encodeStream(f) })
+	}
+	data, release, err := mapFile(f, fi.Size())
+	if err != nil {
+		return nil, fmt.Errorf("wal-push %s: %w", name, err)
+	}
+	defer release()
+	return a.PushData(ctx, name, data)
 }
+
+// readFile reads f's first size bytes into memory.
+func readFile(f *os.File, size int64) ([]byte, func(), error) {
+	data := make([]byte, size)
+	if _, err := io.ReadFull(f, data); err != nil {
+		return nil, nil, err
+	}
+	return data, func() {}, nil
+}
+
+// inMemoryMax is the largest file pushed from memory: a WAL segment of the
+// default 16 MiB and up to 64 MiB. Larger segments (wal_segment_size goes
+// to 1 GiB) stream through fixed buffers.
+const inMemoryMax = 64 << 20
 
 // PushData archives a file held in memory (a segment wal-receive completed).
 func (a *Archive) PushData(ctx context.Context, name string, data []byte) (*PushResult, error) {
-	return a.push(ctx, name, bytes.NewReader(data))
+	return a.push(ctx, name, func() (string, []byte, error) { return a.encodeBuffer(data) })
 }
 
-// push reads the file once: hashing it while it is compressed and
-// encrypted into memory (a compressed segment is a few MiB), while the
-// archive is asked in parallel what it holds under the name. Then one
-// upload. Identical content always gets the same key, so a plain Put is
-// safe when two pushers race with the same file.
-func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResult, error) {
+// encodeBuffer hashes data while its frames are compressed, all at once.
+func (a *Archive) encodeBuffer(data []byte) (string, []byte, error) {
+	type hash struct {
+		sum [sha256.Size]byte
+		err error
+	}
+	hashed := make(chan hash, 1)
+	go func() {
+		debug.SetPanicOnFault(true)
+		defer func() {
+			if r := recover(); r != nil {
+				hashed <- hash{err: codec.MemoryFault(r)}
+			}
+		}()
+		hashed <- hash{sum: sha256.Sum256(data)}
+	}()
+	stored, err := codec.EncodeBuffer(data, a.Keys, a.Codec)
+	h := <-hashed
+	if err = errors.Join(err, h.err); err != nil {
+		return "", nil, err
+	}
+	return hex.EncodeToString(h.sum[:])[:hashLen], stored, nil
+}
+
+// encodeStream compresses and encrypts r into memory (a compressed segment
+// is a few MiB), hashing it on the way.
+func (a *Archive) encodeStream(r io.Reader) (string, []byte, error) {
+	h := sha256.New()
+	var stored bytes.Buffer
+	enc, err := codec.NewWriter(&stored, a.Keys, a.Codec)
+	if err != nil {
+		return "", nil, err
+	}
+	if _, err := io.Copy(enc, io.TeeReader(r, h)); err != nil {
+		enc.Abort()
+		return "", nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return "", nil, err
+	}
+	return hex.EncodeToString(h.Sum(nil))[:hashLen], stored.Bytes(), nil
+}
+
+// push encodes the file once, while the archive is asked in parallel what
+// it holds under the name. Then one upload. Identical content always gets
+// the same key, so a plain Put is safe when two pushers race with the same
+// file.
+func (a *Archive) push(ctx context.Context, name string, encode func() (string, []byte, error)) (*PushResult, error) {
 	if !IsArchivable(name) {
 		return nil, fmt.Errorf("wal-push %s: not a WAL segment, timeline history or backup history file name", name)
 	}
@@ -251,16 +320,7 @@ func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResu
 		e, err := a.Lookup(ctx, name)
 		existing <- lookup{e, err}
 	}()
-	h := sha256.New()
-	var stored bytes.Buffer
-	enc, err := codec.NewWriter(&stored, a.Keys, a.Codec)
-	if err == nil {
-		if _, err = io.Copy(enc, io.TeeReader(r, h)); err == nil {
-			err = enc.Close()
-		} else {
-			enc.Abort()
-		}
-	}
+	sum, stored, err := encode()
 	found := <-existing
 	if err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
@@ -268,7 +328,6 @@ func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResu
 	if found.err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, found.err)
 	}
-	sum := hex.EncodeToString(h.Sum(nil))[:hashLen]
 	res := &PushResult{Name: name, Key: Prefix + name + "." + sum + a.ext()}
 	if dup, err := compareExisting(name, sum, found.entries); err != nil || dup {
 		res.AlreadyArchived = dup
@@ -295,7 +354,7 @@ func (a *Archive) push(ctx context.Context, name string, r io.Reader) (*PushResu
 	if err := a.sign(ctx, name, sum); err != nil {
 		return nil, fmt.Errorf("wal-push %s: signature: %w", name, err)
 	}
-	if err := a.Store.Put(ctx, res.Key, &stored); err != nil {
+	if err := a.Store.Put(ctx, res.Key, bytes.NewReader(stored)); err != nil {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
 	// Two different files pushed at the very same moment both land, under

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
 	"os"
 	"path/filepath"
 	"testing"
@@ -176,6 +178,56 @@ func TestPushIdenticalAndConflict(t *testing.T) {
 	got, _ := os.ReadFile(out)
 	if len(got) != 2<<20 || !bytes.Equal(got[:1000], data[:1000]) || !bytes.Equal(got[1000:], make([]byte, len(got)-1000)) {
 		t.Fatalf("partial segment served as %d bytes", len(got))
+	}
+}
+
+// A segment pushed from memory (mapped) and one streamed (larger than
+// inMemoryMax) get the same key and read back the same.
+func TestPushFromMemoryAndStreamedAgree(t *testing.T) {
+	a := testArchive(t)
+	data := make([]byte, 5<<20+3)
+	rand.Read(data[:1<<20])
+	fromMemory, stored, err := a.encodeBuffer(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamed, _, err := a.encodeStream(bytes.NewReader(data))
+	if err != nil || streamed != fromMemory {
+		t.Fatalf("streamed hash %s (%v), from memory %s", streamed, err, fromMemory)
+	}
+	r, err := codec.NewReader(bytes.NewReader(stored), true, a.Keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if back, err := io.ReadAll(r); err != nil || !bytes.Equal(back, data) {
+		t.Fatalf("read back %d bytes, %v", len(back), err)
+	}
+}
+
+// A segment truncated while it is mapped fails its push with an error
+// that says so; the process does not crash on the fault.
+func TestTruncatedWhileMappedIsAnError(t *testing.T) {
+	a := testArchive(t)
+	path := filepath.Join(t.TempDir(), "000000010000000000000001")
+	if err := os.WriteFile(path, make([]byte, 8<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data, release, err := mapFile(f, 8<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if err := os.Truncate(path, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.encodeBuffer(data); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("encoding a truncated mapping: %v", err)
 	}
 }
 
