@@ -48,6 +48,9 @@ type Lease struct {
 	Renewed    time.Time `json:"renewed"`
 	Expires    time.Time `json:"expires"`
 	TTLSeconds float64   `json:"ttl_seconds"`
+	// Released: a job lease given back (job leases are never deleted:
+	// their numbers go on).
+	Released bool `json:"released,omitempty"`
 }
 
 // LeaseKey is where the lease called name lives.
@@ -235,16 +238,21 @@ func ReadLease(ctx context.Context, st storage.Store, name string, now time.Time
 		// Unreadable: keep the writer's objects; a person looks.
 		return LeaseLive, nil, fmt.Errorf("lease %s is unreadable: %w", key, err)
 	}
+	return judgeLease(l, info.ModTime, now), &l, nil
+}
+
+// judgeLease: expired by the holder's clock and by the store's, with a
+// further TTL of grace: clocks up to a TTL apart cannot make a live holder
+// look dead.
+func judgeLease(l Lease, stored, now time.Time) LeaseState {
 	ttl := time.Duration(l.TTLSeconds * float64(time.Second))
 	if ttl <= 0 || ttl > 24*time.Hour {
 		ttl = LeaseTTL
 	}
-	// Expired by the writer's clock and by the store's, with a further TTL
-	// of grace: clocks up to a TTL apart cannot make a live writer look dead.
-	if now.After(l.Expires.Add(ttl)) && now.After(info.ModTime.Add(2*ttl)) {
-		return LeaseExpired, &l, nil
+	if l.Released || now.After(l.Expires.Add(ttl)) && now.After(stored.Add(2*ttl)) {
+		return LeaseExpired
 	}
-	return LeaseLive, &l, nil
+	return LeaseLive
 }
 
 // Reaper decides, for the leftovers of killed writers, whether their

@@ -1,0 +1,403 @@
+package catalog
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/drctl/drctl/storage"
+)
+
+// The daemon's records live under jobs/<job>/ (FORMAT.md, "Jobs"):
+//
+//	jobs/<job>/state.json                    the job's last run, for a restarted daemon
+//	jobs/<job>/runs/<start>-<run id>.json    one record per run, <start> as 20261127T101500.000Z
+//	jobs/<job>/lease/<number>.json           who runs the job now (see AcquireJobLease)
+//
+// A job's state and records are written only by the holder of its lease.
+const jobsPrefix = "jobs/"
+
+var jobNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidJobName: lowercase letters, digits and dashes, at most 63, as a
+// Kubernetes label value allows.
+func ValidJobName(name string) bool { return jobNamePattern.MatchString(name) }
+
+// Run results.
+const (
+	RunSuccess = "success"
+	RunFailure = "failure"
+)
+
+// JobRun is the record of one run of a daemon job.
+type JobRun struct {
+	Job       string    `json:"job"`
+	RunID     string    `json:"run_id"`
+	Type      string    `json:"type"`
+	Scheduled time.Time `json:"scheduled"`
+	Start     time.Time `json:"start"`
+	End       time.Time `json:"end"`
+	Result    string    `json:"result"`
+	Error     string    `json:"error,omitempty"`
+	Attempts  int       `json:"attempts"`
+	// What a backup job stored.
+	BackupID    string `json:"backup_id,omitempty"`
+	Database    string `json:"database,omitempty"`
+	StoredBytes int64  `json:"stored_bytes,omitempty"`
+	RawBytes    int64  `json:"raw_bytes,omitempty"`
+	Host        string `json:"host"`
+}
+
+// JobState is a job's last run, kept so that a daemon that restarts (or
+// another one) knows what ran: the scheduled time last claimed, the last
+// success and failure.
+type JobState struct {
+	Job           string    `json:"job"`
+	LastScheduled time.Time `json:"last_scheduled"`
+	LastRunID     string    `json:"last_run_id,omitempty"`
+	LastResult    string    `json:"last_result,omitempty"`
+	LastSuccess   time.Time `json:"last_success,omitzero"`
+	LastFailure   time.Time `json:"last_failure,omitzero"`
+	LastError     string    `json:"last_error,omitempty"`
+	LastBackupID  string    `json:"last_backup_id,omitempty"`
+	StoredBytes   int64     `json:"stored_bytes,omitempty"`
+	RawBytes      int64     `json:"raw_bytes,omitempty"`
+	Updated       time.Time `json:"updated"`
+}
+
+const runTimeLayout = "20060102T150405.000Z"
+
+// maxRecord bounds what is read of a job record or state: it comes from
+// the repository.
+const maxRecord = 1 << 20
+
+func jobKey(job, rest string) (string, error) {
+	if !ValidJobName(job) {
+		return "", fmt.Errorf("invalid job name %q", job)
+	}
+	return jobsPrefix + job + "/" + rest, nil
+}
+
+func putJSON(ctx context.Context, st storage.Store, key string, v any) error {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return st.Put(ctx, key, bytes.NewReader(body))
+}
+
+func getJSON(ctx context.Context, st storage.Store, key string, v any) error {
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	body, err := io.ReadAll(io.LimitReader(rc, maxRecord+1))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", key, err)
+	}
+	if len(body) > maxRecord {
+		return fmt.Errorf("%s is over %d bytes: refusing", key, maxRecord)
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("%s is unreadable: %w", key, err)
+	}
+	return nil
+}
+
+// ReadJobState returns the job's state; a job that never ran has a zero
+// state and no error.
+func ReadJobState(ctx context.Context, st storage.Store, job string) (JobState, error) {
+	key, err := jobKey(job, "state.json")
+	if err != nil {
+		return JobState{}, err
+	}
+	var s JobState
+	if err := getJSON(ctx, st, key, &s); errors.Is(err, storage.ErrNotExist) {
+		return JobState{Job: job}, nil
+	} else if err != nil {
+		return JobState{}, err
+	}
+	if s.Job != job {
+		return JobState{}, fmt.Errorf("%s names job %q", key, s.Job)
+	}
+	return s, nil
+}
+
+// WriteJobState replaces the job's state. Only the lease holder writes it.
+func WriteJobState(ctx context.Context, st storage.Store, s JobState) error {
+	key, err := jobKey(s.Job, "state.json")
+	if err != nil {
+		return err
+	}
+	return putJSON(ctx, st, key, s)
+}
+
+// PutJobRun stores the record of a finished run.
+func PutJobRun(ctx context.Context, st storage.Store, r JobRun) error {
+	if !validRunID(r.RunID) {
+		return fmt.Errorf("invalid run id %q", r.RunID)
+	}
+	key, err := jobKey(r.Job, "runs/"+r.Start.UTC().Format(runTimeLayout)+"-"+r.RunID+".json")
+	if err != nil {
+		return err
+	}
+	return putJSON(ctx, st, key, r)
+}
+
+var runIDPattern = regexp.MustCompile(`^[a-z0-9]{8,32}$`)
+
+func validRunID(id string) bool { return runIDPattern.MatchString(id) }
+
+// ListJobRuns returns the job's runs that started in [from, to) (a zero
+// bound is open), oldest first. The keys carry the start time, so only the
+// records in range are read, eight at a time.
+func ListJobRuns(ctx context.Context, st storage.Store, job string, from, to time.Time) ([]JobRun, error) {
+	prefix, err := jobKey(job, "runs/")
+	if err != nil {
+		return nil, err
+	}
+	// List only below the longest key prefix the whole range shares.
+	narrow := prefix
+	if !from.IsZero() && !to.IsZero() {
+		a, b := from.UTC().Format(runTimeLayout), to.UTC().Format(runTimeLayout)
+		n := 0
+		for n < len(a) && n < len(b) && a[n] == b[n] {
+			n++
+		}
+		narrow += a[:n]
+	}
+	objs, err := st.List(ctx, narrow)
+	if err != nil {
+		return nil, err
+	}
+	var keys []string
+	for _, o := range objs {
+		name := strings.TrimSuffix(strings.TrimPrefix(o.Key, prefix), ".json")
+		stamp, id, ok := strings.Cut(name, "-")
+		if !ok || !validRunID(id) {
+			continue
+		}
+		at, err := time.Parse(runTimeLayout, stamp)
+		if err != nil || (!from.IsZero() && at.Before(from)) || (!to.IsZero() && !at.Before(to)) {
+			continue
+		}
+		keys = append(keys, o.Key)
+	}
+	runs := make([]JobRun, len(keys))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, k := range keys {
+		g.Go(func() error {
+			if err := getJSON(gctx, st, k, &runs[i]); err != nil {
+				return err
+			}
+			if runs[i].Job != job {
+				return fmt.Errorf("%s names job %q", k, runs[i].Job)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	sort.SliceStable(runs, func(i, j int) bool { return runs[i].Start.Before(runs[j].Start) })
+	return runs, nil
+}
+
+// ErrLeaseHeld means another live holder runs the job.
+var ErrLeaseHeld = errors.New("job lease held")
+
+// JobLease is a job's exclusive lease, held by one daemon for one run.
+//
+// Leases are numbered objects jobs/<job>/lease/<n>.json, created with a
+// conditional write: a daemon takes the job when the highest-numbered
+// lease is released or expired, by creating number n+1 — of two daemons
+// racing for it, exactly one create succeeds. The holder renews its own
+// object and marks it released at the end. Nothing is ever overwritten by
+// anyone but its holder, so no store needs conditional overwrites.
+type JobLease struct {
+	st     storage.Store
+	key    string
+	prefix string
+	opt    LeaseOptions
+	lease  Lease
+	stop   chan struct{}
+	done   chan struct{}
+	mu     sync.Mutex
+	lost   error
+}
+
+// Job lease timing: a crashed daemon's job is taken over within about
+// three minutes (TTL, plus a TTL of grace for clock differences).
+const (
+	JobLeaseInterval = 15 * time.Second
+	JobLeaseTTL      = time.Minute
+)
+
+const leaseNumberWidth = 10
+
+// AcquireJobLease takes the job's lease for holder (host/pod name and
+// pid), or fails with ErrLeaseHeld naming the live holder.
+func AcquireJobLease(ctx context.Context, st storage.Store, job, holder string, opt LeaseOptions) (*JobLease, error) {
+	prefix, err := jobKey(job, "lease/")
+	if err != nil {
+		return nil, err
+	}
+	if opt.Interval <= 0 {
+		opt.Interval = JobLeaseInterval
+	}
+	if opt.TTL <= 0 {
+		opt.TTL = JobLeaseTTL
+	}
+	if opt.Now == nil {
+		opt.Now = time.Now
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	top, numbers, err := topLease(ctx, st, prefix)
+	if err != nil {
+		return nil, err
+	}
+	if top > 0 {
+		key := leaseNumberKey(prefix, top)
+		info, err := st.Stat(ctx, key)
+		if err != nil && !errors.Is(err, storage.ErrNotExist) {
+			return nil, fmt.Errorf("read %s: %w", key, err)
+		}
+		if err == nil {
+			var l Lease
+			if err := getJSON(ctx, st, key, &l); err != nil && !errors.Is(err, storage.ErrNotExist) {
+				// Unreadable: a person looks; nobody takes it meanwhile.
+				return nil, fmt.Errorf("job %s: %w", job, err)
+			} else if err == nil && judgeLease(l, info.ModTime, opt.Now()) == LeaseLive {
+				return nil, fmt.Errorf("%w by %s (pid %d) since %s", ErrLeaseHeld, l.Host, l.PID, l.Started.Format(time.RFC3339))
+			}
+		}
+	}
+	now := opt.Now().UTC()
+	h := &JobLease{st: st, prefix: prefix, key: leaseNumberKey(prefix, top+1), opt: opt,
+		stop: make(chan struct{}), done: make(chan struct{}),
+		lease: Lease{Name: job, Kind: "job", Host: holder, PID: os.Getpid(), Started: now,
+			Renewed: now, Expires: now.Add(opt.TTL), TTLSeconds: opt.TTL.Seconds()}}
+	body, _ := json.Marshal(h.lease)
+	if err := st.PutIfAbsent(ctx, h.key, bytes.NewReader(body)); errors.Is(err, storage.ErrExists) {
+		return nil, fmt.Errorf("%w: another daemon took %s first", ErrLeaseHeld, h.key)
+	} else if err != nil {
+		return nil, fmt.Errorf("take %s: %w", h.key, err)
+	}
+	// Older numbers are history: keep the one before ours.
+	for _, n := range numbers {
+		if n < top {
+			if err := st.Delete(ctx, leaseNumberKey(prefix, n)); err != nil {
+				opt.Logger.Debug("could not delete an old job lease", "key", leaseNumberKey(prefix, n), "error", err)
+			}
+		}
+	}
+	go h.loop(ctx)
+	return h, nil
+}
+
+func leaseNumberKey(prefix string, n int) string {
+	return fmt.Sprintf("%s%0*d.json", prefix, leaseNumberWidth, n)
+}
+
+// topLease lists the lease numbers of a job.
+func topLease(ctx context.Context, st storage.Store, prefix string) (int, []int, error) {
+	objs, err := st.List(ctx, prefix)
+	if err != nil {
+		return 0, nil, err
+	}
+	top := 0
+	var numbers []int
+	for _, o := range objs {
+		name := strings.TrimSuffix(strings.TrimPrefix(o.Key, prefix), ".json")
+		n, err := strconv.Atoi(name)
+		if err != nil || n <= 0 || len(name) != leaseNumberWidth {
+			continue
+		}
+		numbers = append(numbers, n)
+		top = max(top, n)
+	}
+	return top, numbers, nil
+}
+
+func (h *JobLease) loop(ctx context.Context) {
+	defer close(h.done)
+	t := time.NewTicker(h.opt.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := h.renew(ctx); err != nil {
+				h.opt.Logger.Warn("could not renew the job's lease", "lease", h.key, "error", err)
+			}
+		}
+	}
+}
+
+// renew rewrites the holder's lease, after checking that nobody took a
+// higher number (this holder stalled past its expiry).
+func (h *JobLease) renew(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(h.opt.Interval, 10*time.Second))
+	defer cancel()
+	top, _, err := topLease(rctx, h.st, h.prefix)
+	if err != nil {
+		return err
+	}
+	if top != 0 && leaseNumberKey(h.prefix, top) != h.key {
+		h.mu.Lock()
+		h.lost = fmt.Errorf("job lease %s was taken over (%s): this run went too long without renewing it", h.key, leaseNumberKey(h.prefix, top))
+		h.mu.Unlock()
+		return h.lost
+	}
+	now := h.opt.Now().UTC()
+	l := h.lease
+	l.Renewed, l.Expires = now, now.Add(h.opt.TTL)
+	return putJSON(rctx, h.st, h.key, l)
+}
+
+// Lost reports an error once another daemon has taken the job over.
+func (h *JobLease) Lost() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.lost
+}
+
+// Key is where the lease lives.
+func (h *JobLease) Key() string { return h.key }
+
+// Release stops renewing and marks the lease released, so the next run
+// (here or on another daemon) need not wait for it to expire.
+func (h *JobLease) Release(ctx context.Context) {
+	close(h.stop)
+	<-h.done
+	if h.Lost() != nil {
+		return
+	}
+	l := h.lease
+	l.Released, l.Renewed, l.Expires = true, h.opt.Now().UTC(), h.opt.Now().UTC()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := putJSON(rctx, h.st, h.key, l); err != nil {
+		h.opt.Logger.Warn("could not release the job's lease; it expires by itself", "lease", h.key, "error", err)
+	}
+}
