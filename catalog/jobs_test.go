@@ -2,8 +2,8 @@ package catalog
 
 import (
 	"errors"
-	"strings"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
