@@ -85,7 +85,9 @@ type Webhook struct {
 }
 
 // Wants reports whether the webhook takes event.
-func (w Webhook) Wants(event string) bool { return len(w.Events) == 0 || slices.Contains(w.Events, event) }
+func (w Webhook) Wants(event string) bool {
+	return len(w.Events) == 0 || slices.Contains(w.Events, event)
+}
 
 // Defaults.
 const (
