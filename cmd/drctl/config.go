@@ -44,6 +44,12 @@ type fileConfig struct {
 	// overriding inherited ones: archive_command and restore_command run
 	// with the server's environment, not the user's.
 	Env map[string]string `yaml:"env,omitempty"`
+	// The daemon's settings (drctl daemon), checked by engine/daemon with
+	// their lines; other commands ignore them.
+	Listen  yaml.Node `yaml:"listen,omitempty"`
+	Refresh yaml.Node `yaml:"refresh,omitempty"`
+	Jobs    yaml.Node `yaml:"jobs,omitempty"`
+	Notify  yaml.Node `yaml:"notify,omitempty"`
 }
 
 // globalFlags are the settings shared by every command.

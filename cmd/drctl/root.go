@@ -46,6 +46,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newWALReceiveCommand(g, stderr),
 		newPruneCommand(g, stdout, stderr),
 		newSignCommand(g, stdout, stderr),
+		newDaemonCommand(g, stdout, stderr),
 	)
 	// Bad usage exits 2; for wal-fetch, 126: restore_command must not take
 	// a mistyped command for "not archived" and end recovery early.

@@ -165,7 +165,7 @@ func TestRunsAtScheduledTimes(t *testing.T) {
 	h.stop()
 	got := runs(t, st, "dump")
 	for i, run := range got[:3] {
-		want := t0.Add(time.Duration(i+1) * time.Minute)
+		want := t0.Truncate(time.Minute).Add(time.Duration(i+1) * time.Minute)
 		if !run.Scheduled.Equal(want) || run.Result != catalog.RunSuccess || run.Start.Before(want) || run.Start.Sub(want) > 5*time.Second {
 			t.Fatalf("run %d: %+v, want scheduled at %s", i, run, want)
 		}
@@ -191,7 +191,7 @@ func TestJitterDelaysRuns(t *testing.T) {
 	r.mu.Lock()
 	at := r.calls[0].at
 	r.mu.Unlock()
-	want := t0.Add(12 * time.Minute)
+	want := t0.Truncate(10 * time.Minute).Add(12 * time.Minute)
 	if at.Before(want) || at.Sub(want) > 10*time.Second {
 		t.Fatalf("ran at %s, want %s (10m + 2m of jitter)", at, want)
 	}
@@ -330,7 +330,7 @@ func TestTwoDaemonsRunEachTimeOnce(t *testing.T) {
 		seen[r.Scheduled] = true
 	}
 	for i := 1; i <= 10; i++ {
-		if !seen[t0.Add(time.Duration(i)*time.Minute)] {
+		if !seen[t0.Truncate(time.Minute).Add(time.Duration(i)*time.Minute)] {
 			t.Fatalf("scheduled time %d never ran (runs: %d)", i, len(got))
 		}
 	}

@@ -69,6 +69,13 @@ func (s *Schedule) String() string { return s.spec }
 // harmless, a missing one is not); hourly and finer schedules keep real
 // time throughout.
 func (s *Schedule) Next(t time.Time) time.Time {
+	if every, ok := s.s.(cron.ConstantDelaySchedule); ok {
+		// @every d runs at the multiples of d since the Unix epoch, not d
+		// after whenever a daemon started: every daemon on a repository
+		// agrees on the times, so a job lease settles who runs each one.
+		d := every.Delay
+		return time.Unix(0, (t.UnixNano()/int64(d)+1)*int64(d)).In(t.Location())
+	}
 	next := s.s.Next(t)
 	if s.wall == nil {
 		return next

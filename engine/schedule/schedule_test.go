@@ -60,7 +60,9 @@ func TestCronFields(t *testing.T) {
 func TestEvery(t *testing.T) {
 	s := mustParse(t, "@every 15m")
 	start := utc("2026-11-27T10:07:00Z")
-	sameTimes(t, "@every 15m", nexts(s, start, 3), "2026-11-27T10:22:00Z", "2026-11-27T10:37:00Z", "2026-11-27T10:52:00Z")
+	// Aligned on the epoch: every daemon agrees on the times.
+	sameTimes(t, "@every 15m", nexts(s, start, 3), "2026-11-27T10:15:00Z", "2026-11-27T10:30:00Z", "2026-11-27T10:45:00Z")
+	sameTimes(t, "@every 3s", nexts(mustParse(t, "@every 3s"), utc("2026-11-27T10:07:01Z"), 2), "2026-11-27T10:07:03Z", "2026-11-27T10:07:06Z")
 	if p := s.Period(start); p != 15*time.Minute {
 		t.Fatalf("period %s", p)
 	}

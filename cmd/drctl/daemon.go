@@ -1,0 +1,376 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.yaml.in/yaml/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/drctl/drctl/engine/clock"
+	"github.com/drctl/drctl/engine/daemon"
+)
+
+func newDaemonCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var (
+		listen, logFormat string
+		check             bool
+		grace             time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "daemon --config FILE",
+		Short: "Run the configured jobs on their schedules: the sidecar (metrics on /metrics)",
+		Long: "Run the jobs of the configuration file (jobs:) on their schedules, one run of a job at a time\n" +
+			"across every daemon on the repository, with records of each run in the repository. Serves\n" +
+			"/metrics, /healthz and /readyz. SIGHUP reloads the file (a broken one is refused and the old\n" +
+			"one kept); SIGTERM stops scheduling, gives running jobs --grace, then cancels them cleanly.\n" +
+			"--check validates the file and exits: 0 when it is good, 2 with every problem.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path := first(g.configFile, os.Getenv("DRCTL_CONFIG"))
+			if path == "" {
+				return &exitCodeError{2, errors.New("daemon: give the configuration file with --config or DRCTL_CONFIG")}
+			}
+			if logFormat != "text" && logFormat != "json" {
+				return &exitCodeError{2, fmt.Errorf("--log-format %q: text or json", logFormat)}
+			}
+			s, cfg, err := loadDaemonConfig(g, cmd, path, stderr)
+			if check {
+				if err != nil {
+					var ce *daemon.ConfigError
+					if errors.As(err, &ce) {
+						for _, p := range ce.Problems {
+							fmt.Fprintf(stderr, "%s: %s\n", path, p)
+						}
+						return &exitCodeError{2, fmt.Errorf("%s: %d problems", path, len(ce.Problems))}
+					}
+					return &exitCodeError{2, err}
+				}
+				fmt.Fprintf(stdout, "%s: %d jobs, listening on %s\n", path, len(cfg.Jobs), first(listen, cfg.Listen))
+				return nil
+			}
+			if err != nil {
+				return &exitCodeError{2, err}
+			}
+			if listen != "" {
+				cfg.Listen = listen
+			}
+			return runDaemon(cmd.Context(), g, s, cfg, path, logFormat, grace, stderr)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "", "address for /metrics, /healthz and /readyz (default: the file's listen:, else "+daemon.DefaultListen+")")
+	f.BoolVar(&check, "check", false, "validate the configuration and exit: 0 when good, 2 with every problem")
+	f.DurationVar(&grace, "grace", 20*time.Second, "at SIGTERM, how long running jobs may finish before they are cancelled")
+	f.StringVar(&logFormat, "log-format", "text", "text or json")
+	return cmd
+}
+
+// loadDaemonConfig reads the file: the general settings (as every
+// command does) and the daemon's keys, every problem with its line.
+func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io.Writer) (*settings, *daemon.Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("config: %w", err)
+	}
+	var problems []string
+	if _, err := parseFileConfig(data); err != nil {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			problems = append(problems, te.Errors...)
+		} else {
+			problems = append(problems, err.Error())
+		}
+	}
+	cfg, err := daemon.ParseConfig(path, data)
+	var ce *daemon.ConfigError
+	if errors.As(err, &ce) {
+		problems = append(problems, ce.Problems...)
+	} else if err != nil {
+		return nil, nil, err
+	}
+	if len(problems) > 0 {
+		return nil, nil, &daemon.ConfigError{File: path, Problems: dedupe(problems)}
+	}
+	s, err := g.resolve(cmd, stderr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if s.Repo == "" {
+		return nil, nil, &daemon.ConfigError{File: path, Problems: []string{"repo: no repository (repo:, --repo or DRCTL_REPO)"}}
+	}
+	for _, j := range cfg.Jobs {
+		switch j.Type {
+		case daemon.TypeBackup, daemon.TypeBaseBackup, daemon.TypeWALReceive:
+			if s.RecipientsFile == "" {
+				problems = append(problems, fmt.Sprintf("line %d: job %q stores backups: give recipients_file (age public keys)", j.Line, j.Name))
+			}
+			if j.DSN == "" && s.DSN == "" && os.Getenv("PGHOST") == "" && os.Getenv("PGDATABASE") == "" && os.Getenv("PGSERVICE") == "" {
+				problems = append(problems, fmt.Sprintf("line %d: job %q has no dsn, and there is no global dsn: nor PG* variables", j.Line, j.Name))
+			}
+		}
+		if j.Type == daemon.TypeVerify && s.IdentityFile == "" && s.Identity == "" && s.RecipientsFile != "" {
+			problems = append(problems, fmt.Sprintf("line %d: job %q verifies encrypted backups: give identity_file (the age identity)", j.Line, j.Name))
+		}
+		if j.DSN != "" {
+			if _, err := s.parseDSN(j.DSN); err != nil {
+				problems = append(problems, fmt.Sprintf("line %d: job %q: dsn: %v", j.Line, j.Name, err))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, nil, &daemon.ConfigError{File: path, Problems: problems}
+	}
+	return s, cfg, nil
+}
+
+func dedupe(in []string) []string {
+	sort.Strings(in)
+	return slices.Compact(in)
+}
+
+func runDaemon(ctx context.Context, g *globalFlags, s *settings, cfg *daemon.Config, path, logFormat string, grace time.Duration, stderr io.Writer) error {
+	level := slog.LevelInfo
+	if s.debug {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	if logFormat == "json" {
+		log = slog.New(slog.NewJSONHandler(stderr, opts))
+	} else {
+		log = slog.New(slog.NewTextHandler(stderr, opts))
+	}
+	s.Logger = log
+	st, err := s.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	verifier, err := s.verifier()
+	if err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("daemon: find drctl's own program: %w", err)
+	}
+	host, _ := os.Hostname()
+	holder := fmt.Sprintf("%s/%d", first(os.Getenv("POD_NAME"), host), os.Getpid())
+	runner := &processRunner{exe: exe, args: childArgs(g, path), env: s.environ(), log: log}
+	d := daemon.New(cfg, daemon.Options{Store: st, Runner: runner, Clock: clock.Real{}, Logger: log, Holder: holder,
+		Grace: grace, Verifier: verifier, ReceiveLag: func(ctx context.Context, j daemon.Job) (int64, error) {
+			return receiveLag(ctx, s, j)
+		}})
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("daemon: listen on %s: %w", cfg.Listen, err)
+	}
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	log.Info("daemon started", "jobs", len(cfg.Jobs), "listen", ln.Addr().String(), "repo", st.String(), "holder", holder)
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	reloadDone := make(chan struct{})
+	go func() {
+		defer close(reloadDone)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_, next, err := loadDaemonConfig(g, &cobra.Command{}, path, io.Discard)
+				if err != nil {
+					log.Error("configuration reload refused: the running configuration stays", "error", err)
+					continue
+				}
+				if next.Listen != cfg.Listen && next.Listen != daemon.DefaultListen {
+					log.Warn("listen: changes take a restart", "listen", cfg.Listen)
+				}
+				d.Reload(ctx, next)
+				log.Info("configuration reloaded", "jobs", len(next.Jobs))
+			}
+		}
+	}()
+	err = d.Run(ctx)
+	<-reloadDone
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	return err
+}
+
+// childArgs are the global settings a job's drctl process needs: the
+// configuration file, and whatever was given as flags to the daemon.
+func childArgs(g *globalFlags, path string) []string {
+	args := []string{"--config", path}
+	for _, f := range []struct{ name, value string }{{"--repo", g.repo}, {"--recipients-file", g.recipientsFile},
+		{"--identity-file", g.identityFile}, {"--log-level", g.logLevel}, {"--signing-key", g.signingKey},
+		{"--allowed-signers", g.allowedSigners}} {
+		if f.value != "" {
+			args = append(args, f.name, f.value)
+		}
+	}
+	return args
+}
+
+// processRunner runs each job as a drctl process: a run that crashes or
+// leaks takes nothing of the daemon with it, and the commands are the
+// ones users run and tests cover.
+type processRunner struct {
+	exe  string
+	args []string
+	env  []string
+	log  *slog.Logger
+}
+
+func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (daemon.Outcome, error) {
+	args := append([]string(nil), r.args...)
+	switch j.Type {
+	case daemon.TypeBackup, daemon.TypeBaseBackup:
+		args = append(args, j.Type, "--json", "--label", "job="+j.Name)
+		keys := make([]string, 0, len(j.Labels))
+		for k := range j.Labels {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			args = append(args, "--label", k+"="+j.Labels[k])
+		}
+	case daemon.TypeVerify:
+		args = append(args, "verify", "--json")
+		if j.VerifyAll {
+			args = append(args, "--all")
+		} else {
+			args = append(args, "latest")
+		}
+	case daemon.TypePrune:
+		args = append(args, "prune", "--json")
+		if j.KeepLast > 0 {
+			args = append(args, "--keep-last", strconv.Itoa(j.KeepLast))
+		}
+		if j.KeepWithin > 0 {
+			args = append(args, "--keep-within", j.KeepWithin.String())
+		}
+	case daemon.TypeWALReceive:
+		args = append(args, "wal-receive", "--slot", j.Slot)
+	default:
+		return daemon.Outcome{}, fmt.Errorf("job type %q", j.Type)
+	}
+	if j.DSN != "" && j.Type != daemon.TypeVerify && j.Type != daemon.TypePrune {
+		args = append(args, "--dsn", j.DSN)
+	}
+	cmd := exec.CommandContext(ctx, r.exe, args...)
+	cmd.Env = append(slices.Clone(r.env), "DRCTL_RUN_ID="+runID, "DRCTL_JOB="+j.Name)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	// A cancelled job aborts its uploads and releases its leases; then it
+	// is killed.
+	cmd.WaitDelay = 60 * time.Second
+	cmd.SysProcAttr = childProcAttr()
+	var out bytes.Buffer
+	errs := &tailBuffer{max: 16 << 10}
+	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &out, n: 4 << 20}, errs
+	err := cmd.Run()
+	if err != nil {
+		msg := errs.lastError()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && msg != "" {
+			return daemon.Outcome{}, fmt.Errorf("%s (exit %d)", msg, ee.ExitCode())
+		}
+		if msg != "" {
+			return daemon.Outcome{}, fmt.Errorf("%s: %w", msg, err)
+		}
+		return daemon.Outcome{}, fmt.Errorf("drctl %s: %w", j.Type, err)
+	}
+	var o daemon.Outcome
+	if j.Type == daemon.TypeBackup || j.Type == daemon.TypeBaseBackup {
+		var sum backupSummary
+		if err := json.Unmarshal(out.Bytes(), &sum); err != nil {
+			return o, fmt.Errorf("drctl %s: unreadable result: %w", j.Type, err)
+		}
+		o = daemon.Outcome{BackupID: sum.ID, Database: sum.Database, StoredBytes: sum.StoredBytes, RawBytes: sum.RawBytes}
+	}
+	return o, nil
+}
+
+// tailBuffer keeps the last max bytes written.
+type tailBuffer struct {
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = t.buf[len(t.buf)-t.max:]
+	}
+	return len(p), nil
+}
+
+// lastError is the child's error line ("drctl: ..."), else its last line.
+func (t *tailBuffer) lastError() string {
+	lines := strings.Split(strings.TrimSpace(string(t.buf)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if msg, ok := strings.CutPrefix(lines[i], "drctl: "); ok {
+			return oneLine(msg)
+		}
+	}
+	return oneLine(lines[len(lines)-1])
+}
+
+type limitedWriter struct {
+	w io.Writer
+	n int
+}
+
+func (l *limitedWriter) Write(p []byte) (int, error) {
+	if l.n <= 0 {
+		return len(p), nil
+	}
+	k := min(len(p), l.n)
+	l.n -= k
+	l.w.Write(p[:k])
+	return len(p), nil
+}
+
+// receiveLag is how far a wal-receive job's slot is behind the server.
+func receiveLag(ctx context.Context, s *settings, j daemon.Job) (int64, error) {
+	dsn, err := s.parseDSN(first(j.DSN, s.DSN))
+	if err != nil {
+		return 0, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, dsn.ConnString())
+	if err != nil {
+		return 0, errors.New(dsn.RedactError(err))
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var lag *int64
+	err = conn.QueryRow(cctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint FROM pg_replication_slots WHERE slot_name = $1", j.Slot).Scan(&lag)
+	if err != nil {
+		return 0, errors.New(dsn.RedactError(err))
+	}
+	if lag == nil {
+		return 0, fmt.Errorf("slot %s has no restart position yet", j.Slot)
+	}
+	return *lag, nil
+}
