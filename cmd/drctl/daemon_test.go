@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/storage"
 	"github.com/drctl/drctl/storage/s3store"
@@ -269,9 +271,16 @@ jobs:
     type: backup
     schedule: "@every 3s"
     dsn: %q
+  - name: check
+    type: verify
+    schedule: "@every 5s"
+  - name: retention
+    type: prune
+    schedule: "@every 5s"
+    prune: {keep_last: 100, keep_within: 1d}
 `, r.pg.DSN("shop"), r.pg.DSN("later"))
 	cfg := r.config(t, "drctl.yaml", jobs+notify)
-	if res := drctl(t, nil, "--config", cfg, "daemon", "--check"); res.code != 0 || !strings.Contains(res.stdout, "3 jobs") {
+	if res := drctl(t, nil, "--config", cfg, "daemon", "--check"); res.code != 0 || !strings.Contains(res.stdout, "5 jobs") {
 		t.Fatalf("--check of a good file: exit %d\n%s", res.code, res.all())
 	}
 	addr := freeAddr(t)
@@ -295,7 +304,8 @@ jobs:
 		_, wal := m["drctl_wal_last_archived_timestamp_seconds"]
 		_, logical := m[series("drctl_recovery_point_timestamp_seconds", "database", "shop", "kind", "logical")]
 		_, physical := m[series("drctl_recovery_point_timestamp_seconds", "database", "*", "kind", "physical")]
-		return runs(m, "dump", "success") >= 2 && runs(m, "base", "success") >= 1 && runs(m, "later", "failure") >= 1 && wal && logical && physical
+		return runs(m, "dump", "success") >= 2 && runs(m, "base", "success") >= 1 && runs(m, "later", "failure") >= 1 && wal && logical && physical &&
+			runs(m, "check", "success") >= 1 && runs(m, "retention", "success") >= 1
 	})
 	if m[series("drctl_backup_stored_bytes", "job", "dump")] <= 0 || m[series("drctl_backup_raw_bytes", "job", "base")] <= 0 ||
 		m[series("drctl_job_last_success_timestamp_seconds", "job", "dump")] <= 0 || m[series("drctl_job_last_failure_timestamp_seconds", "job", "later")] <= 0 ||
@@ -531,4 +541,178 @@ func urlQueryEscape(s string) string {
 		}
 	}
 	return b.String()
+}
+
+// TestTwoDaemonsOneRepository runs two daemons with the same configuration
+// on one repository for a minute: every scheduled time of the job runs
+// exactly once, and no two runs overlap — by the job's records and by the
+// backups' own start and end times.
+func TestTwoDaemonsOneRepository(t *testing.T) {
+	r := newDaemonRig(t, false)
+	r.pg.Exec(t, "postgres", "CREATE DATABASE shop")
+	r.pg.Exec(t, "shop", "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+	cfg := r.config(t, "drctl.yaml", fmt.Sprintf(`refresh: 5s
+jobs:
+  - name: dump
+    type: backup
+    schedule: "@every 3s"
+    jitter: 1s
+    dsn: %q
+`, r.pg.DSN("shop")))
+	a := startDaemon(t, cfg, freeAddr(t), nil)
+	b := startDaemon(t, cfg, freeAddr(t), nil, "--log-format", "json")
+	began := time.Now()
+	time.Sleep(time.Minute)
+	ma, mb := scrape(t, a.addr), scrape(t, b.addr)
+	for _, d := range []*daemonRun{a, b} {
+		if code, _ := d.stop(t); code != 0 {
+			t.Fatalf("SIGTERM: exit %d\n%s", code, d.stderr)
+		}
+	}
+	runs, err := catalog.ListJobRuns(context.Background(), r.store(t), "dump", time.Time{}, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) < 15 {
+		t.Fatalf("%d runs in a minute of @every 3s", len(runs))
+	}
+	seen := map[time.Time]bool{}
+	hosts := map[string]int{}
+	for i, run := range runs {
+		if run.Result != catalog.RunSuccess {
+			t.Fatalf("run %+v", run)
+		}
+		if seen[run.Scheduled] {
+			t.Fatalf("scheduled time %s ran twice", run.Scheduled)
+		}
+		seen[run.Scheduled] = true
+		hosts[run.Host]++
+		if i > 0 && run.Start.Before(runs[i-1].End) {
+			t.Fatalf("run %s started at %s, before run %s ended at %s", run.RunID, run.Start, runs[i-1].RunID, runs[i-1].End)
+		}
+	}
+	first, last := runs[0].Scheduled, runs[len(runs)-1].Scheduled
+	for at := first; !at.After(last); at = at.Add(3 * time.Second) {
+		if !seen[at] {
+			t.Fatalf("scheduled time %s never ran (first %s, last %s)", at, first, last)
+		}
+	}
+	if first.Sub(began) > 5*time.Second {
+		t.Fatalf("the first run was for %s, %s after the daemons started", first, first.Sub(began))
+	}
+	// The backups themselves never overlapped either.
+	var list []struct {
+		ID    string    `json:"id"`
+		Start time.Time `json:"start_time"`
+		End   time.Time `json:"end_time"`
+	}
+	decodeJSON(t, mustRun(t, nil, "--config", cfg, "list", "--json").stdout, &list)
+	sort.Slice(list, func(i, j int) bool { return list[i].Start.Before(list[j].Start) })
+	if len(list) != len(runs) {
+		t.Fatalf("%d backups for %d runs", len(list), len(runs))
+	}
+	for i := 1; i < len(list); i++ {
+		if list[i].Start.Before(list[i-1].End) {
+			t.Fatalf("backup %s started before %s ended", list[i].ID, list[i-1].ID)
+		}
+	}
+	skipped := ma[`drctl_job_runs_total{job="dump",result="skipped"}`] + mb[`drctl_job_runs_total{job="dump",result="skipped"}`]
+	if skipped == 0 || len(hosts) == 0 {
+		t.Fatalf("no run was skipped by the other daemon (hosts %v)", hosts)
+	}
+	t.Logf("%d runs in %s: by daemon %v; %v skips", len(runs), last.Sub(first), hosts, skipped)
+	// --log-format json: one object a line, with the run's fields.
+	succeeded := 0
+	for _, line := range strings.Split(strings.TrimSpace(b.stderr.String()), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q", line)
+		}
+		if rec["msg"] == "run succeeded" {
+			succeeded++
+			for _, k := range []string{"job", "run_id", "backup_id", "database", "time", "level"} {
+				if rec[k] == nil || rec[k] == "" {
+					t.Fatalf("log record lacks %s: %v", k, rec)
+				}
+			}
+		}
+	}
+	if succeeded == 0 {
+		t.Fatalf("no run succeeded on the JSON-logging daemon:\n%s", b.stderr)
+	}
+}
+
+// TestDaemonSIGTERMDuringBaseBackup: a base backup slowed down by a
+// distant store is running when SIGTERM comes. The daemon gives it the
+// grace period, cancels it, and exits 0; nothing partial is listed, no
+// upload or lease is left; the next start runs the job again.
+func TestDaemonSIGTERMDuringBaseBackup(t *testing.T) {
+	r := newDaemonRig(t, true)
+	r.pg.Exec(t, "postgres", "CREATE TABLE filler AS SELECT g AS id, repeat(md5(g::text), 20) AS pad FROM generate_series(1, 100000) g")
+	proxy := testrig.StartS3Proxy(t, r.srv.Endpoint, 7)
+	proxyEnv := ""
+	for _, kv := range proxy.Env(r.srv) {
+		k, v, _ := strings.Cut(kv, "=")
+		proxyEnv += fmt.Sprintf("  %s: %q\n", k, v)
+	}
+	saved := r.envYAML
+	r.envYAML = proxyEnv
+	cfg := r.config(t, "drctl.yaml", "refresh: 2s\njobs:\n  - name: base\n    type: basebackup\n    schedule: \"@every 1h\"\n")
+	r.envYAML = saved
+	// The job's last scheduled time passed while no daemon ran: it runs at
+	// start.
+	st := r.store(t)
+	catalog.WriteJobState(context.Background(), st, catalog.JobState{Job: "base", LastScheduled: time.Now().Add(-90 * time.Minute).Truncate(time.Hour), LastResult: "success"})
+	proxy.SetLatency(400 * time.Millisecond)
+	d := startDaemon(t, cfg, freeAddr(t), nil, "--grace", "2s")
+	waitUntil(t, "the base backup runs", 60*time.Second, func() bool {
+		return scrape(t, d.addr)[`drctl_job_running{job="base"}`] == 1
+	})
+	time.Sleep(time.Second)
+	code, took := d.stop(t)
+	if code != 0 {
+		t.Fatalf("SIGTERM during a base backup: exit %d\n%s", code, d.stderr)
+	}
+	if took > 2*time.Second+20*time.Second {
+		t.Fatalf("the daemon took %s to stop with --grace 2s", took)
+	}
+	if !strings.Contains(d.stderr.String(), "grace period over") {
+		t.Fatalf("the base backup finished within the grace period; slow it down more:\n%s", d.stderr)
+	}
+	proxy.SetLatency(0)
+	var list []map[string]any
+	decodeJSON(t, mustRun(t, nil, "--config", cfg, "list", "--json").stdout, &list)
+	if len(list) != 0 {
+		t.Fatalf("a cancelled base backup is listed: %v", list)
+	}
+	uploads, err := r.srv.Client().ListMultipartUploads(context.Background(), &s3.ListMultipartUploadsInput{Bucket: &r.srv.Bucket})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(uploads.Uploads) != 0 {
+		t.Fatalf("%d multipart uploads left behind", len(uploads.Uploads))
+	}
+	leases, err := st.List(context.Background(), "leases/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases) != 0 {
+		t.Fatalf("writer leases left: %v", leases)
+	}
+	runs, _ := catalog.ListJobRuns(context.Background(), st, "base", time.Time{}, time.Time{})
+	if len(runs) != 1 || runs[0].Result != "cancelled" {
+		t.Fatalf("records: %+v", runs)
+	}
+	// The next start runs it at once, and it completes.
+	d2 := startDaemon(t, cfg, freeAddr(t), nil)
+	waitUntil(t, "the base backup runs again", 120*time.Second, func() bool {
+		return scrape(t, d2.addr)[`drctl_job_runs_total{job="base",result="success"}`] == 1
+	})
+	if code, _ := d2.stop(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	decodeJSON(t, mustRun(t, nil, "--config", cfg, "list", "--json").stdout, &list)
+	if len(list) != 1 || list[0]["kind"] != "physical" {
+		t.Fatalf("after the restart: %v", list)
+	}
 }
