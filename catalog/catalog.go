@@ -224,17 +224,46 @@ func Commit(ctx context.Context, st storage.Store, m *Manifest, signer Signer) e
 			return fmt.Errorf("commit backup %s: signature: %w", m.ID, err)
 		}
 	}
-	if err := st.PutIfAbsent(ctx, ManifestKey(m.ID), bytes.NewReader(body)); err != nil {
-		// A retried create whose first attempt was carried out but whose
-		// answer was lost finds the manifest there: ours, byte for byte,
-		// is a success (reporting failure would delete a listed backup's
-		// data). Anything else under the name is a real conflict.
-		if errors.Is(err, storage.ErrExists) && sameObject(ctx, st, ManifestKey(m.ID), body) {
-			return nil
-		}
-		return fmt.Errorf("commit backup %s: %w", m.ID, err)
+	// The commit point is not cancelled half-way: a cancelled request may
+	// still be carried out by the server, and the caller would then delete
+	// the data of a listed backup.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+	defer cancel()
+	err = st.PutIfAbsent(cctx, ManifestKey(m.ID), bytes.NewReader(body))
+	if err == nil {
+		return nil
 	}
-	return nil
+	// A retried create whose first attempt was carried out but whose
+	// answer was lost finds the manifest there: ours, byte for byte, is a
+	// success (reporting failure would delete a listed backup's data).
+	// Anything else under the name is a real conflict.
+	switch same, cerr := sameObjectErr(cctx, st, ManifestKey(m.ID), body); {
+	case same:
+		return nil
+	case errors.Is(err, storage.ErrExists):
+		return fmt.Errorf("commit backup %s: %w", m.ID, err)
+	case cerr != nil && !errors.Is(cerr, storage.ErrNotExist):
+		return fmt.Errorf("commit backup %s: %w (%w: %v)", m.ID, err, ErrCommitUncertain, cerr)
+	}
+	return fmt.Errorf("commit backup %s: %w", m.ID, err)
+}
+
+// commitTimeout bounds the manifest's conditional create.
+const commitTimeout = 2 * time.Minute
+
+// ErrCommitUncertain means the manifest's create failed in a way that may
+// have stored it anyway, and reading it back failed too: the backup's
+// objects must be kept (a later listing shows whether it is there).
+var ErrCommitUncertain = errors.New("the manifest may have been stored")
+
+func sameObjectErr(ctx context.Context, st storage.Store, key string, want []byte) (bool, error) {
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(io.LimitReader(rc, int64(len(want))+1))
+	return err == nil && bytes.Equal(got, want), err
 }
 
 // sameObject reports whether key holds exactly want.

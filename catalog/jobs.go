@@ -110,13 +110,18 @@ func getJSON(ctx context.Context, st storage.Store, key string, v any) error {
 		return fmt.Errorf("read %s: %w", key, err)
 	}
 	if len(body) > maxRecord {
-		return fmt.Errorf("%s is over %d bytes: refusing", key, maxRecord)
+		return fmt.Errorf("%s is over %d bytes: %w", key, maxRecord, ErrCorruptRecord)
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("%s is unreadable: %w", key, err)
+		return fmt.Errorf("%s is unreadable: %w (%w)", key, ErrCorruptRecord, err)
 	}
 	return nil
 }
+
+// ErrCorruptRecord means a job record or state object could be read but
+// not understood: a reader treats it as absent and says so, rather than
+// stop the job for good.
+var ErrCorruptRecord = errors.New("not a drctl job record")
 
 // ReadJobState returns the job's state; a job that never ran has a zero
 // state and no error.
@@ -132,7 +137,7 @@ func ReadJobState(ctx context.Context, st storage.Store, job string) (JobState, 
 		return JobState{}, err
 	}
 	if s.Job != job {
-		return JobState{}, fmt.Errorf("%s names job %q", key, s.Job)
+		return JobState{}, fmt.Errorf("%s names job %q: %w", key, s.Job, ErrCorruptRecord)
 	}
 	return s, nil
 }
@@ -237,8 +242,10 @@ type JobLease struct {
 	lease  Lease
 	stop   chan struct{}
 	done   chan struct{}
+	lostCh chan struct{} // closed once the lease is lost
 	mu     sync.Mutex
 	lost   error
+	lastOK time.Time
 }
 
 // Job lease timing: a crashed daemon's job is taken over within about
@@ -289,9 +296,12 @@ func AcquireJobLease(ctx context.Context, st storage.Store, job, holder string, 
 			}
 		}
 	}
+	if top+1 > maxLeaseNumber {
+		return nil, fmt.Errorf("job %s: lease numbers exhausted (%s holds %d): delete the job's lease objects", job, prefix, top)
+	}
 	now := opt.Now().UTC()
-	h := &JobLease{st: st, prefix: prefix, key: leaseNumberKey(prefix, top+1), opt: opt,
-		stop: make(chan struct{}), done: make(chan struct{}),
+	h := &JobLease{st: st, prefix: prefix, key: leaseNumberKey(prefix, top+1), opt: opt, lastOK: now,
+		stop: make(chan struct{}), done: make(chan struct{}), lostCh: make(chan struct{}),
 		lease: Lease{Name: job, Kind: "job", Host: holder, PID: os.Getpid(), Started: now,
 			Renewed: now, Expires: now.Add(opt.TTL), TTLSeconds: opt.TTL.Seconds()}}
 	body, _ := json.Marshal(h.lease)
@@ -300,17 +310,30 @@ func AcquireJobLease(ctx context.Context, st storage.Store, job, holder string, 
 	} else if err != nil {
 		return nil, fmt.Errorf("take %s: %w", h.key, err)
 	}
-	// Older numbers are history: keep the one before ours.
+	// A contender that listed long ago may have created a number below
+	// another's live one: whoever is not the highest now gives way.
+	if again, _, err := topLease(ctx, st, prefix); err != nil || again != top+1 {
+		h.giveBack(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("take %s: %w", h.key, err)
+		}
+		return nil, fmt.Errorf("%w: another daemon took a later lease (%s)", ErrLeaseHeld, leaseNumberKey(prefix, again))
+	}
+	go h.loop(ctx)
+	// Older numbers are history; a couple below ours stay, so that a
+	// number is never taken twice.
 	for _, n := range numbers {
-		if n < top {
+		if n < top-1 {
 			if err := st.Delete(ctx, leaseNumberKey(prefix, n)); err != nil {
 				opt.Logger.Debug("could not delete an old job lease", "key", leaseNumberKey(prefix, n), "error", err)
 			}
 		}
 	}
-	go h.loop(ctx)
 	return h, nil
 }
+
+// maxLeaseNumber is the last number leaseNumberWidth digits hold.
+const maxLeaseNumber = 9999999999
 
 func leaseNumberKey(prefix string, n int) string {
 	return fmt.Sprintf("%s%0*d.json", prefix, leaseNumberWidth, n)
@@ -338,6 +361,9 @@ func topLease(ctx context.Context, st storage.Store, prefix string) (int, []int,
 
 func (h *JobLease) loop(ctx context.Context) {
 	defer close(h.done)
+	if h.opt.Interval <= 0 {
+		return
+	}
 	t := time.NewTicker(h.opt.Interval)
 	defer t.Stop()
 	for {
@@ -364,16 +390,36 @@ func (h *JobLease) renew(ctx context.Context) error {
 		return err
 	}
 	if top != 0 && leaseNumberKey(h.prefix, top) != h.key {
-		h.mu.Lock()
-		h.lost = fmt.Errorf("job lease %s was taken over (%s): this run went too long without renewing it", h.key, leaseNumberKey(h.prefix, top))
-		h.mu.Unlock()
-		return h.lost
+		return h.lose(fmt.Errorf("job lease %s was taken over (%s): this run went too long without renewing it", h.key, leaseNumberKey(h.prefix, top)))
 	}
 	now := h.opt.Now().UTC()
 	l := h.lease
 	l.Renewed, l.Expires = now, now.Add(h.opt.TTL)
-	return putJSON(rctx, h.st, h.key, l)
+	if err := putJSON(rctx, h.st, h.key, l); err != nil {
+		if gap := now.Sub(h.lastOK); gap > h.opt.TTL-h.opt.Interval {
+			// Another daemon may judge it expired from now on.
+			return h.lose(fmt.Errorf("job lease %s not renewed for %s (%v): another daemon may take the job", h.key, gap.Round(time.Second), err))
+		}
+		return err
+	}
+	h.mu.Lock()
+	h.lastOK = now
+	h.mu.Unlock()
+	return nil
 }
+
+func (h *JobLease) lose(err error) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.lost == nil {
+		h.lost = err
+		close(h.lostCh)
+	}
+	return h.lost
+}
+
+// LostCh is closed once the lease is lost: the run must stop.
+func (h *JobLease) LostCh() <-chan struct{} { return h.lostCh }
 
 // Lost reports an error once another daemon has taken the job over.
 func (h *JobLease) Lost() error {
@@ -393,11 +439,39 @@ func (h *JobLease) Release(ctx context.Context) {
 	if h.Lost() != nil {
 		return
 	}
+	h.giveBack(ctx)
+}
+
+func (h *JobLease) giveBack(ctx context.Context) {
 	l := h.lease
 	l.Released, l.Renewed, l.Expires = true, h.opt.Now().UTC(), h.opt.Now().UTC()
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := putJSON(rctx, h.st, h.key, l); err != nil {
 		h.opt.Logger.Warn("could not release the job's lease; it expires by itself", "lease", h.key, "error", err)
 	}
+}
+
+// DeleteJobRunsBefore deletes the job's run records that started before
+// cutoff (the records are history; the state keeps the last run).
+func DeleteJobRunsBefore(ctx context.Context, st storage.Store, job string, cutoff time.Time) (int, error) {
+	prefix, err := jobKey(job, "runs/")
+	if err != nil {
+		return 0, err
+	}
+	objs, err := st.List(ctx, prefix)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, o := range objs {
+		stamp, _, _ := strings.Cut(strings.TrimPrefix(o.Key, prefix), "-")
+		if at, err := time.Parse(runTimeLayout, stamp); err == nil && at.Before(cutoff) {
+			if err := st.Delete(ctx, o.Key); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
 }

@@ -59,7 +59,7 @@ func TestJobRunsAndState(t *testing.T) {
 func TestJobLeaseIsExclusive(t *testing.T) {
 	st := storagetest.NewMemory()
 	ctx := t.Context()
-	now := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
+	now := time.Now() // the store's clock too: leases are judged against it
 	var mu sync.Mutex
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	opt := LeaseOptions{Now: clock, Interval: time.Hour}
@@ -116,9 +116,20 @@ func TestJobLeaseIsExclusive(t *testing.T) {
 	}
 	next.Release(ctx)
 	third.Release(ctx)
+	// A forged lease that claims to be live for a year counts from its
+	// object's time.
+	st.Put(ctx, "jobs/odoo-dump/lease/0000000099.json", bytesReader(fmt.Sprintf(`{"name":"odoo-dump","kind":"job","host":"evil","expires":%q,"ttl_seconds":60}`, now.AddDate(1, 0, 0).Format(time.RFC3339))))
+	mu.Lock()
+	now = now.Add(3 * JobLeaseTTL)
+	mu.Unlock()
+	fourth, err := AcquireJobLease(ctx, st, "odoo-dump", "pod-d", opt)
+	if err != nil {
+		t.Fatalf("a forged far-future lease blocked the job: %v", err)
+	}
+	fourth.Release(ctx)
 	// Old numbers are cleaned up as leases are taken.
 	objs, _ := st.List(ctx, "jobs/odoo-dump/lease/")
-	if len(objs) > 2 {
+	if len(objs) > 3 {
 		t.Fatalf("%d lease objects kept", len(objs))
 	}
 }

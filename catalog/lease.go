@@ -249,7 +249,14 @@ func judgeLease(l Lease, stored, now time.Time) LeaseState {
 	if ttl <= 0 || ttl > 24*time.Hour {
 		ttl = LeaseTTL
 	}
-	if l.Released || now.After(l.Expires.Add(ttl)) && now.After(stored.Add(2*ttl)) {
+	// A holder renews within its TTL: an expiry further ahead of the
+	// object's time than that (a forged or broken lease) counts from the
+	// object's time.
+	expires := l.Expires
+	if limit := stored.Add(ttl); expires.After(limit) {
+		expires = limit
+	}
+	if l.Released || now.After(expires.Add(ttl)) && now.After(stored.Add(2*ttl)) {
 		return LeaseExpired
 	}
 	return LeaseLive

@@ -13,10 +13,12 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -51,7 +53,7 @@ func newDaemonCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if logFormat != "text" && logFormat != "json" {
 				return &exitCodeError{2, fmt.Errorf("--log-format %q: text or json", logFormat)}
 			}
-			s, cfg, err := loadDaemonConfig(g, cmd, path, stderr)
+			s, cfg, data, err := loadDaemonConfig(g, cmd, path, stderr)
 			if check {
 				if err != nil {
 					var ce *daemon.ConfigError
@@ -59,11 +61,25 @@ func newDaemonCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 						for _, p := range ce.Problems {
 							fmt.Fprintf(stderr, "%s: %s\n", path, p)
 						}
-						return &exitCodeError{2, fmt.Errorf("%s: %d problems", path, len(ce.Problems))}
+						noun := "problems"
+						if len(ce.Problems) == 1 {
+							noun = "problem"
+						}
+						return &exitCodeError{2, fmt.Errorf("%s: %d %s", path, len(ce.Problems), noun)}
 					}
 					return &exitCodeError{2, err}
 				}
 				fmt.Fprintf(stdout, "%s: %d jobs, listening on %s\n", path, len(cfg.Jobs), first(listen, cfg.Listen))
+				now := time.Now()
+				for _, j := range cfg.Jobs {
+					if j.Schedule == nil {
+						fmt.Fprintf(stdout, "  %-20s %-10s runs always (slot %s)\n", j.Name, j.Type, j.Slot)
+						continue
+					}
+					next := j.Schedule.Next(now)
+					fmt.Fprintf(stdout, "  %-20s %-10s %-28q every %s, next %s\n", j.Name, j.Type, j.Schedule.String(),
+						j.Schedule.Period(now), next.Local().Format(time.RFC3339))
+				}
 				return nil
 			}
 			if err != nil {
@@ -72,7 +88,7 @@ func newDaemonCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if listen != "" {
 				cfg.Listen = listen
 			}
-			return runDaemon(cmd.Context(), g, s, cfg, path, logFormat, grace, stderr)
+			return runDaemon(cmd.Context(), g, s, cfg, data, path, logFormat, grace, stderr)
 		},
 	}
 	f := cmd.Flags()
@@ -84,19 +100,23 @@ func newDaemonCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 }
 
 // loadDaemonConfig reads the file: the general settings (as every
-// command does) and the daemon's keys, every problem with its line.
-func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io.Writer) (*settings, *daemon.Config, error) {
+// command does) and the daemon's keys, every problem with its line. It
+// also returns the file's bytes: the jobs run with exactly this version.
+func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io.Writer) (*settings, *daemon.Config, []byte, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("config: %w", err)
+		return nil, nil, nil, fmt.Errorf("config: %w", err)
 	}
 	var problems []string
-	if _, err := parseFileConfig(data); err != nil {
+	_, ferr := parseFileConfig(data)
+	if err := ferr; err != nil {
 		var te *yaml.TypeError
 		if errors.As(err, &te) {
-			problems = append(problems, te.Errors...)
+			for _, e := range te.Errors {
+				problems = append(problems, plainYAMLError(e))
+			}
 		} else {
-			problems = append(problems, err.Error())
+			problems = append(problems, plainYAMLError(err.Error()))
 		}
 	}
 	cfg, err := daemon.ParseConfig(path, data)
@@ -104,17 +124,41 @@ func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io
 	if errors.As(err, &ce) {
 		problems = append(problems, ce.Problems...)
 	} else if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
+	}
+	var s *settings
+	if ferr == nil {
+		if s, err = g.resolve(cmd, stderr); err != nil {
+			problems = append(problems, err.Error())
+		}
+	}
+	if s != nil && cfg != nil {
+		problems = append(problems, checkJobs(s, cfg)...)
 	}
 	if len(problems) > 0 {
-		return nil, nil, &daemon.ConfigError{File: path, Problems: dedupe(problems)}
+		return nil, nil, nil, &daemon.ConfigError{File: path, Problems: byLine(problems)}
 	}
-	s, err := g.resolve(cmd, stderr)
-	if err != nil {
-		return nil, nil, err
-	}
+	return s, cfg, data, nil
+}
+
+// checkJobs finds what would make the jobs fail at every run.
+func checkJobs(s *settings, cfg *daemon.Config) []string {
+	var problems []string
 	if s.Repo == "" {
-		return nil, nil, &daemon.ConfigError{File: path, Problems: []string{"repo: no repository (repo:, --repo or DRCTL_REPO)"}}
+		problems = append(problems, "repo: no repository (repo:, --repo or DRCTL_REPO)")
+	}
+	readable := func(what, path string) {
+		if f, err := os.Open(path); err != nil {
+			problems = append(problems, fmt.Sprintf("%s %s: %v", what, path, errors.Unwrap(err)))
+		} else {
+			f.Close()
+		}
+	}
+	if s.RecipientsFile != "" {
+		readable("recipients_file", s.RecipientsFile)
+	}
+	if s.IdentityFile != "" {
+		readable("identity_file", s.IdentityFile)
 	}
 	for _, j := range cfg.Jobs {
 		switch j.Type {
@@ -125,9 +169,10 @@ func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io
 			if j.DSN == "" && s.DSN == "" && os.Getenv("PGHOST") == "" && os.Getenv("PGDATABASE") == "" && os.Getenv("PGSERVICE") == "" {
 				problems = append(problems, fmt.Sprintf("line %d: job %q has no dsn, and there is no global dsn: nor PG* variables", j.Line, j.Name))
 			}
-		}
-		if j.Type == daemon.TypeVerify && s.IdentityFile == "" && s.Identity == "" && s.RecipientsFile != "" {
-			problems = append(problems, fmt.Sprintf("line %d: job %q verifies encrypted backups: give identity_file (the age identity)", j.Line, j.Name))
+		case daemon.TypeVerify:
+			if s.IdentityFile == "" && s.Identity == "" && s.RecipientsFile != "" {
+				problems = append(problems, fmt.Sprintf("line %d: job %q verifies encrypted backups: give identity_file (the age identity)", j.Line, j.Name))
+			}
 		}
 		if j.DSN != "" {
 			if _, err := s.parseDSN(j.DSN); err != nil {
@@ -135,18 +180,38 @@ func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io
 			}
 		}
 	}
-	if len(problems) > 0 {
-		return nil, nil, &daemon.ConfigError{File: path, Problems: problems}
-	}
-	return s, cfg, nil
+	return problems
 }
 
-func dedupe(in []string) []string {
-	sort.Strings(in)
+// plainYAMLError says a YAML decoding problem without Go's type names.
+func plainYAMLError(e string) string {
+	e = strings.TrimPrefix(e, "yaml: ")
+	if i := strings.Index(e, " not found in type "); i >= 0 {
+		if _, field, ok := strings.Cut(e[:i], "field "); ok {
+			prefix, _, _ := strings.Cut(e, "field ")
+			return fmt.Sprintf("%sunknown key %q", prefix, field)
+		}
+	}
+	if i := strings.Index(e, " into "); i >= 0 {
+		e = e[:i] + " (wrong type)"
+	}
+	return e
+}
+
+// byLine sorts problems by their line number, and drops repeats.
+func byLine(in []string) []string {
+	line := func(p string) int {
+		if rest, ok := strings.CutPrefix(p, "line "); ok {
+			n, _ := strconv.Atoi(strings.TrimRight(strings.SplitN(rest, " ", 2)[0], ":"))
+			return n
+		}
+		return 0
+	}
+	sort.SliceStable(in, func(i, j int) bool { return line(in[i]) < line(in[j]) })
 	return slices.Compact(in)
 }
 
-func runDaemon(ctx context.Context, g *globalFlags, s *settings, cfg *daemon.Config, path, logFormat string, grace time.Duration, stderr io.Writer) error {
+func runDaemon(ctx context.Context, g *globalFlags, s *settings, cfg *daemon.Config, data []byte, path, logFormat string, grace time.Duration, stderr io.Writer) error {
 	level := slog.LevelInfo
 	if s.debug {
 		level = slog.LevelDebug
@@ -173,7 +238,18 @@ func runDaemon(ctx context.Context, g *globalFlags, s *settings, cfg *daemon.Con
 	}
 	host, _ := os.Hostname()
 	holder := fmt.Sprintf("%s/%d", first(os.Getenv("POD_NAME"), host), os.Getpid())
-	runner := &processRunner{exe: exe, args: childArgs(g, path), env: s.environ(), log: log}
+	// The jobs read the configuration the daemon validated, not the file
+	// as it is now (a ConfigMap changes under a running pod; a broken edit
+	// is refused at SIGHUP and must not reach the jobs either).
+	snapshots, err := os.MkdirTemp("", "drctl-daemon-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(snapshots)
+	runner := &processRunner{exe: exe, env: s.environ(), log: log, dsn: s.DSN}
+	if err := runner.snapshot(snapshots, g, data); err != nil {
+		return err
+	}
 	d := daemon.New(cfg, daemon.Options{Store: st, Runner: runner, Clock: clock.Real{}, Logger: log, Holder: holder,
 		Grace: grace, Verifier: verifier, ReceiveLag: func(ctx context.Context, j daemon.Job) (int64, error) {
 			return receiveLag(ctx, s, j)
@@ -197,11 +273,15 @@ func runDaemon(ctx context.Context, g *globalFlags, s *settings, cfg *daemon.Con
 			case <-ctx.Done():
 				return
 			case <-hup:
-				_, next, err := loadDaemonConfig(g, &cobra.Command{}, path, io.Discard)
+				ns, next, data, err := loadDaemonConfig(g, &cobra.Command{}, path, io.Discard)
+				if err == nil {
+					err = runner.snapshot(snapshots, g, data)
+				}
 				if err != nil {
 					log.Error("configuration reload refused: the running configuration stays", "error", err)
 					continue
 				}
+				runner.setDSN(ns.DSN)
 				if next.Listen != cfg.Listen && next.Listen != daemon.DefaultListen {
 					log.Warn("listen: changes take a restart", "listen", cfg.Listen)
 				}
@@ -212,7 +292,7 @@ func runDaemon(ctx context.Context, g *globalFlags, s *settings, cfg *daemon.Con
 	}()
 	err = d.Run(ctx)
 	<-reloadDone
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
 	return err
@@ -236,14 +316,42 @@ func childArgs(g *globalFlags, path string) []string {
 // leaks takes nothing of the daemon with it, and the commands are the
 // ones users run and tests cover.
 type processRunner struct {
-	exe  string
+	exe string
+	env []string
+	log *slog.Logger
+	mu  sync.Mutex
+	// args: the global settings with the configuration snapshot in force;
+	// dsn: the file's dsn: in force, for jobs without their own.
 	args []string
-	env  []string
-	log  *slog.Logger
+	dsn  string
+	n    int
+}
+
+// snapshot writes the validated configuration to a private file the jobs
+// read from then on.
+func (r *processRunner) snapshot(dir string, g *globalFlags, data []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.n++
+	path := filepath.Join(dir, fmt.Sprintf("config-%d.yaml", r.n))
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		return fmt.Errorf("daemon: keep the configuration for the jobs: %w", err)
+	}
+	r.args = childArgs(g, path)
+	return nil
+}
+
+func (r *processRunner) setDSN(dsn string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dsn = dsn
 }
 
 func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (daemon.Outcome, error) {
+	r.mu.Lock()
 	args := append([]string(nil), r.args...)
+	dsn := first(j.DSN, r.dsn)
+	r.mu.Unlock()
 	switch j.Type {
 	case daemon.TypeBackup, daemon.TypeBaseBackup:
 		args = append(args, j.Type, "--json", "--label", "job="+j.Name)
@@ -275,21 +383,24 @@ func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (da
 	default:
 		return daemon.Outcome{}, fmt.Errorf("job type %q", j.Type)
 	}
-	if j.DSN != "" && j.Type != daemon.TypeVerify && j.Type != daemon.TypePrune {
-		args = append(args, "--dsn", j.DSN)
-	}
 	cmd := exec.CommandContext(ctx, r.exe, args...)
+	// The DSN goes in the environment: a command line (and its password)
+	// is visible to every local user in ps.
 	cmd.Env = append(slices.Clone(r.env), "DRCTL_RUN_ID="+runID, "DRCTL_JOB="+j.Name)
+	if dsn != "" {
+		cmd.Env = append(cmd.Env, "DRCTL_DSN="+dsn)
+	}
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	// A cancelled job aborts its uploads and releases its leases; then it
-	// is killed.
-	cmd.WaitDelay = 60 * time.Second
+	// A cancelled job aborts its uploads and releases its leases within
+	// seconds; then it is killed (Kubernetes' 30 s minus the grace).
+	cmd.WaitDelay = 8 * time.Second
 	cmd.SysProcAttr = childProcAttr()
 	var out bytes.Buffer
 	errs := &tailBuffer{max: 16 << 10}
 	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &out, n: 4 << 20}, errs
 	err := cmd.Run()
 	if err != nil {
+		r.log.Debug("the job's output", "job", j.Name, "run_id", runID, "stderr", oneLine(string(errs.buf)))
 		msg := errs.lastError()
 		var ee *exec.ExitError
 		if errors.As(err, &ee) && msg != "" {

@@ -163,7 +163,8 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 		}
 	}
 	if len(p.list) > 0 {
-		return nil, &ConfigError{file, p.list}
+		// What could be read comes back too, for more checks by the caller.
+		return c, &ConfigError{file, p.list}
 	}
 	return c, nil
 }
@@ -300,6 +301,9 @@ func parseJobs(p *problems, n *yaml.Node) []Job {
 			p.add(sched, "%s: %v", where, err)
 		} else {
 			j.Schedule = s
+			if period := s.Period(time.Now()); j.Jitter >= period {
+				p.add(sched, "%s: jitter %s is not shorter than the schedule's period (%s)", where, j.Jitter, period)
+			}
 		}
 		for key, v := range extra {
 			if key != j.Type && j.Type != "" {
@@ -369,7 +373,7 @@ func parseNotify(p *problems, n *yaml.Node) Notify {
 						w.URL = scalar(p, wv, "url")
 						u, err := url.Parse(w.URL)
 						if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-							p.add(wv, "webhook url %q: want an http(s) URL", w.URL)
+							p.add(wv, "webhook url %s: want an http(s) URL", redactURL(w.URL))
 						}
 					case "secret_file":
 						path := scalar(p, wv, "secret_file")

@@ -118,7 +118,7 @@ notify:
 		`line 19: job "receive": wal-receive runs always: no schedule`,
 		`line 23: job "prune": "verify" settings given to a job of type prune`,
 		`line 20: job "prune": prune needs keep_last or keep_within`,
-		`line 26: webhook url "ftp://example.com"`,
+		`line 26: webhook url ftp://example.com: want`,
 		`line 27: webhook secret_file /nonexistent/secret: no such file`,
 		`line 28: webhook events: unknown event "job_exploded"`,
 	}

@@ -2,10 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
-	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net/http"
@@ -16,7 +12,6 @@ import (
 
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/clock"
-	"github.com/drctl/drctl/engine/schedule"
 	"github.com/drctl/drctl/storage"
 )
 
@@ -65,20 +60,27 @@ type Options struct {
 
 // Daemon runs the jobs of a configuration.
 type Daemon struct {
-	opt      Options
-	Metrics  *Metrics
-	notify   *notifier
-	host     string
-	mu       sync.Mutex
-	cfg      *Config
-	loops    map[string]*jobLoop
-	loopsWG  sync.WaitGroup
-	runs     sync.WaitGroup
-	runCtx   context.Context
-	stopping chan struct{} // closed at shutdown: no new runs or retries
-	ready    atomic.Bool
-	beat     atomic.Int64 // the scheduler's last heartbeat, Unix nanoseconds
-	refresh  chan struct{}
+	opt         Options
+	Metrics     *Metrics
+	notify      *notifier
+	host        string
+	mu          sync.Mutex
+	cfg         *Config
+	loops       map[string]*jobLoop
+	loopsWG     sync.WaitGroup
+	runs        sync.WaitGroup
+	runCtx      context.Context
+	stopping    chan struct{} // closed at shutdown: no new runs or retries
+	stopped     bool          // under mu: set with stopping closed
+	ready       atomic.Bool
+	beat        atomic.Int64 // the scheduler's last heartbeat, Unix nanoseconds
+	refreshBeat atomic.Int64 // the last refresh of the repository's state, finished or failed
+	refresh     chan struct{}
+	// alerted: jobs whose failure was sent and not yet followed by
+	// job_recovered (one job_failed per failure streak per daemon).
+	alerted map[string]bool
+	// pruned: when each job's old run records were last deleted.
+	pruned map[string]time.Time
 }
 
 type jobLoop struct {
@@ -103,7 +105,7 @@ func New(cfg *Config, opt Options) *Daemon {
 	}
 	opt.Lease = opt.Lease.Defaults(opt.Clock.Now, opt.Logger)
 	d := &Daemon{opt: opt, cfg: cfg, loops: map[string]*jobLoop{}, stopping: make(chan struct{}),
-		refresh: make(chan struct{}, 1), host: opt.Holder}
+		refresh: make(chan struct{}, 1), host: opt.Holder, alerted: map[string]bool{}, pruned: map[string]time.Time{}}
 	d.Metrics = NewMetrics(opt.Clock.Now)
 	d.notify = newNotifier(opt.HTTPClient, opt.Clock, opt.Logger, d.Metrics)
 	d.notify.configure(cfg.Notify.Webhooks)
@@ -118,14 +120,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.runCtx = runCtx
 	notifyCtx, stopNotify := context.WithCancel(context.WithoutCancel(ctx))
 	notifyDone := make(chan struct{})
-	go func() { defer close(notifyDone); d.notify.run(notifyCtx, 10*time.Second) }()
+	go func() { defer close(notifyDone); d.notify.run(notifyCtx, 3*time.Second) }()
 	refreshDone := make(chan struct{})
 	go func() { defer close(refreshDone); d.refreshLoop(ctx) }()
 
 	d.mu.Lock()
-	d.apply(ctx, d.cfg)
+	d.apply(ctx, d.cfg, true)
 	d.mu.Unlock()
 	d.beat.Store(d.opt.Clock.Now().UnixNano())
+	d.refreshBeat.Store(d.opt.Clock.Now().UnixNano())
 	heartbeat := 10 * time.Second
 	for ctx.Err() == nil {
 		select {
@@ -136,8 +139,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 
 	d.opt.Logger.Info("stopping: no new runs", "grace", d.opt.Grace)
-	close(d.stopping)
 	d.mu.Lock()
+	d.stopped = true
+	close(d.stopping)
 	for _, l := range d.loops {
 		l.cancel()
 	}
@@ -164,9 +168,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 func (d *Daemon) Reload(ctx context.Context, cfg *Config) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.stopped {
+		return
+	}
 	d.cfg = cfg
 	d.notify.configure(cfg.Notify.Webhooks)
-	d.apply(ctx, cfg)
+	d.apply(ctx, cfg, false)
 	select {
 	case d.refresh <- struct{}{}:
 	default:
@@ -180,8 +187,9 @@ func (d *Daemon) Config() *Config {
 	return d.cfg
 }
 
-// apply starts and stops job loops to match cfg; d.mu is held.
-func (d *Daemon) apply(ctx context.Context, cfg *Config) {
+// apply starts and stops job loops to match cfg; d.mu is held. At start
+// (not at a reload) a job catches up on the times it missed.
+func (d *Daemon) apply(ctx context.Context, cfg *Config, starting bool) {
 	want := map[string]Job{}
 	for _, j := range cfg.Jobs {
 		want[j.Name] = j
@@ -218,7 +226,7 @@ func (d *Daemon) apply(ctx context.Context, cfg *Config) {
 			if j.Type == TypeWALReceive {
 				d.receiveLoop(lctx, j)
 			} else {
-				d.scheduleLoop(lctx, j)
+				d.scheduleLoop(lctx, j, starting)
 			}
 		}()
 	}
@@ -236,323 +244,40 @@ func sameJob(a, b Job) bool {
 	return as == bs && reflect.DeepEqual(a, b)
 }
 
-// Healthy reports whether the scheduler loop ran within the last minute.
+// Healthy reports whether the scheduler's heartbeat is fresh and the
+// repository's state was refreshed (or failed to be: a down repository is
+// not the daemon's fault) recently — every store call has a timeout, so
+// a refresh that does not come back is a wedged daemon a restart cures.
 func (d *Daemon) Healthy() bool {
-	return d.opt.Clock.Now().Sub(time.Unix(0, d.beat.Load())) < time.Minute
+	now := d.opt.Clock.Now()
+	refreshLimit := max(5*time.Minute, 3*d.Config().Refresh+2*storeTimeout)
+	return now.Sub(time.Unix(0, d.beat.Load())) < time.Minute && now.Sub(time.Unix(0, d.refreshBeat.Load())) < refreshLimit
+}
+
+// storeTimeout bounds each of the daemon's own calls to the repository.
+const storeTimeout = time.Minute
+
+// configured reports whether a job of that name is in the configuration.
+func (d *Daemon) configured(name string) bool {
+	for _, j := range d.Config().Jobs {
+		if j.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// begin registers a run unless the daemon is stopping (atomically with
+// shutdown's wait for the runs).
+func (d *Daemon) begin() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopped {
+		return false
+	}
+	d.runs.Add(1)
+	return true
 }
 
 // Ready reports whether the repository has answered.
 func (d *Daemon) Ready() bool { return d.ready.Load() }
-
-// wait sleeps on the daemon's clock; false when ctx ended first.
-func (d *Daemon) wait(ctx context.Context, delay time.Duration) bool {
-	if delay <= 0 {
-		return ctx.Err() == nil
-	}
-	select {
-	case <-ctx.Done():
-		return false
-	case <-d.opt.Clock.After(delay):
-		return true
-	}
-}
-
-// readState reads a job's state, retrying until it can or ctx ends.
-func (d *Daemon) readState(ctx context.Context, j Job) (catalog.JobState, bool) {
-	for attempt := 1; ; attempt++ {
-		s, err := catalog.ReadJobState(ctx, d.opt.Store, j.Name)
-		if err == nil {
-			return s, true
-		}
-		d.opt.Logger.Error("could not read the job's state from the repository", "job", j.Name, "error", err)
-		if !d.wait(ctx, schedule.Backoff(attempt, time.Second, time.Minute)) {
-			return s, false
-		}
-	}
-}
-
-// scheduleLoop runs a scheduled job at its times until ctx ends.
-func (d *Daemon) scheduleLoop(ctx context.Context, j Job) {
-	log := d.opt.Logger.With("job", j.Name)
-	state, ok := d.readState(ctx, j)
-	if !ok {
-		return
-	}
-	d.Metrics.fromState(state)
-	now := d.opt.Clock.Now()
-	slot := j.Schedule.Next(now)
-	jitter := true
-	if state.LastResult == resultCancelled && !state.LastScheduled.IsZero() {
-		// Stopped at a shutdown: it runs again now.
-		slot, jitter = state.LastScheduled, false
-		log.Info("the last run was stopped at a shutdown: running it again now")
-	} else if due, missed := schedule.Catchup(j.Schedule, state.LastScheduled, now); !due.IsZero() {
-		slot, jitter = due, false
-		if missed > 1 {
-			log.Warn("scheduled runs were missed while no daemon was running: running once now", "missed", missed, "last_scheduled", state.LastScheduled)
-			d.notify.send(Event{Event: EventJobMissed, Job: j.Name, Time: now.UTC(), Host: d.host, Missed: missed,
-				Error: fmt.Sprintf("%d scheduled runs missed since %s", missed, state.LastScheduled.UTC().Format(time.RFC3339))})
-		} else {
-			log.Info("a scheduled run passed while no daemon was running: running it now", "scheduled", due)
-		}
-	}
-	for {
-		d.Metrics.nextRun.WithLabelValues(j.Name).Set(unix(slot))
-		delay := slot.Sub(d.opt.Clock.Now())
-		if jitter {
-			delay += schedule.Jitter(d.opt.Rand, j.Jitter)
-		}
-		if !d.wait(ctx, delay) {
-			return
-		}
-		d.runSlot(ctx, j, slot)
-		next, passed := schedule.After(j.Schedule, slot, d.opt.Clock.Now())
-		if passed > 0 {
-			log.Warn("the run took past the next scheduled time: running once more now", "passed", passed)
-		}
-		slot, jitter = next, passed == 0
-	}
-}
-
-const resultCancelled = "cancelled"
-
-// newRunID is 16 random hex digits.
-func newRunID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// runSlot runs a job for one scheduled time, unless another daemon holds
-// the job or already ran that time.
-func (d *Daemon) runSlot(schedCtx context.Context, j Job, slot time.Time) {
-	select {
-	case <-d.stopping:
-		return
-	case <-schedCtx.Done():
-		return
-	default:
-	}
-	d.runs.Add(1)
-	defer d.runs.Done()
-	ctx := d.runCtx
-	log := d.opt.Logger.With("job", j.Name)
-	failEarly := func(what string, err error) {
-		d.Metrics.runs.WithLabelValues(j.Name, resultFailure).Inc()
-		d.Metrics.lastFailure.WithLabelValues(j.Name).Set(unix(d.opt.Clock.Now()))
-		log.Error(what, "error", err)
-		d.notify.send(Event{Event: EventJobFailed, Job: j.Name, Time: d.opt.Clock.Now().UTC(), Host: d.host, Error: what + ": " + err.Error()})
-	}
-	lease, err := catalog.AcquireJobLease(ctx, d.opt.Store, j.Name, d.opt.Holder, d.opt.Lease)
-	if errors.Is(err, catalog.ErrLeaseHeld) {
-		d.Metrics.runs.WithLabelValues(j.Name, resultSkipped).Inc()
-		log.Info("skipped: another daemon runs this job", "reason", err.Error())
-		return
-	}
-	if err != nil {
-		failEarly("could not take the job's lease in the repository", err)
-		return
-	}
-	defer lease.Release(ctx)
-	state, err := catalog.ReadJobState(ctx, d.opt.Store, j.Name)
-	if err != nil {
-		failEarly("could not read the job's state from the repository", err)
-		return
-	}
-	d.Metrics.fromState(state)
-	if !state.LastScheduled.Before(slot) && !(state.LastResult == resultCancelled && state.LastScheduled.Equal(slot)) {
-		d.Metrics.runs.WithLabelValues(j.Name, resultSkipped).Inc()
-		log.Info("skipped: another daemon already ran this scheduled time", "scheduled", slot)
-		return
-	}
-	previous := state
-	state.LastScheduled = slot
-	state.LastResult = "running"
-	state.Updated = d.opt.Clock.Now().UTC()
-	if err := catalog.WriteJobState(ctx, d.opt.Store, state); err != nil {
-		failEarly("could not record the run in the repository", err)
-		return
-	}
-	run := catalog.JobRun{Job: j.Name, RunID: newRunID(), Type: j.Type, Scheduled: slot.UTC(), Start: d.opt.Clock.Now().UTC(), Host: d.opt.Holder}
-	log = log.With("run_id", run.RunID)
-	log.Info("run started", "scheduled", slot)
-	d.Metrics.running.WithLabelValues(j.Name).Set(1)
-	out, err := d.attempts(ctx, j, run.RunID, lease, log, &run.Attempts)
-	d.Metrics.running.WithLabelValues(j.Name).Set(0)
-	run.End = d.opt.Clock.Now().UTC()
-	run.BackupID, run.Database, run.StoredBytes, run.RawBytes = out.BackupID, out.Database, out.StoredBytes, out.RawBytes
-	stopped := err != nil && ctx.Err() != nil
-	switch {
-	case stopped:
-		run.Result, run.Error = resultCancelled, "stopped at shutdown: it runs again at the next start"
-	case err != nil:
-		run.Result, run.Error = catalog.RunFailure, err.Error()
-	default:
-		run.Result = catalog.RunSuccess
-	}
-	// The records outlive the run's context: a cancelled run is recorded.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	if perr := catalog.PutJobRun(rctx, d.opt.Store, run); perr != nil {
-		log.Error("could not store the run's record", "error", perr)
-	}
-	state.LastRunID, state.LastResult, state.Updated = run.RunID, run.Result, run.End
-	switch run.Result {
-	case catalog.RunSuccess:
-		state.LastSuccess, state.LastError = run.End, ""
-		if out.BackupID != "" {
-			state.LastBackupID, state.StoredBytes, state.RawBytes = out.BackupID, out.StoredBytes, out.RawBytes
-		}
-	case catalog.RunFailure:
-		state.LastFailure, state.LastError = run.End, run.Error
-	}
-	if perr := catalog.WriteJobState(rctx, d.opt.Store, state); perr != nil {
-		log.Error("could not store the job's state", "error", perr)
-	}
-	elapsed := run.End.Sub(run.Start)
-	d.Metrics.duration.WithLabelValues(j.Name).Observe(elapsed.Seconds())
-	switch run.Result {
-	case catalog.RunSuccess:
-		d.Metrics.runs.WithLabelValues(j.Name, resultSuccess).Inc()
-		d.Metrics.fromState(state)
-		log.Info("run succeeded", "backup_id", out.BackupID, "database", out.Database, "seconds", elapsed.Seconds(), "attempts", run.Attempts)
-		if previous.LastResult == catalog.RunFailure {
-			d.notify.send(Event{Event: EventJobRecovered, Job: j.Name, Time: run.End, Host: d.host, BackupID: out.BackupID})
-		}
-	case catalog.RunFailure:
-		d.Metrics.runs.WithLabelValues(j.Name, resultFailure).Inc()
-		d.Metrics.lastFailure.WithLabelValues(j.Name).Set(unix(run.End))
-		log.Error("run failed", "error", run.Error, "attempts", run.Attempts)
-		d.notify.send(Event{Event: EventJobFailed, Job: j.Name, Time: run.End, Host: d.host, Error: run.Error})
-	default:
-		log.Warn("run stopped at shutdown; it runs again at the next start")
-	}
-	select {
-	case d.refresh <- struct{}{}:
-	default:
-	}
-}
-
-// attempts runs the job, retrying failures with backoff; each try gets
-// the job's timeout.
-func (d *Daemon) attempts(ctx context.Context, j Job, runID string, lease *catalog.JobLease, log *slog.Logger, n *int) (Outcome, error) {
-	for attempt := 1; ; attempt++ {
-		*n = attempt
-		tctx, cancel := context.WithTimeout(ctx, j.Timeout)
-		out, err := d.opt.Runner.Run(tctx, j, runID)
-		timedOut := tctx.Err() == context.DeadlineExceeded
-		cancel()
-		if err == nil {
-			return out, nil
-		}
-		if timedOut && ctx.Err() == nil {
-			err = fmt.Errorf("timed out after %s: %w", j.Timeout, err)
-		}
-		if ctx.Err() != nil || attempt > j.Retries {
-			return out, err
-		}
-		if lerr := lease.Lost(); lerr != nil {
-			return out, errors.Join(err, lerr)
-		}
-		delay := schedule.Backoff(attempt, j.RetryDelay, 30*time.Minute)
-		log.Warn("run failed: retrying", "error", err, "attempt", attempt, "retry_in", delay)
-		select {
-		case <-d.stopping:
-			return out, err
-		case <-ctx.Done():
-			return out, err
-		case <-d.opt.Clock.After(delay):
-		}
-	}
-}
-
-// receiveLoop keeps a wal-receive job running on one daemon: it takes the
-// job's lease (or waits as a standby), runs the receiver until it stops,
-// and restarts it with backoff. Shutdown stops it at once (it stores what
-// it received).
-func (d *Daemon) receiveLoop(ctx context.Context, j Job) {
-	log := d.opt.Logger.With("job", j.Name)
-	failures := 0
-	previous := ""
-	if s, ok := d.readState(ctx, j); ok {
-		d.Metrics.fromState(s)
-		previous = s.LastResult
-	}
-	for ctx.Err() == nil {
-		select {
-		case <-d.stopping:
-			return
-		default:
-		}
-		lease, err := catalog.AcquireJobLease(ctx, d.opt.Store, j.Name, d.opt.Holder, d.opt.Lease)
-		if errors.Is(err, catalog.ErrLeaseHeld) {
-			d.Metrics.runs.WithLabelValues(j.Name, resultSkipped).Inc()
-			log.Debug("standby: another daemon receives", "reason", err.Error())
-			d.wait(ctx, d.opt.StandbyPoll)
-			continue
-		}
-		if err != nil {
-			log.Error("could not take the job's lease in the repository", "error", err)
-			failures++
-			d.wait(ctx, schedule.Backoff(failures, time.Second, time.Minute))
-			continue
-		}
-		d.runs.Add(1)
-		run := catalog.JobRun{Job: j.Name, RunID: newRunID(), Type: j.Type, Start: d.opt.Clock.Now().UTC(), Host: d.opt.Holder, Attempts: 1}
-		run.Scheduled = run.Start
-		rlog := log.With("run_id", run.RunID)
-		rlog.Info("receiver started", "slot", j.Slot)
-		d.Metrics.running.WithLabelValues(j.Name).Set(1)
-		_, err = d.opt.Runner.Run(ctx, j, run.RunID)
-		d.Metrics.running.WithLabelValues(j.Name).Set(0)
-		run.End = d.opt.Clock.Now().UTC()
-		ran := run.End.Sub(run.Start)
-		d.Metrics.duration.WithLabelValues(j.Name).Observe(ran.Seconds())
-		switch {
-		case ctx.Err() != nil:
-			run.Result = resultCancelled
-			rlog.Info("receiver stopped")
-		case err == nil:
-			run.Result = catalog.RunSuccess
-			d.Metrics.runs.WithLabelValues(j.Name, resultSuccess).Inc()
-			d.Metrics.lastSuccess.WithLabelValues(j.Name).Set(unix(run.End))
-			rlog.Warn("receiver exited: restarting it")
-		default:
-			run.Result, run.Error = catalog.RunFailure, err.Error()
-			d.Metrics.runs.WithLabelValues(j.Name, resultFailure).Inc()
-			d.Metrics.lastFailure.WithLabelValues(j.Name).Set(unix(run.End))
-			rlog.Error("receiver failed", "error", err)
-			if previous != catalog.RunFailure {
-				d.notify.send(Event{Event: EventJobFailed, Job: j.Name, Time: run.End, Host: d.host, Error: err.Error()})
-			}
-		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		if perr := catalog.PutJobRun(rctx, d.opt.Store, run); perr != nil {
-			rlog.Error("could not store the run's record", "error", perr)
-		}
-		state, serr := catalog.ReadJobState(rctx, d.opt.Store, j.Name)
-		if serr == nil {
-			state.LastScheduled, state.LastRunID, state.LastResult, state.Updated = run.Start, run.RunID, run.Result, run.End
-			if run.Result == catalog.RunFailure {
-				state.LastFailure, state.LastError = run.End, run.Error
-			} else {
-				state.LastSuccess = run.End
-			}
-			serr = catalog.WriteJobState(rctx, d.opt.Store, state)
-		}
-		if serr != nil {
-			rlog.Error("could not store the job's state", "error", serr)
-		}
-		cancel()
-		lease.Release(ctx)
-		d.runs.Done()
-		if run.Result != resultCancelled {
-			previous = run.Result
-		}
-		if ran > time.Minute {
-			failures = 0
-		}
-		failures++
-		d.wait(ctx, schedule.Backoff(failures, time.Second, time.Minute))
-	}
-}

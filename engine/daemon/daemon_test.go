@@ -159,6 +159,7 @@ func runs(t *testing.T, st storage.Store, name string) []catalog.JobRun {
 func TestRunsAtScheduledTimes(t *testing.T) {
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
+	st.Now = clk.Now
 	r := &fakeRunner{clock: clk}
 	h := start(t, clk, st, &Config{Jobs: []Job{job(t, "dump", "@every 1m")}}, r, "pod-a", nil)
 	advanceUntil(t, clk, 5*time.Second, 200, func() bool { return len(runs(t, st, "dump")) >= 3 })
@@ -183,6 +184,7 @@ func TestRunsAtScheduledTimes(t *testing.T) {
 func TestJitterDelaysRuns(t *testing.T) {
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
+	st.Now = clk.Now
 	r := &fakeRunner{clock: clk}
 	j := job(t, "dump", "@every 10m")
 	j.Jitter = 2 * time.Minute
@@ -215,6 +217,7 @@ func TestMissedRunsAfterDowntime(t *testing.T) {
 	defer srv.Close()
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
+	st.Now = clk.Now
 	// It last ran 3h10m ago, hourly: three runs were missed.
 	last := t0.Add(-3*time.Hour - 10*time.Minute).Truncate(time.Hour)
 	catalog.WriteJobState(context.Background(), st, catalog.JobState{Job: "dump", LastScheduled: last, LastResult: catalog.RunSuccess})
@@ -259,8 +262,9 @@ func TestRetriesAndAlerts(t *testing.T) {
 	defer srv.Close()
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
+	st.Now = clk.Now
 	r := &fakeRunner{clock: clk, fn: func(_ context.Context, _ Job, n int) (Outcome, error) {
-		if n <= 3 { // the first run's three tries
+		if n <= 6 { // the first two runs' three tries each
 			return Outcome{}, errors.New("connection refused")
 		}
 		return Outcome{BackupID: "ok"}, nil
@@ -283,14 +287,22 @@ func TestRetriesAndAlerts(t *testing.T) {
 	if d := tries[2].at.Sub(tries[1].at); d < 60*time.Second || d > 65*time.Second {
 		t.Fatalf("second retry after %s", d)
 	}
+	// The metrics follow the record.
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(h.d.Metrics.runs.WithLabelValues("dump", "failure")) == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if testutil.ToFloat64(h.d.Metrics.runs.WithLabelValues("dump", "failure")) != 1 || testutil.ToFloat64(h.d.Metrics.lastFailure.WithLabelValues("dump")) == 0 {
 		t.Fatal("no failure metric")
 	}
-	advanceUntil(t, clk, 30*time.Second, 100, func() bool { return len(runs(t, st, "dump")) >= 2 })
+	advanceUntil(t, clk, 30*time.Second, 200, func() bool { return len(runs(t, st, "dump")) >= 3 })
 	advanceUntil(t, clk, time.Second, 100, func() bool { mu.Lock(); defer mu.Unlock(); return len(events) >= 2 })
 	h.stop()
+	if got := runs(t, st, "dump"); got[1].Result != catalog.RunFailure || got[2].Result != catalog.RunSuccess {
+		t.Fatalf("runs %+v", got)
+	}
 	mu.Lock()
 	defer mu.Unlock()
+	// One job_failed for the two failed runs in a row.
 	if strings.Join(events, ",") != "job_failed,job_recovered" {
 		t.Fatalf("events %v", events)
 	}
@@ -301,6 +313,7 @@ func TestRetriesAndAlerts(t *testing.T) {
 func TestTwoDaemonsRunEachTimeOnce(t *testing.T) {
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
+	st.Now = clk.Now
 	var mu sync.Mutex
 	running := 0
 	overlap := false
@@ -348,6 +361,7 @@ func TestTwoDaemonsRunEachTimeOnce(t *testing.T) {
 func TestShutdownCancelsAfterGraceAndRunsAgain(t *testing.T) {
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
+	st.Now = clk.Now
 	started := make(chan struct{}, 1)
 	cancelled := make(chan struct{}, 1)
 	r := &fakeRunner{clock: clk, fn: func(ctx context.Context, _ Job, n int) (Outcome, error) {
@@ -417,6 +431,7 @@ func readLeaseForTest(st storage.Store, key string) (released bool, l catalog.Le
 func TestReload(t *testing.T) {
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
+	st.Now = clk.Now
 	r := &fakeRunner{clock: clk}
 	h := start(t, clk, st, &Config{Jobs: []Job{job(t, "dump", "@every 1h"), job(t, "old", "@every 1h")}}, r, "pod-a", nil)
 	clk.WaitForWaiters(3, 5*time.Second)
@@ -431,5 +446,82 @@ func TestReload(t *testing.T) {
 	}
 	if got := testutil.CollectAndCount(h.d.Metrics.running); got != 2 {
 		t.Fatalf("running series for %d jobs, want 2 (the removed job's are gone)", got)
+	}
+}
+
+// A daemon killed during a run leaves the job's state "running": the next
+// daemon to hold the job records that run as failed (job_failed) and runs
+// that time again.
+func TestInterruptedRunIsRedone(t *testing.T) {
+	clk := clock.NewFake(t0)
+	st := storagetest.NewMemory()
+	st.Now = clk.Now
+	slot := t0.Truncate(time.Hour)
+	catalog.WriteJobState(context.Background(), st, catalog.JobState{Job: "base", LastScheduled: slot, LastResult: "running",
+		LastRunID: "deadbeefdeadbeef", Updated: slot.Add(10 * time.Second)})
+	r := &fakeRunner{clock: clk}
+	h := start(t, clk, st, &Config{Jobs: []Job{job(t, "base", "@hourly")}}, r, "pod-b", nil)
+	advanceUntil(t, clk, time.Second, 60, func() bool { return len(runs(t, st, "base")) >= 2 })
+	h.stop()
+	got := runs(t, st, "base")
+	if got[0].RunID != "deadbeefdeadbeef" || got[0].Result != catalog.RunFailure || !strings.Contains(got[0].Error, "stopped without finishing") {
+		t.Fatalf("the interrupted run: %+v", got[0])
+	}
+	if got[1].Result != catalog.RunSuccess || !got[1].Scheduled.Equal(slot) {
+		t.Fatalf("the redone run: %+v", got[1])
+	}
+	if testutil.ToFloat64(h.d.Metrics.runs.WithLabelValues("base", "failure")) != 1 {
+		t.Fatal("the interrupted run is not counted as a failure")
+	}
+}
+
+// SIGTERM while a failed run waits to be retried: the run is recorded as
+// stopped (not failed) and runs again at the next start.
+func TestStopDuringRetryWait(t *testing.T) {
+	clk := clock.NewFake(t0)
+	st := storagetest.NewMemory()
+	st.Now = clk.Now
+	r := &fakeRunner{clock: clk, fn: func(context.Context, Job, int) (Outcome, error) { return Outcome{}, errors.New("boom") }}
+	j := job(t, "dump", "@every 1m")
+	j.Retries, j.RetryDelay = 3, 10*time.Minute
+	h := start(t, clk, st, &Config{Jobs: []Job{j}}, r, "pod-a", nil)
+	advanceUntil(t, clk, time.Second, 120, func() bool { return r.count("dump") == 1 })
+	h.stop()
+	got := runs(t, st, "dump")
+	if len(got) != 1 || got[0].Result != "cancelled" {
+		t.Fatalf("runs %+v", got)
+	}
+	if s, _ := catalog.ReadJobState(context.Background(), st, "dump"); s.LastResult != "cancelled" {
+		t.Fatalf("state %+v", s)
+	}
+}
+
+// A reload that changes a job's schedule does not take the old times for
+// missed ones.
+func TestReloadDoesNotCatchUp(t *testing.T) {
+	var mu sync.Mutex
+	var events []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var e Event
+		json.NewDecoder(req.Body).Decode(&e)
+		mu.Lock()
+		events = append(events, e.Event)
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	clk := clock.NewFake(t0)
+	st := storagetest.NewMemory()
+	st.Now = clk.Now
+	catalog.WriteJobState(context.Background(), st, catalog.JobState{Job: "dump", LastScheduled: t0.Add(-time.Hour).Truncate(24 * time.Hour), LastResult: catalog.RunSuccess})
+	r := &fakeRunner{clock: clk}
+	hooks := Notify{Webhooks: []Webhook{{URL: srv.URL}}}
+	h := start(t, clk, st, &Config{Jobs: []Job{job(t, "dump", "@daily")}, Notify: hooks}, r, "pod-a", srv.Client())
+	h.d.Reload(context.Background(), &Config{Refresh: time.Hour, Jobs: []Job{job(t, "dump", "@every 1m")}, Notify: hooks})
+	advanceUntil(t, clk, 10*time.Second, 30, func() bool { return r.count("dump") >= 1 })
+	h.stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != 0 {
+		t.Fatalf("events after a reload: %v", events)
 	}
 }

@@ -30,6 +30,9 @@ type Metrics struct {
 	webhooks    *prometheus.CounterVec
 
 	repo *repoCollector
+
+	mu   sync.Mutex
+	seen map[string]catalog.JobState // the newest times set per job
 }
 
 // Run results as metric labels.
@@ -64,6 +67,7 @@ func NewMetrics(now func() time.Time) *Metrics {
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drctl_webhook_deliveries_total",
 			Help: "Webhook deliveries by event and result (delivered, failed after every retry, dropped)."}, []string{"event", "result"}),
 		repo: &repoCollector{now: now},
+		seen: map[string]catalog.JobState{},
 	}
 	r.MustRegister(m.lastSuccess, m.lastFailure, m.runs, m.duration, m.running, m.period, m.nextRun,
 		m.stored, m.raw, m.receiveLag, m.webhooks, m.repo,
@@ -83,8 +87,20 @@ func (m *Metrics) declareJob(j Job, period time.Duration) {
 	}
 }
 
+// success and failure record a run's end (only ever forward).
+func (m *Metrics) success(job string, at time.Time) {
+	m.fromState(catalog.JobState{Job: job, LastSuccess: at})
+}
+
+func (m *Metrics) failure(job string, at time.Time) {
+	m.fromState(catalog.JobState{Job: job, LastFailure: at})
+}
+
 // forgetJob removes the series of a job no longer configured.
 func (m *Metrics) forgetJob(name string) {
+	m.mu.Lock()
+	delete(m.seen, name)
+	m.mu.Unlock()
 	for _, v := range []*prometheus.GaugeVec{m.lastSuccess, m.lastFailure, m.running, m.period, m.nextRun, m.stored, m.raw, m.receiveLag} {
 		v.DeleteLabelValues(name)
 	}
@@ -95,18 +111,24 @@ func (m *Metrics) forgetJob(name string) {
 }
 
 // fromState sets what the repository remembers of a job (after a restart,
-// or another daemon's runs).
+// or another daemon's runs); a time only ever moves forward.
 func (m *Metrics) fromState(s catalog.JobState) {
-	if !s.LastSuccess.IsZero() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := m.seen[s.Job]
+	if s.LastSuccess.After(seen.LastSuccess) {
+		seen.LastSuccess = s.LastSuccess
 		m.lastSuccess.WithLabelValues(s.Job).Set(unix(s.LastSuccess))
+		if s.StoredBytes > 0 {
+			m.stored.WithLabelValues(s.Job).Set(float64(s.StoredBytes))
+			m.raw.WithLabelValues(s.Job).Set(float64(s.RawBytes))
+		}
 	}
-	if !s.LastFailure.IsZero() {
+	if s.LastFailure.After(seen.LastFailure) {
+		seen.LastFailure = s.LastFailure
 		m.lastFailure.WithLabelValues(s.Job).Set(unix(s.LastFailure))
 	}
-	if s.StoredBytes > 0 {
-		m.stored.WithLabelValues(s.Job).Set(float64(s.StoredBytes))
-		m.raw.WithLabelValues(s.Job).Set(float64(s.RawBytes))
-	}
+	m.seen[s.Job] = seen
 }
 
 func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }

@@ -70,6 +70,10 @@ func newNotifier(client *http.Client, c clock.Clock, log *slog.Logger, m *Metric
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
 	}
+	// A redirect would carry the body and its signature to another host.
+	noRedirect := *client
+	noRedirect.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	client = &noRedirect
 	return &notifier{client: client, clock: c, log: log, metrics: m, queue: make(chan delivery, queueSize),
 		attempts: 5, backoff: 2 * time.Second}
 }

@@ -18,10 +18,13 @@ func (d *Daemon) refreshLoop(ctx context.Context) {
 	lagAlerted := false
 	for {
 		cfg := d.Config()
-		state, err := d.readRepo(ctx, &tracker)
+		rctx, cancel := context.WithTimeout(ctx, 2*storeTimeout)
+		state, err := d.readRepo(rctx, &tracker)
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
+		d.refreshBeat.Store(d.opt.Clock.Now().UnixNano())
 		if err != nil {
 			d.opt.Logger.Error("could not read the repository's state", "error", err)
 		} else {
@@ -40,16 +43,24 @@ func (d *Daemon) refreshLoop(ctx context.Context) {
 				lagAlerted = false
 			}
 		}
-		if d.opt.ReceiveLag != nil {
-			for _, j := range cfg.Jobs {
-				if j.Type != TypeWALReceive {
-					continue
-				}
-				if n, err := d.opt.ReceiveLag(ctx, j); err == nil {
-					d.Metrics.receiveLag.WithLabelValues(j.Name).Set(float64(n))
-				} else {
-					d.opt.Logger.Debug("could not measure the receiver's lag", "job", j.Name, "error", err)
-				}
+		for _, j := range cfg.Jobs {
+			// Another daemon's runs show here too (the replica that lost
+			// the lease must not look stale to the alerts).
+			sctx, cancel := storeCtx(ctx)
+			s, err := catalog.ReadJobState(sctx, d.opt.Store, j.Name)
+			cancel()
+			if err == nil {
+				d.Metrics.fromState(d.sane(s))
+			}
+			if j.Type != TypeWALReceive || d.opt.ReceiveLag == nil {
+				continue
+			}
+			if n, err := d.opt.ReceiveLag(ctx, j); err == nil {
+				d.Metrics.receiveLag.WithLabelValues(j.Name).Set(float64(n))
+			} else {
+				// A stale value would claim a lag nobody measured.
+				d.Metrics.receiveLag.DeleteLabelValues(j.Name)
+				d.opt.Logger.Warn("could not measure the receiver's lag", "job", j.Name, "error", err)
 			}
 		}
 		select {
@@ -74,7 +85,11 @@ func (d *Daemon) readRepo(ctx context.Context, t *walTracker) (repoState, error)
 	}
 	s.lastWAL = newest
 	physical := false
+	future := d.opt.Clock.Now().Add(maxSkew)
 	for _, m := range all {
+		if m.StartTime.After(future) || m.EndTime.After(future) {
+			continue // a forged or broken manifest must not pin the recovery point
+		}
 		switch m.Kind {
 		case catalog.KindLogical:
 			k := [2]string{m.Database, catalog.KindLogical}
@@ -100,10 +115,18 @@ func (d *Daemon) readRepo(ctx context.Context, t *walTracker) (repoState, error)
 // next timeline.
 type walTracker struct {
 	newestName string // the highest segment name seen
+	narrow     int    // narrow listings since the last full one
 }
+
+// fullEvery: a full listing now and then, so that one planted key named
+// far ahead cannot keep the tracker looking in the wrong place.
+const fullEvery = 60
 
 func (t *walTracker) newest(ctx context.Context, st storage.Store) (time.Time, error) {
 	prefixes := []string{wal.Prefix}
+	if t.narrow++; t.narrow >= fullEvery {
+		t.newestName, t.narrow = "", 0
+	}
 	if t.newestName != "" {
 		tl, _ := strconv.ParseUint(t.newestName[:8], 16, 32)
 		log, _ := strconv.ParseUint(t.newestName[8:16], 16, 32)

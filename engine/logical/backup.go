@@ -104,7 +104,9 @@ func Backup(ctx context.Context, opt BackupOptions) (*catalog.Manifest, error) {
 	m.Objects = []catalog.Object{obj}
 	m.EndTime = opt.Now().UTC()
 	if err := catalog.Commit(ctx, opt.Store, m, opt.Signer); err != nil {
-		opt.Store.Delete(context.WithoutCancel(ctx), key)
+		if !errors.Is(err, catalog.ErrCommitUncertain) {
+			opt.Store.Delete(context.WithoutCancel(ctx), key)
+		}
 		return nil, err
 	}
 	log.Info("backup committed", "raw_bytes", obj.RawSize, "stored_bytes", obj.Size,

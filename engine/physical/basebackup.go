@@ -128,8 +128,10 @@ func BaseBackup(ctx context.Context, opt BaseBackupOptions) (*catalog.Manifest, 
 		m.Server.DatabaseSize += o.RawSize
 	}
 	if err := catalog.Commit(ctx, opt.Store, m, opt.Signer); err != nil {
-		for _, o := range m.Objects {
-			opt.Store.Delete(context.WithoutCancel(ctx), o.Key)
+		if !errors.Is(err, catalog.ErrCommitUncertain) {
+			for _, o := range m.Objects {
+				opt.Store.Delete(context.WithoutCancel(ctx), o.Key)
+			}
 		}
 		return nil, err
 	}

@@ -28,6 +28,17 @@ var parser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cr
 // Parse reads a schedule: five cron fields, a descriptor (@hourly, @daily,
 // @every 15m...), optionally after CRON_TZ=Zone/Name.
 func Parse(spec string) (*Schedule, error) {
+	out, err := parse(spec)
+	if err != nil {
+		return nil, err
+	}
+	if out.Next(time.Now()).IsZero() {
+		return nil, fmt.Errorf("schedule %q never comes (no such date)", spec)
+	}
+	return out, nil
+}
+
+func parse(spec string) (*Schedule, error) {
 	spec = strings.TrimSpace(spec)
 	if spec == "" {
 		return nil, fmt.Errorf("empty schedule")
@@ -87,8 +98,7 @@ func (s *Schedule) Next(t time.Time) time.Time {
 		if w.IsZero() {
 			break
 		}
-		// time.Date moves a wall time in a skipped hour forward by the gap.
-		at := time.Date(w.Year(), w.Month(), w.Day(), w.Hour(), w.Minute(), w.Second(), 0, s.loc)
+		at := inZone(w, s.loc)
 		if at.After(t) {
 			if next.IsZero() || at.Before(next) {
 				next = at
@@ -106,6 +116,27 @@ func (s *Schedule) Period(t time.Time) time.Duration {
 	return s.Next(a).Sub(a)
 }
 
+// inZone is the wall-clock time w (read as UTC fields) in loc. A time
+// that daylight saving skips comes out late by the gap (2:30 is 3:30 on
+// the night clocks go from 2:00 to 3:00), whichever side of UTC the zone
+// is: time.Date alone moves it one way or the other.
+func inZone(w time.Time, loc *time.Location) time.Time {
+	at := time.Date(w.Year(), w.Month(), w.Day(), w.Hour(), w.Minute(), w.Second(), 0, loc)
+	if at.Hour() == w.Hour() && at.Minute() == w.Minute() {
+		return at
+	}
+	// In a gap: the same wall time read with the offsets before and after
+	// the change; the later instant is the one past the gap.
+	_, before := at.Add(-6 * time.Hour).Zone()
+	_, after := at.Add(6 * time.Hour).Zone()
+	a := w.Add(-time.Duration(before) * time.Second)
+	b := w.Add(-time.Duration(after) * time.Second)
+	if b.After(a) {
+		a = b
+	}
+	return time.Unix(a.Unix(), 0).In(loc)
+}
+
 // maxCount bounds the counting of missed runs (an @every 1s job down for
 // a year): beyond it, the count says "at least".
 const maxCount = 10000
@@ -120,12 +151,12 @@ func Catchup(s *Schedule, last, now time.Time) (due time.Time, missed int) {
 	if last.IsZero() {
 		return time.Time{}, 0
 	}
-	for t := s.Next(last); !t.After(now); t = s.Next(t) {
+	for t := s.Next(last); !t.IsZero() && !t.After(now); t = s.Next(t) {
 		due = t
 		missed++
 		if missed >= maxCount {
 			// Jump to the newest passed time without counting further.
-			for u := s.Next(now.Add(-s.Period(now) * 2)); !u.After(now); u = s.Next(u) {
+			for u := s.Next(now.Add(-s.Period(now) * 2)); !u.IsZero() && !u.After(now); u = s.Next(u) {
 				due = u
 			}
 			break

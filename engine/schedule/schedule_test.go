@@ -66,7 +66,7 @@ func TestEvery(t *testing.T) {
 	if p := s.Period(start); p != 15*time.Minute {
 		t.Fatalf("period %s", p)
 	}
-	for _, bad := range []string{"@every 0s", "@every 500ms", "@every soon", "61 * * * *", "* * * *", "* * * * * *", "", "@fortnightly", "CRON_TZ=Mars/Base 0 * * * *"} {
+	for _, bad := range []string{"@every 0s", "@every 500ms", "0 0 30 2 *", "@every soon", "61 * * * *", "* * * *", "* * * * * *", "", "@fortnightly", "CRON_TZ=Mars/Base 0 * * * *"} {
 		if _, err := Parse(bad); err == nil {
 			t.Errorf("Parse(%q) accepted", bad)
 		}
@@ -90,6 +90,11 @@ func TestDaylightSaving(t *testing.T) {
 		"2026-10-25T00:00:00Z", "2026-10-25T01:00:00Z", "2026-10-25T02:00:00Z", "2026-10-25T03:00:00Z")
 	sameTimes(t, "spring, hourly", nexts(hourly, utc("2026-03-28T23:30:00Z"), 3),
 		"2026-03-29T00:00:00Z", "2026-03-29T01:00:00Z", "2026-03-29T02:00:00Z")
+	// West of UTC the skipped time runs late too: New York skips 2:00-3:00
+	// on 2026-03-08; 2:30 runs at 3:30 EDT (07:30 UTC), not 1:30 EST.
+	ny := mustParse(t, "CRON_TZ=America/New_York 30 2 * * *")
+	sameTimes(t, "New York spring, daily 2:30", nexts(ny, utc("2026-03-07T12:00:00Z"), 3),
+		"2026-03-08T07:30:00Z", "2026-03-09T06:30:00Z", "2026-03-10T06:30:00Z")
 	// A wall-clock time in its zone, not UTC's.
 	sameTimes(t, "New York midnight", nexts(mustParse(t, "CRON_TZ=America/New_York 0 0 * * *"), utc("2026-11-27T00:00:00Z"), 1), "2026-11-27T05:00:00Z")
 }

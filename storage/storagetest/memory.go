@@ -19,6 +19,8 @@ type Memory struct {
 	mu   sync.Mutex
 	objs map[string][]byte
 	mod  map[string]time.Time
+	// Now, when set, is the store's clock (tests with a fake clock).
+	Now func() time.Time
 }
 
 // NewMemory returns an empty store.
@@ -42,7 +44,7 @@ func (m *Memory) put(ctx context.Context, key string, r io.Reader, exclusive boo
 	if _, ok := m.objs[key]; ok && exclusive {
 		return fmt.Errorf("put %s: %w", key, storage.ErrExists)
 	}
-	m.objs[key], m.mod[key] = data, time.Now()
+	m.objs[key], m.mod[key] = data, m.now()
 	return nil
 }
 
@@ -117,4 +119,11 @@ func (m *Memory) Delete(_ context.Context, key string) error {
 	delete(m.objs, key)
 	delete(m.mod, key)
 	return nil
+}
+
+func (m *Memory) now() time.Time {
+	if m.Now != nil {
+		return m.Now()
+	}
+	return time.Now()
 }
