@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -398,7 +399,11 @@ func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (da
 	var out bytes.Buffer
 	errs := &tailBuffer{max: 16 << 10}
 	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &out, n: 4 << 20}, errs
+	// The parent-death signal follows the thread that started the child:
+	// keep this goroutine on it until the child is gone.
+	runtime.LockOSThread()
 	err := cmd.Run()
+	runtime.UnlockOSThread()
 	if err != nil {
 		r.log.Debug("the job's output", "job", j.Name, "run_id", runID, "stderr", oneLine(string(errs.buf)))
 		msg := errs.lastError()

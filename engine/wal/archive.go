@@ -76,6 +76,8 @@ type Archive struct {
 	// before anything is stored: push-ahead checks there that the file did
 	// not change under it.
 	beforeUpload func() error
+	// beforeEncode, when set (tests), runs once a file is mapped.
+	beforeEncode func()
 
 	Store storage.Store
 	// Keys encrypt (recipients) and decrypt (identities).
@@ -235,7 +237,31 @@ func (a *Archive) Push(ctx context.Context, path string) (*PushResult, error) {
 		return nil, fmt.Errorf("wal-push %s: %w", name, err)
 	}
 	defer release()
-	return a.PushData(ctx, name, data)
+	return a.push(ctx, name, func() (string, []byte, error) {
+		if a.beforeEncode != nil {
+			a.beforeEncode()
+		}
+		sum, stored, err := a.encodeBuffer(data)
+		if err == nil {
+			// The hash and the frames read the mapping apart: a file
+			// written meanwhile could give them different contents.
+			err = unchanged(f, fi)
+		}
+		return sum, stored, err
+	})
+}
+
+// unchanged reports an error when the open file's size, times or inode
+// differ from before.
+func unchanged(f *os.File, before os.FileInfo) error {
+	after, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if recordOf("", after) != recordOf("", before) {
+		return errors.New("the file changed while it was read")
+	}
+	return nil
 }
 
 // readFile reads f's first size bytes into memory.

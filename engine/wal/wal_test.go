@@ -321,3 +321,20 @@ func TestPushAheadRecords(t *testing.T) {
 		t.Fatalf("the record of %s outlived later pushes: %v", names[1], err)
 	}
 }
+
+// A segment written while it is pushed is refused, not stored under a
+// hash of other bytes.
+func TestPushOfAFileChangedMeanwhileFails(t *testing.T) {
+	a := testArchive(t)
+	path := filepath.Join(t.TempDir(), "000000010000000000000002")
+	if err := os.WriteFile(path, make([]byte, 4<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.beforeEncode = func() { os.WriteFile(path, bytes.Repeat([]byte{1}, 4<<20), 0o600) }
+	if _, err := a.Push(t.Context(), path); err == nil || !strings.Contains(err.Error(), "changed while it was read") {
+		t.Fatalf("push of a file written meanwhile: %v", err)
+	}
+	if entries, _ := a.Lookup(t.Context(), "000000010000000000000002"); len(entries) != 0 {
+		t.Fatalf("stored: %+v", entries)
+	}
+}
