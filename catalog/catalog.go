@@ -266,16 +266,6 @@ func sameObjectErr(ctx context.Context, st storage.Store, key string, want []byt
 	return err == nil && bytes.Equal(got, want), err
 }
 
-// sameObject reports whether key holds exactly want.
-func sameObject(ctx context.Context, st storage.Store, key string, want []byte) bool {
-	rc, err := st.Get(ctx, key)
-	if err != nil {
-		return false
-	}
-	defer rc.Close()
-	got, err := io.ReadAll(io.LimitReader(rc, int64(len(want))+1))
-	return err == nil && bytes.Equal(got, want)
-}
 
 func (m *Manifest) validate() error {
 	if !ValidID(m.ID) {
