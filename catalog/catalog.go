@@ -266,7 +266,6 @@ func sameObjectErr(ctx context.Context, st storage.Store, key string, want []byt
 	return err == nil && bytes.Equal(got, want), err
 }
 
-
 func (m *Manifest) validate() error {
 	if !ValidID(m.ID) {
 		return fmt.Errorf("invalid backup id %q", m.ID)
