@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"regexp"
 	"sort"
@@ -264,18 +263,7 @@ func AcquireJobLease(ctx context.Context, st storage.Store, job, holder string, 
 	if err != nil {
 		return nil, err
 	}
-	if opt.Interval <= 0 {
-		opt.Interval = JobLeaseInterval
-	}
-	if opt.TTL <= 0 {
-		opt.TTL = JobLeaseTTL
-	}
-	if opt.Now == nil {
-		opt.Now = time.Now
-	}
-	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
-	}
+	opt = opt.filled(JobLeaseInterval, JobLeaseTTL)
 	top, numbers, err := topLease(ctx, st, prefix)
 	if err != nil {
 		return nil, err

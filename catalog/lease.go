@@ -88,6 +88,23 @@ type HeldLease struct {
 	lapsed time.Duration // the longest gap between renewals, once too long
 }
 
+// filled gives the zero fields of o their defaults.
+func (o LeaseOptions) filled(interval, ttl time.Duration) LeaseOptions {
+	if o.Interval <= 0 {
+		o.Interval = interval
+	}
+	if o.TTL <= 0 {
+		o.TTL = ttl
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
 func validLeaseName(name string) bool {
 	if name == "" || len(name) > 200 || strings.HasPrefix(name, ".") {
 		return false
@@ -106,18 +123,7 @@ func AcquireLease(ctx context.Context, st storage.Store, name, kind string, opt 
 	if !validLeaseName(name) {
 		return nil, fmt.Errorf("invalid lease name %q", name)
 	}
-	if opt.Interval <= 0 {
-		opt.Interval = LeaseInterval
-	}
-	if opt.TTL <= 0 {
-		opt.TTL = LeaseTTL
-	}
-	if opt.Now == nil {
-		opt.Now = time.Now
-	}
-	if opt.Logger == nil {
-		opt.Logger = slog.New(slog.DiscardHandler)
-	}
+	opt = opt.filled(LeaseInterval, LeaseTTL)
 	host, _ := os.Hostname()
 	now := opt.Now().UTC()
 	h := &HeldLease{st: st, opt: opt, stop: make(chan struct{}), done: make(chan struct{}),

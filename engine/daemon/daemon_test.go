@@ -147,6 +147,32 @@ func advanceUntil(t *testing.T, clk *clock.Fake, step time.Duration, limit int, 
 	t.Fatalf("condition not reached after %d steps of %s (fake time %s)", limit, step, clk.Now())
 }
 
+// eventSink is a webhook receiver that keeps the events' names.
+type eventSink struct {
+	srv    *httptest.Server
+	mu     sync.Mutex
+	events []string
+}
+
+func newEventSink(t *testing.T) *eventSink {
+	s := &eventSink{}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		var e Event
+		json.NewDecoder(req.Body).Decode(&e)
+		s.mu.Lock()
+		s.events = append(s.events, e.Event)
+		s.mu.Unlock()
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *eventSink) names() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.events...)
+}
+
 func runs(t *testing.T, st storage.Store, name string) []catalog.JobRun {
 	t.Helper()
 	r, err := catalog.ListJobRuns(context.Background(), st, name, time.Time{}, time.Time{})
@@ -250,16 +276,8 @@ func TestMissedRunsAfterDowntime(t *testing.T) {
 // A failing run is retried with backoff; job_failed when every try failed,
 // job_recovered when it succeeds again.
 func TestRetriesAndAlerts(t *testing.T) {
-	var mu sync.Mutex
-	var events []string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		var e Event
-		json.NewDecoder(req.Body).Decode(&e)
-		mu.Lock()
-		events = append(events, e.Event)
-		mu.Unlock()
-	}))
-	defer srv.Close()
+	sink := newEventSink(t)
+	srv := sink.srv
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
 	st.Now = clk.Now
@@ -295,15 +313,13 @@ func TestRetriesAndAlerts(t *testing.T) {
 		t.Fatal("no failure metric")
 	}
 	advanceUntil(t, clk, 30*time.Second, 200, func() bool { return len(runs(t, st, "dump")) >= 3 })
-	advanceUntil(t, clk, time.Second, 100, func() bool { mu.Lock(); defer mu.Unlock(); return len(events) >= 2 })
+	advanceUntil(t, clk, time.Second, 100, func() bool { return len(sink.names()) >= 2 })
 	h.stop()
 	if got := runs(t, st, "dump"); got[1].Result != catalog.RunFailure || got[2].Result != catalog.RunSuccess {
 		t.Fatalf("runs %+v", got)
 	}
-	mu.Lock()
-	defer mu.Unlock()
 	// One job_failed for the two failed runs in a row.
-	if strings.Join(events, ",") != "job_failed,job_recovered" {
+	if events := sink.names(); strings.Join(events, ",") != "job_failed,job_recovered" {
 		t.Fatalf("events %v", events)
 	}
 }
@@ -499,16 +515,8 @@ func TestStopDuringRetryWait(t *testing.T) {
 // A reload that changes a job's schedule does not take the old times for
 // missed ones.
 func TestReloadDoesNotCatchUp(t *testing.T) {
-	var mu sync.Mutex
-	var events []string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		var e Event
-		json.NewDecoder(req.Body).Decode(&e)
-		mu.Lock()
-		events = append(events, e.Event)
-		mu.Unlock()
-	}))
-	defer srv.Close()
+	sink := newEventSink(t)
+	srv := sink.srv
 	clk := clock.NewFake(t0)
 	st := storagetest.NewMemory()
 	st.Now = clk.Now
@@ -519,9 +527,7 @@ func TestReloadDoesNotCatchUp(t *testing.T) {
 	h.d.Reload(context.Background(), &Config{Refresh: time.Hour, Jobs: []Job{job(t, "dump", "@every 1m")}, Notify: hooks})
 	advanceUntil(t, clk, 10*time.Second, 30, func() bool { return r.count("dump") >= 1 })
 	h.stop()
-	mu.Lock()
-	defer mu.Unlock()
-	if len(events) != 0 {
+	if events := sink.names(); len(events) != 0 {
 		t.Fatalf("events after a reload: %v", events)
 	}
 }

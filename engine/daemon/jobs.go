@@ -442,22 +442,9 @@ func (d *Daemon) receiveLoop(ctx context.Context, j Job) {
 		rctx, stopRun := context.WithCancel(ctx)
 		healthy := make(chan struct{})
 		go func() {
-			// Streaming for a while is a success: it recovered.
-			select {
-			case <-rctx.Done():
-				return
-			case <-lease.LostCh():
-				stopRun()
-				return
-			case <-d.opt.Clock.After(receiveHealthy):
-			}
-			close(healthy)
-			now := d.opt.Clock.Now()
-			d.Metrics.success(j.Name, now)
-			d.Metrics.runs.WithLabelValues(j.Name, resultSuccess).Inc()
-			d.recovered(j.Name, false, Event{Event: EventJobRecovered, Job: j.Name, Time: now.UTC(), Host: d.host})
-			d.writeReceiveState(rctx, rlog, j, run, catalog.RunSuccess, "")
-			for {
+			// Streaming for a while is a success (it recovered), and
+			// keeps being one every minute after.
+			for first := true; ; first = false {
 				select {
 				case <-rctx.Done():
 					return
@@ -465,7 +452,14 @@ func (d *Daemon) receiveLoop(ctx context.Context, j Job) {
 					stopRun()
 					return
 				case <-d.opt.Clock.After(receiveHealthy):
-					d.Metrics.success(j.Name, d.opt.Clock.Now())
+				}
+				now := d.opt.Clock.Now()
+				d.Metrics.success(j.Name, now)
+				if first {
+					close(healthy)
+					d.Metrics.runs.WithLabelValues(j.Name, resultSuccess).Inc()
+					d.recovered(j.Name, false, Event{Event: EventJobRecovered, Job: j.Name, Time: now.UTC(), Host: d.host})
+					d.writeReceiveState(rctx, rlog, j, run, catalog.RunSuccess, "")
 				}
 			}
 		}()
