@@ -19,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/engine/confcheck"
 	"github.com/drctl/drctl/engine/schedule"
 )
 
@@ -108,16 +109,6 @@ func (e *ConfigError) Error() string {
 	return fmt.Sprintf("config %s: %s", e.File, strings.Join(e.Problems, "; "))
 }
 
-type problems struct{ list []string }
-
-func (p *problems) add(n *yaml.Node, format string, args ...any) {
-	line := 0
-	if n != nil {
-		line = n.Line
-	}
-	p.list = append(p.list, fmt.Sprintf("line %d: %s", line, fmt.Sprintf(format, args...)))
-}
-
 // The keys each mapping may hold; anything else is a typo to report.
 var (
 	jobKeys = []string{"name", "type", "schedule", "dsn", "labels", "timeout", "retries", "retry_delay", "jitter",
@@ -130,31 +121,26 @@ var (
 // configuration file; the other keys are cmd's. Every problem is reported,
 // each with its line. file names the file in the error.
 func ParseConfig(file string, data []byte) (*Config, error) {
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, &ConfigError{file, []string{err.Error()}}
-	}
 	c := &Config{Listen: DefaultListen, Refresh: DefaultRefresh}
-	p := &problems{}
-	if len(doc.Content) == 0 {
+	p := &confcheck.Problems{}
+	root := confcheck.Root(data, p)
+	if root == nil {
+		if p.Count() > 0 {
+			return nil, &ConfigError{file, p.List}
+		}
 		return c, nil
 	}
-	root := doc.Content[0]
-	if root.Kind != yaml.MappingNode {
-		p.add(root, "the file must be a mapping of settings")
-		return nil, &ConfigError{file, p.list}
-	}
-	for k, v := range pairs(root) {
+	for k, v := range confcheck.Pairs(root) {
 		switch k.Value {
 		case "listen":
-			c.Listen = scalar(p, v, "listen")
+			c.Listen = confcheck.Scalar(p, v, "listen")
 			if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-				p.add(v, "listen %q: want host:port (e.g. %s)", c.Listen, DefaultListen)
+				p.Add(v, "listen %q: want host:port (e.g. %s)", c.Listen, DefaultListen)
 			}
 		case "refresh":
-			c.Refresh = duration(p, v, "refresh")
+			c.Refresh = confcheck.Duration(p, v, "refresh")
 			if c.Refresh < time.Second {
-				p.add(v, "refresh: at least 1s")
+				p.Add(v, "refresh: at least 1s")
 			}
 		case "jobs":
 			c.Jobs = parseJobs(p, v)
@@ -162,111 +148,57 @@ func ParseConfig(file string, data []byte) (*Config, error) {
 			c.Notify = parseNotify(p, v)
 		}
 	}
-	if len(p.list) > 0 {
+	if len(p.List) > 0 {
 		// What could be read comes back too, for more checks by the caller.
-		return c, &ConfigError{file, p.list}
+		return c, &ConfigError{file, p.List}
 	}
 	return c, nil
 }
 
-// pairs iterates a mapping node's keys and values.
-func pairs(m *yaml.Node) func(func(*yaml.Node, *yaml.Node) bool) {
-	return func(yield func(*yaml.Node, *yaml.Node) bool) {
-		for i := 0; i+1 < len(m.Content); i += 2 {
-			if !yield(m.Content[i], m.Content[i+1]) {
-				return
-			}
-		}
-	}
-}
-
-func mapping(p *problems, n *yaml.Node, what string, allowed []string) bool {
-	if n.Kind != yaml.MappingNode {
-		p.add(n, "%s: want a mapping", what)
-		return false
-	}
-	seen := map[string]bool{}
-	for k := range pairs(n) {
-		if !slices.Contains(allowed, k.Value) {
-			p.add(k, "%s: unknown key %q (known: %s)", what, k.Value, strings.Join(allowed, ", "))
-		}
-		if seen[k.Value] {
-			p.add(k, "%s: %q given twice", what, k.Value)
-		}
-		seen[k.Value] = true
-	}
-	return true
-}
-
-func scalar(p *problems, n *yaml.Node, what string) string {
-	if n.Kind != yaml.ScalarNode {
-		p.add(n, "%s: want a single value", what)
-		return ""
-	}
-	return n.Value
-}
-
-func duration(p *problems, n *yaml.Node, what string) time.Duration {
-	d, err := schedule.ParseDuration(scalar(p, n, what))
-	if err != nil {
-		p.add(n, "%s: %v", what, err)
-	}
-	return d
-}
-
-func integer(p *problems, n *yaml.Node, what string, lo, hi int) int {
-	var v int
-	if err := n.Decode(&v); err != nil || v < lo || v > hi {
-		p.add(n, "%s: want a whole number from %d to %d", what, lo, hi)
-	}
-	return v
-}
-
-func parseJobs(p *problems, n *yaml.Node) []Job {
-	if n.Kind != yaml.SequenceNode {
-		p.add(n, "jobs: want a list")
+func parseJobs(p *confcheck.Problems, n *yaml.Node) []Job {
+	if !confcheck.Seq(p, n, "jobs") {
 		return nil
 	}
 	var jobs []Job
 	names := map[string]int{}
 	for _, jn := range n.Content {
 		j := Job{Line: jn.Line, Timeout: DefaultTimeout, RetryDelay: DefaultRetryDelay}
-		if !mapping(p, jn, "job", jobKeys) {
+		if !confcheck.Mapping(p, jn, "job", jobKeys) {
 			continue
 		}
 		var sched *yaml.Node
 		var typeNode *yaml.Node
 		extra := map[string]*yaml.Node{}
-		for k, v := range pairs(jn) {
+		for k, v := range confcheck.Pairs(jn) {
 			switch k.Value {
 			case "name":
-				j.Name = scalar(p, v, "name")
+				j.Name = confcheck.Scalar(p, v, "name")
 			case "type":
-				j.Type, typeNode = scalar(p, v, "type"), v
+				j.Type, typeNode = confcheck.Scalar(p, v, "type"), v
 			case "schedule":
 				sched = v
 			case "dsn":
-				j.DSN = scalar(p, v, "dsn")
+				j.DSN = confcheck.Scalar(p, v, "dsn")
 			case "labels":
 				if err := v.Decode(&j.Labels); err != nil {
-					p.add(v, "labels: want a mapping of names to values")
+					p.Add(v, "labels: want a mapping of names to values")
 				}
 				for lk := range j.Labels {
 					if lk == "" || strings.ContainsAny(lk, "=,") || lk == "job" {
-						p.add(v, "labels: %q cannot be a label name here (job= is set by the daemon)", lk)
+						p.Add(v, "labels: %q cannot be a label name here (job= is set by the daemon)", lk)
 					}
 				}
 			case "timeout":
-				before := len(p.list)
-				if j.Timeout = duration(p, v, "timeout"); j.Timeout <= 0 && len(p.list) == before {
-					p.add(v, "timeout must be positive")
+				before := p.Count()
+				if j.Timeout = confcheck.Duration(p, v, "timeout"); j.Timeout <= 0 && p.Count() == before {
+					p.Add(v, "timeout must be positive")
 				}
 			case "retries":
-				j.Retries = integer(p, v, "retries", 0, 10)
+				j.Retries = confcheck.Integer(p, v, "retries", 0, 10)
 			case "retry_delay":
-				j.RetryDelay = duration(p, v, "retry_delay")
+				j.RetryDelay = confcheck.Duration(p, v, "retry_delay")
 			case "jitter":
-				j.Jitter = duration(p, v, "jitter")
+				j.Jitter = confcheck.Duration(p, v, "jitter")
 			case TypeVerify, TypePrune, TypeWALReceive:
 				extra[k.Value] = v
 			}
@@ -274,71 +206,71 @@ func parseJobs(p *problems, n *yaml.Node) []Job {
 		where := fmt.Sprintf("job %q", j.Name)
 		switch {
 		case j.Name == "":
-			p.add(jn, "job: a name is required")
+			p.Add(jn, "job: a name is required")
 		case !catalog.ValidJobName(j.Name):
-			p.add(jn, "%s: a name is lowercase letters, digits and dashes ([a-z0-9-]+, at most 63)", where)
+			p.Add(jn, "%s: a name is lowercase letters, digits and dashes ([a-z0-9-]+, at most 63)", where)
 		case names[j.Name] > 0:
-			p.add(jn, "%s: the name is already used by the job at line %d", where, names[j.Name])
+			p.Add(jn, "%s: the name is already used by the job at line %d", where, names[j.Name])
 		default:
 			names[j.Name] = jn.Line
 		}
 		switch j.Type {
 		case TypeBackup, TypeBaseBackup, TypeVerify, TypePrune, TypeWALReceive:
 		case "":
-			p.add(jn, "%s: a type is required (backup, basebackup, verify, prune or wal-receive)", where)
+			p.Add(jn, "%s: a type is required (backup, basebackup, verify, prune or wal-receive)", where)
 		default:
-			p.add(typeNode, "%s: unknown type %q (backup, basebackup, verify, prune or wal-receive)", where, j.Type)
+			p.Add(typeNode, "%s: unknown type %q (backup, basebackup, verify, prune or wal-receive)", where, j.Type)
 		}
 		if j.Type == TypeWALReceive {
 			if sched != nil {
-				p.add(sched, "%s: wal-receive runs always: no schedule", where)
+				p.Add(sched, "%s: wal-receive runs always: no schedule", where)
 			}
 		} else if sched == nil {
 			if j.Type != "" {
-				p.add(jn, "%s: a schedule is required (cron fields, @every 15m, @hourly...)", where)
+				p.Add(jn, "%s: a schedule is required (cron fields, @every 15m, @hourly...)", where)
 			}
-		} else if s, err := schedule.Parse(scalar(p, sched, "schedule")); err != nil {
-			p.add(sched, "%s: %v", where, err)
+		} else if s, err := schedule.Parse(confcheck.Scalar(p, sched, "schedule")); err != nil {
+			p.Add(sched, "%s: %v", where, err)
 		} else {
 			j.Schedule = s
 			if period := s.Period(time.Now()); j.Jitter >= period {
-				p.add(sched, "%s: jitter %s is not shorter than the schedule's period (%s)", where, j.Jitter, period)
+				p.Add(sched, "%s: jitter %s is not shorter than the schedule's period (%s)", where, j.Jitter, period)
 			}
 		}
 		for key, v := range extra {
 			if key != j.Type && j.Type != "" {
-				p.add(v, "%s: %q settings given to a job of type %s", where, key, j.Type)
+				p.Add(v, "%s: %q settings given to a job of type %s", where, key, j.Type)
 				continue
 			}
 			switch key {
 			case TypeVerify:
-				if mapping(p, v, "verify", []string{"all"}) {
-					for k, vv := range pairs(v) {
+				if confcheck.Mapping(p, v, "verify", []string{"all"}) {
+					for k, vv := range confcheck.Pairs(v) {
 						if err := vv.Decode(&j.VerifyAll); err != nil {
-							p.add(vv, "verify: %s: want true or false", k.Value)
+							p.Add(vv, "verify: %s: want true or false", k.Value)
 						}
 					}
 				}
 			case TypePrune:
-				if mapping(p, v, "prune", []string{"keep_last", "keep_within"}) {
-					for k, vv := range pairs(v) {
+				if confcheck.Mapping(p, v, "prune", []string{"keep_last", "keep_within"}) {
+					for k, vv := range confcheck.Pairs(v) {
 						if k.Value == "keep_last" {
-							j.KeepLast = integer(p, vv, "keep_last", 1, 100000)
+							j.KeepLast = confcheck.Integer(p, vv, "keep_last", 1, 100000)
 						} else {
-							j.KeepWithin = duration(p, vv, "keep_within")
+							j.KeepWithin = confcheck.Duration(p, vv, "keep_within")
 						}
 					}
 				}
 			case TypeWALReceive:
-				if mapping(p, v, "wal-receive", []string{"slot"}) {
-					for _, vv := range pairs(v) {
-						j.Slot = scalar(p, vv, "slot")
+				if confcheck.Mapping(p, v, "wal-receive", []string{"slot"}) {
+					for _, vv := range confcheck.Pairs(v) {
+						j.Slot = confcheck.Scalar(p, vv, "slot")
 					}
 				}
 			}
 		}
 		if j.Type == TypePrune && j.KeepLast == 0 && j.KeepWithin == 0 {
-			p.add(jn, "%s: prune needs keep_last or keep_within", where)
+			p.Add(jn, "%s: prune needs keep_last or keep_within", where)
 		}
 		if j.Type == TypeWALReceive && j.Slot == "" {
 			j.Slot = "drctl"
@@ -348,56 +280,55 @@ func parseJobs(p *problems, n *yaml.Node) []Job {
 	return jobs
 }
 
-func parseNotify(p *problems, n *yaml.Node) Notify {
+func parseNotify(p *confcheck.Problems, n *yaml.Node) Notify {
 	var out Notify
-	if !mapping(p, n, "notify", notifyKeys) {
+	if !confcheck.Mapping(p, n, "notify", notifyKeys) {
 		return out
 	}
-	for k, v := range pairs(n) {
+	for k, v := range confcheck.Pairs(n) {
 		switch k.Value {
 		case "wal_lag_alert":
-			out.WALLagAlert = duration(p, v, "wal_lag_alert")
+			out.WALLagAlert = confcheck.Duration(p, v, "wal_lag_alert")
 		case "webhooks":
-			if v.Kind != yaml.SequenceNode {
-				p.add(v, "webhooks: want a list")
+			if !confcheck.Seq(p, v, "webhooks") {
 				continue
 			}
 			for _, wn := range v.Content {
-				if !mapping(p, wn, "webhook", webhookKeys) {
+				if !confcheck.Mapping(p, wn, "webhook", webhookKeys) {
 					continue
 				}
 				var w Webhook
-				for wk, wv := range pairs(wn) {
+				for wk, wv := range confcheck.Pairs(wn) {
 					switch wk.Value {
 					case "url":
-						w.URL = scalar(p, wv, "url")
+						w.URL = confcheck.Scalar(p, wv, "url")
 						u, err := url.Parse(w.URL)
 						if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-							p.add(wv, "webhook url %s: want an http(s) URL", redactURL(w.URL))
+							p.Add(wv, "webhook url %s: want an http(s) URL", redactURL(w.URL))
 						}
 					case "secret_file":
-						path := scalar(p, wv, "secret_file")
+						path := confcheck.Scalar(p, wv, "secret_file")
 						secret, err := os.ReadFile(path)
 						switch {
 						case err != nil:
-							p.add(wv, "webhook secret_file %s: %v", path, errors.Unwrap(err))
+							p.Add(wv, "webhook secret_file %s: %v", path, errors.Unwrap(err))
 						case len(strings.TrimSpace(string(secret))) == 0:
-							p.add(wv, "webhook secret_file %s is empty", path)
+							p.Add(wv, "webhook secret_file %s is empty", path)
 						}
 						w.Secret = []byte(strings.TrimSpace(string(secret)))
 					case "events":
 						if err := wv.Decode(&w.Events); err != nil {
-							p.add(wv, "webhook events: want a list")
+							p.Add(wv, "webhook events: want a list")
 						}
 						for _, e := range w.Events {
 							if !slices.Contains(allEvents, e) {
-								p.add(wv, "webhook events: unknown event %q (known: %s)", e, strings.Join(allEvents, ", "))
+								p.Add(wv, "webhook events: unknown event %q (known: %s)", e, strings.Join(allEvents, ", "))
 							}
 						}
 					}
 				}
 				if w.URL == "" {
-					p.add(wn, "webhook: url is required")
+					p.Add(wn, "webhook: url is required")
 				}
 				out.Webhooks = append(out.Webhooks, w)
 			}
