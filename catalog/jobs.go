@@ -15,8 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/drctl/drctl/storage"
 )
 
@@ -174,49 +172,14 @@ func ListJobRuns(ctx context.Context, st storage.Store, job string, from, to tim
 	if err != nil {
 		return nil, err
 	}
-	// List only below the longest key prefix the whole range shares.
-	narrow := prefix
-	if !from.IsZero() && !to.IsZero() {
-		a, b := from.UTC().Format(runTimeLayout), to.UTC().Format(runTimeLayout)
-		n := 0
-		for n < len(a) && n < len(b) && a[n] == b[n] {
-			n++
-		}
-		narrow += a[:n]
-	}
-	objs, err := st.List(ctx, narrow)
+	runs, err := readTimed[JobRun](ctx, st, prefix, from, to)
 	if err != nil {
 		return nil, err
 	}
-	var keys []string
-	for _, o := range objs {
-		name := strings.TrimSuffix(strings.TrimPrefix(o.Key, prefix), ".json")
-		stamp, id, ok := strings.Cut(name, "-")
-		if !ok || !validRunID(id) {
-			continue
+	for _, r := range runs {
+		if r.Job != job {
+			return nil, fmt.Errorf("a run record under %s names job %q: %w", prefix, r.Job, ErrCorruptRecord)
 		}
-		at, err := time.Parse(runTimeLayout, stamp)
-		if err != nil || (!from.IsZero() && at.Before(from)) || (!to.IsZero() && !at.Before(to)) {
-			continue
-		}
-		keys = append(keys, o.Key)
-	}
-	runs := make([]JobRun, len(keys))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(8)
-	for i, k := range keys {
-		g.Go(func() error {
-			if err := getJSON(gctx, st, k, &runs[i]); err != nil {
-				return err
-			}
-			if runs[i].Job != job {
-				return fmt.Errorf("%s names job %q", k, runs[i].Job)
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
 	}
 	sort.SliceStable(runs, func(i, j int) bool { return runs[i].Start.Before(runs[j].Start) })
 	return runs, nil

@@ -1,0 +1,312 @@
+package drill
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/drctl/drctl/engine/pgtools"
+)
+
+// Sandbox is where a drill restores: a throw-away PostgreSQL server that
+// nothing else uses. Close always destroys it.
+type Sandbox interface {
+	// Kind names the sandbox in drill records ("local").
+	Kind() string
+	// DataDir is where a base backup is restored (empty, owned by the
+	// server's user).
+	DataDir() string
+	// InitDB makes an empty cluster (for a logical restore).
+	InitDB(ctx context.Context) error
+	// Start starts the server on what DataDir holds.
+	Start(ctx context.Context) error
+	// DSN reaches a database of the running server as its superuser.
+	DSN(database string) string
+	// Env is the same as PG* variables (for programs that take them).
+	Env(database string) []string
+	Close(ctx context.Context) error
+}
+
+// sandboxPrefix names local sandboxes' directories in the temp dir.
+const sandboxPrefix = "drctl-drill-"
+
+// Local is a sandbox in a private temp directory: its own cluster, a
+// private socket directory (no TCP), run as the postgres OS user when
+// drctl runs as root.
+type Local struct {
+	dir      string
+	binDir   string
+	cred     *syscall.Credential
+	user     string // the superuser drctl logs in as
+	password string
+	port     int
+}
+
+// LocalOptions configure a local sandbox.
+type LocalOptions struct {
+	// BinDir holds initdb, pg_ctl and postgres (default: found like
+	// pgtools does, in DRCTL_PG_BINDIR's stead).
+	BinDir string
+	// Root is where the sandbox directory goes (default os.TempDir()).
+	Root string
+}
+
+// NewLocal prepares a local sandbox (nothing runs yet). It first removes
+// the sandboxes of drills that were killed.
+func NewLocal(opt LocalOptions) (*Local, error) {
+	root := opt.Root
+	if root == "" {
+		root = os.TempDir()
+	}
+	CleanLeftovers(root)
+	bin := opt.BinDir
+	if bin == "" {
+		p, err := pgtools.Find("pg_ctl", "")
+		if err != nil {
+			return nil, fmt.Errorf("drill sandbox: %w", err)
+		}
+		bin = filepath.Dir(p)
+		if _, err := os.Stat(filepath.Join(bin, "initdb")); err != nil {
+			for _, d := range pgtools.ServerBinDirs() {
+				if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+					bin = d
+					break
+				}
+			}
+		}
+	}
+	for _, prog := range []string{"initdb", "pg_ctl", "postgres"} {
+		if _, err := os.Stat(filepath.Join(bin, prog)); err != nil {
+			return nil, fmt.Errorf("drill sandbox: %s not found in %s (install the PostgreSQL server, or set DRCTL_PG_BINDIR)", prog, bin)
+		}
+	}
+	dir, err := os.MkdirTemp(root, sandboxPrefix)
+	if err != nil {
+		return nil, err
+	}
+	l := &Local{dir: dir, binDir: bin, user: "postgres", password: randomHex(16)}
+	fail := func(err error) (*Local, error) { os.RemoveAll(dir); return nil, err }
+	if os.WriteFile(filepath.Join(dir, "owner.pid"), []byte(strconv.Itoa(os.Getpid())), 0o644) != nil {
+		return fail(errors.New("drill sandbox: cannot write in " + dir))
+	}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			return fail(errors.New("drill sandbox: running as root, PostgreSQL needs a postgres OS user to run as"))
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		l.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	} else if u, err := user.Current(); err == nil {
+		l.user = u.Username
+	}
+	for _, d := range []string{l.DataDir(), l.sockDir()} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return fail(err)
+		}
+		if err := l.own(d); err != nil {
+			return fail(err)
+		}
+	}
+	// The sandbox directory itself: reachable by the server's user.
+	os.Chmod(dir, 0o711)
+	if l.port, err = freePort(); err != nil {
+		return fail(err)
+	}
+	return l, nil
+}
+
+func (l *Local) own(path string) error {
+	if l.cred == nil {
+		return nil
+	}
+	return os.Chown(path, int(l.cred.Uid), int(l.cred.Gid))
+}
+
+// Kind is "local".
+func (l *Local) Kind() string { return "local" }
+
+// Dir is the sandbox's directory.
+func (l *Local) Dir() string { return l.dir }
+
+// DataDir is the cluster's data directory.
+func (l *Local) DataDir() string { return filepath.Join(l.dir, "data") }
+
+func (l *Local) sockDir() string { return filepath.Join(l.dir, "sock") }
+
+func (l *Local) run(ctx context.Context, prog string, args ...string) error {
+	cmd := pgtools.NewCommand(ctx, filepath.Join(l.binDir, prog), args, append(os.Environ(), "LC_ALL=C"))
+	if l.cred != nil {
+		cmd.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
+	}
+	cmd.Cmd.Dir = "/"
+	if err := cmd.Cmd.Start(); err != nil {
+		return fmt.Errorf("%s: %w", prog, err)
+	}
+	if err := cmd.Wait(); err != nil {
+		return fmt.Errorf("%s: %w: %s", prog, err, strings.TrimSpace(cmd.Stderr()))
+	}
+	return nil
+}
+
+// InitDB creates an empty cluster whose superuser logs in with a random
+// password.
+func (l *Local) InitDB(ctx context.Context) error {
+	pwfile := filepath.Join(l.sockDir(), "pw")
+	if err := os.WriteFile(pwfile, []byte(l.password+"\n"), 0o600); err != nil {
+		return err
+	}
+	defer os.Remove(pwfile)
+	if err := l.own(pwfile); err != nil {
+		return err
+	}
+	return l.run(ctx, "initdb", "-D", l.DataDir(), "-U", l.user, "--pwfile="+pwfile, "--auth=scram-sha-256",
+		"-E", "UTF8", "--locale=C", "--no-sync")
+}
+
+// Start starts the server on a private socket, no TCP. The data
+// directory's own pg_hba.conf is replaced by one that lets the sandbox's
+// socket in (a restored base backup's roles and passwords are not ours;
+// only the server's OS user and root reach the socket directory).
+func (l *Local) Start(ctx context.Context) error {
+	rule := "local all all scram-sha-256\n"
+	if l.restored() {
+		// A restored cluster: its roles and passwords are the backup's;
+		// the private socket is the fence.
+		rule = "local all all trust\n"
+	}
+	hba := filepath.Join(l.dir, "pg_hba.conf")
+	if err := os.WriteFile(hba, []byte(rule), 0o600); err != nil {
+		return err
+	}
+	if err := l.own(hba); err != nil {
+		return err
+	}
+	opts := strings.Join([]string{"-c port=" + strconv.Itoa(l.port), "-c listen_addresses=''",
+		"-c unix_socket_directories=" + l.sockDir(), "-c hba_file=" + hba, "-c fsync=off",
+		"-c max_connections=20", "-c logging_collector=off"}, " ")
+	return l.run(ctx, "pg_ctl", "start", "-w", "-t", "86400", "-D", l.DataDir(), "-l", filepath.Join(l.dir, "server.log"), "-o", opts)
+}
+
+// restored reports whether the data directory came from a base backup
+// (it holds a backup_label or recovery signal) rather than initdb.
+func (l *Local) restored() bool {
+	for _, f := range []string{"backup_label", "recovery.signal", "standby.signal"} {
+		if _, err := os.Stat(filepath.Join(l.DataDir(), f)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// DSN reaches database over the private socket.
+func (l *Local) DSN(database string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable", l.sockDir(), l.port, l.user, l.password, quoteConn(database))
+}
+
+// Env is the DSN as PG* variables.
+func (l *Local) Env(database string) []string {
+	return []string{"PGHOST=" + l.sockDir(), "PGPORT=" + strconv.Itoa(l.port), "PGUSER=" + l.user,
+		"PGPASSWORD=" + l.password, "PGDATABASE=" + database, "PGSSLMODE=disable"}
+}
+
+// ServerLog is the tail of the server's log, for errors.
+func (l *Local) ServerLog() string {
+	data, _ := os.ReadFile(filepath.Join(l.dir, "server.log"))
+	if len(data) > 2000 {
+		data = data[len(data)-2000:]
+	}
+	return string(data)
+}
+
+// Close stops the server (immediately: nothing in it is kept) and removes
+// the sandbox.
+func (l *Local) Close(ctx context.Context) error {
+	var err error
+	if _, serr := os.Stat(filepath.Join(l.DataDir(), "postmaster.pid")); serr == nil {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		err = l.run(cctx, "pg_ctl", "stop", "-m", "immediate", "-w", "-D", l.DataDir())
+		cancel()
+	}
+	if rerr := os.RemoveAll(l.dir); rerr != nil && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// CleanLeftovers removes the sandboxes under root of drills whose process
+// is gone (killed before its cleanup): their servers are stopped first.
+func CleanLeftovers(root string) []string {
+	dirs, _ := filepath.Glob(filepath.Join(root, sandboxPrefix+"*"))
+	var removed []string
+	for _, dir := range dirs {
+		raw, err := os.ReadFile(filepath.Join(dir, "owner.pid"))
+		if err != nil {
+			continue // not a sandbox, or not ours to judge
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
+		if err != nil || pid <= 0 || syscall.Kill(pid, 0) == nil {
+			continue // its drill still runs
+		}
+		stopLeftoverServer(filepath.Join(dir, "data"))
+		os.RemoveAll(dir)
+		removed = append(removed, dir)
+	}
+	return removed
+}
+
+// stopLeftoverServer kills the postmaster of a data directory (SIGQUIT:
+// immediate shutdown), after checking its pid file names this directory.
+func stopLeftoverServer(dataDir string) {
+	raw, err := os.ReadFile(filepath.Join(dataDir, "postmaster.pid"))
+	if err != nil {
+		return
+	}
+	lines := strings.Split(string(raw), "\n")
+	if len(lines) < 2 || strings.TrimSpace(lines[1]) != dataDir {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
+	if err != nil || pid <= 1 {
+		return
+	}
+	syscall.Kill(pid, syscall.SIGQUIT)
+	for i := 0; i < 100 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// freePort: the server listens on no TCP port, but its socket file name
+// carries the port; a free one keeps the name unique.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func quoteConn(s string) string {
+	if s != "" && !strings.ContainsAny(s, ` '\`) {
+		return s
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
