@@ -110,7 +110,7 @@ func NewLocal(opt LocalOptions) (*Local, error) {
 	} else if u, err := user.Current(); err == nil {
 		l.user = u.Username
 	}
-	for _, d := range []string{l.DataDir(), l.sockDir()} {
+	for _, d := range []string{l.DataDir(), l.sockDir(), l.logDir()} {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			return fail(err)
 		}
@@ -144,6 +144,8 @@ func (l *Local) DataDir() string { return filepath.Join(l.dir, "data") }
 
 func (l *Local) sockDir() string { return filepath.Join(l.dir, "sock") }
 
+func (l *Local) logDir() string { return filepath.Join(l.dir, "log") }
+
 func (l *Local) run(ctx context.Context, prog string, args ...string) error {
 	cmd := pgtools.NewCommand(ctx, filepath.Join(l.binDir, prog), args, append(os.Environ(), "LC_ALL=C"))
 	if l.cred != nil {
@@ -154,7 +156,13 @@ func (l *Local) run(ctx context.Context, prog string, args ...string) error {
 		return fmt.Errorf("%s: %w", prog, err)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("%s: %w: %s", prog, err, strings.TrimSpace(cmd.Stderr()))
+		msg := strings.Join(strings.Fields(err.Error()), " ")
+		if prog == "pg_ctl" {
+			if tail := strings.Fields(l.ServerLog()); len(tail) > 0 {
+				msg += "; the server's log ends: " + strings.Join(tail[max(0, len(tail)-40):], " ")
+			}
+		}
+		return errors.New(msg)
 	}
 	return nil
 }
@@ -195,7 +203,7 @@ func (l *Local) Start(ctx context.Context) error {
 	opts := strings.Join([]string{"-c port=" + strconv.Itoa(l.port), "-c listen_addresses=''",
 		"-c unix_socket_directories=" + l.sockDir(), "-c hba_file=" + hba, "-c fsync=off",
 		"-c max_connections=20", "-c logging_collector=off"}, " ")
-	return l.run(ctx, "pg_ctl", "start", "-w", "-t", "86400", "-D", l.DataDir(), "-l", filepath.Join(l.dir, "server.log"), "-o", opts)
+	return l.run(ctx, "pg_ctl", "start", "-w", "-t", "86400", "-D", l.DataDir(), "-l", filepath.Join(l.logDir(), "server.log"), "-o", opts)
 }
 
 // restored reports whether the data directory came from a base backup
@@ -222,7 +230,7 @@ func (l *Local) Env(database string) []string {
 
 // ServerLog is the tail of the server's log, for errors.
 func (l *Local) ServerLog() string {
-	data, _ := os.ReadFile(filepath.Join(l.dir, "server.log"))
+	data, _ := os.ReadFile(filepath.Join(l.logDir(), "server.log"))
 	if len(data) > 2000 {
 		data = data[len(data)-2000:]
 	}

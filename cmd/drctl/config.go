@@ -50,6 +50,9 @@ type fileConfig struct {
 	Refresh yaml.Node `yaml:"refresh,omitempty"`
 	Jobs    yaml.Node `yaml:"jobs,omitempty"`
 	Notify  yaml.Node `yaml:"notify,omitempty"`
+	// The recovery objectives (drctl policy, drill, gate), checked by
+	// policy with their lines.
+	Processes yaml.Node `yaml:"processes,omitempty"`
 }
 
 // globalFlags are the settings shared by every command.

@@ -47,6 +47,9 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newPruneCommand(g, stdout, stderr),
 		newSignCommand(g, stdout, stderr),
 		newDaemonCommand(g, stdout, stderr),
+		newPolicyCommand(g, stdout, stderr),
+		newDrillCommand(g, stdout, stderr),
+		newGateCommand(g, stdout, stderr),
 	)
 	// Bad usage exits 2; for wal-fetch, 126: restore_command must not take
 	// a mistyped command for "not archived" and end recovery early.
@@ -428,15 +431,35 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		asJSON, clean  bool
 		phys           physicalRestoreFlags
 		lopt           rlogical.Options
+		beforeRel      string
 	)
 	cmd := &cobra.Command{
-		Use:   "restore ID|latest (--into DSN | --to DIR)",
+		Use:   "restore ID|latest|--before-release R (--into DSN | --to DIR)",
 		Short: "Restore a logical backup into a database, or a base backup into a data directory",
-		Args:  cobra.ExactArgs(1),
+		Args:  cobra.RangeArgs(0, 1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			intoSet, toSet := cmd.Flags().Changed("into"), cmd.Flags().Changed("to")
 			if intoSet == toSet {
 				return &exitCodeError{2, fmt.Errorf("restore needs --into DSN (a logical backup into a database; --into '' uses the PG* variables) or --to DIR (a base backup into a data directory)")}
+			}
+			if (len(args) == 1) == (beforeRel != "") {
+				return &exitCodeError{2, fmt.Errorf("restore needs a backup: ID, latest, or --before-release R (not both)")}
+			}
+			if beforeRel != "" {
+				if toSet && !phys.target.Empty() {
+					return &exitCodeError{2, fmt.Errorf("--before-release is the recovery target: no --target-* with it")}
+				}
+				_, st, err := g.open(cmd, stderr)
+				if err != nil {
+					return err
+				}
+				id, name, err := beforeRelease(cmd.Context(), st, beforeRel, database, toSet)
+				if err != nil {
+					return err
+				}
+				args = []string{id}
+				phys.target.Name = name
+				database = ""
 			}
 			if toSet {
 				if phys.to == "" {
@@ -512,6 +535,7 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 		},
 	}
 	cmd.Flags().StringVar(&into, "into", "", "database to restore into: URL or key=value conninfo")
+	cmd.Flags().StringVar(&beforeRel, "before-release", "", "restore the recovery point drctl gate --backup-now made for this release: its dump (--into), or its restore point (--to)")
 	cmd.Flags().StringVar(&database, "database", "", "with latest --into: the newest logical backup of this database (needed when the repository holds several)")
 	cmd.Flags().StringVar(&g.dsn, "dsn", "", "with --start: the login role (user, password, dbname) for following recovery; drctl always connects to the server it started, over a private socket (default: the data directory owner's name)")
 	phys.register(cmd)

@@ -1,0 +1,690 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/drill"
+	"github.com/drctl/drctl/engine/daemon"
+	"github.com/drctl/drctl/engine/wal"
+	"github.com/drctl/drctl/policy"
+	"github.com/drctl/drctl/storage"
+)
+
+// exitObjectives: an objective does not hold, a drill failed, a gate
+// refused (the checks ran; the answer is no).
+const exitObjectives = 4
+
+// loadProcesses reads the processes of the configuration file, and the
+// daemon's jobs to check them against.
+func loadProcesses(g *globalFlags) (string, []policy.Process, *daemon.Config, []string, error) {
+	path := first(g.configFile, os.Getenv("DRCTL_CONFIG"))
+	if path == "" {
+		return "", nil, nil, nil, &exitCodeError{2, errors.New("give the configuration file with the processes: --config or DRCTL_CONFIG")}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return path, nil, nil, nil, fmt.Errorf("config: %w", err)
+	}
+	procs, problems := policy.ParseProcesses(data)
+	cfg, derr := daemon.ParseConfig(path, data)
+	var ce *daemon.ConfigError
+	if errors.As(derr, &ce) {
+		problems = append(problems, ce.Problems...)
+	}
+	return path, procs, cfg, byLine(problems), nil
+}
+
+// lintAgainstJobs finds objectives the configured jobs cannot reach.
+func lintAgainstJobs(procs []policy.Process, cfg *daemon.Config) []string {
+	if cfg == nil || len(cfg.Jobs) == 0 {
+		return nil
+	}
+	var problems []string
+	receiving := false
+	for _, j := range cfg.Jobs {
+		receiving = receiving || j.Type == daemon.TypeWALReceive
+	}
+	for _, p := range procs {
+		kind := daemon.TypeBackup
+		if p.Mode == policy.ModePITR {
+			kind = daemon.TypeBaseBackup
+		}
+		var jobs []daemon.Job
+		for _, j := range cfg.Jobs {
+			if j.Type == kind && j.Labels["process"] == p.Name {
+				jobs = append(jobs, j)
+			}
+		}
+		if len(jobs) == 0 {
+			problems = append(problems, fmt.Sprintf("line %d: process %q: no %s job labelled process=%s: nothing keeps its objectives", p.Line, p.Name, kind, p.Name))
+			continue
+		}
+		if p.Mode == policy.ModeLogical {
+			best := jobs[0]
+			for _, j := range jobs[1:] {
+				if j.Schedule.Period(time.Now()) < best.Schedule.Period(time.Now()) {
+					best = j
+				}
+			}
+			if period := best.Schedule.Period(time.Now()); p.RPO < period+best.Jitter {
+				problems = append(problems, fmt.Sprintf("line %d: process %q: rpo %s is shorter than job %q can reach (a dump every %s, plus up to %s of jitter)",
+					p.Line, p.Name, p.RPO, best.Name, period, best.Jitter))
+			}
+		}
+		if p.Mode == policy.ModePITR && p.RPO < time.Minute && !receiving {
+			problems = append(problems, fmt.Sprintf("line %d: process %q: rpo %s needs a wal-receive job: archive_command stores a segment only when it is full or archive_timeout passes", p.Line, p.Name, p.RPO))
+		}
+	}
+	return problems
+}
+
+func pickProcesses(procs []policy.Process, names []string) ([]policy.Process, error) {
+	if len(names) == 0 {
+		if len(procs) == 0 {
+			return nil, &exitCodeError{2, errors.New("the configuration has no processes:")}
+		}
+		return procs, nil
+	}
+	var out []policy.Process
+	for _, n := range names {
+		i := slices.IndexFunc(procs, func(p policy.Process) bool { return p.Name == n })
+		if i < 0 {
+			var known []string
+			for _, p := range procs {
+				known = append(known, p.Name)
+			}
+			return nil, &exitCodeError{2, fmt.Errorf("no process %q in the configuration (processes: %s)", n, strings.Join(known, ", "))}
+		}
+		out = append(out, procs[i])
+	}
+	return out, nil
+}
+
+func newPolicyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "Recovery objectives per business process: lint the configuration, check the evidence"}
+	lint := &cobra.Command{
+		Use:   "lint",
+		Short: "Check the processes: unknown keys, bad durations, objectives the configured jobs cannot reach (exit 2)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			path, procs, cfg, problems, err := loadProcesses(g)
+			if err != nil {
+				return err
+			}
+			problems = byLine(append(problems, lintAgainstJobs(procs, cfg)...))
+			if len(problems) == 0 && len(procs) == 0 {
+				problems = []string{"no processes: defined"}
+			}
+			for _, p := range problems {
+				fmt.Fprintf(stderr, "%s: %s\n", path, p)
+			}
+			if len(problems) > 0 {
+				return &exitCodeError{2, fmt.Errorf("%s: %d problem(s)", path, len(problems))}
+			}
+			for _, p := range procs {
+				fmt.Fprintf(stdout, "%s: %s, rpo %s, rto %s, drill every %s, %d checks\n", p.Name, p.Mode, p.RPO, p.RTO, p.DrillMax, len(p.Checks))
+			}
+			return nil
+		},
+	}
+	var names []string
+	var asJSON bool
+	check := &cobra.Command{
+		Use:   "check [--process P ...]",
+		Short: "Judge each process's objectives (rpo, drill, rto) from the repository's records; exit 4 when one fails",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, procs, _, problems, err := loadProcesses(g)
+			if err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
+			}
+			chosen, err := pickProcesses(procs, names)
+			if err != nil {
+				return err
+			}
+			s, st, err := g.open(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			results, err := evaluate(cmd.Context(), s, st, chosen, time.Now())
+			if err != nil {
+				return err
+			}
+			if err := printResults(stdout, results, asJSON); err != nil {
+				return err
+			}
+			if !allMet(results) {
+				return &exitCodeError{exitObjectives, errors.New(failedSummary(results))}
+			}
+			return nil
+		},
+	}
+	check.Flags().StringArrayVar(&names, "process", nil, "only this process (repeatable)")
+	check.Flags().BoolVar(&asJSON, "json", false, "print the results as a JSON array")
+	cmd.AddCommand(lint, check)
+	return cmd
+}
+
+func evaluate(ctx context.Context, s *settings, st storage.Store, procs []policy.Process, now time.Time) ([]policy.Result, error) {
+	verifier, err := s.verifier()
+	if err != nil {
+		return nil, err
+	}
+	ev, err := policy.ReadEvidence(ctx, st, verifier)
+	if err != nil {
+		return nil, err
+	}
+	var out []policy.Result
+	for _, p := range procs {
+		drills, err := catalog.ListDrills(ctx, st, p.Name, time.Time{}, time.Time{})
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, policy.Evaluate(p, ev, drills, now)...)
+	}
+	return out, nil
+}
+
+func allMet(rs []policy.Result) bool {
+	for _, r := range rs {
+		if !r.Met {
+			return false
+		}
+	}
+	return true
+}
+
+func failedSummary(rs []policy.Result) string {
+	var failed []string
+	for _, r := range rs {
+		if !r.Met {
+			failed = append(failed, r.Process+" "+r.Objective)
+		}
+	}
+	return "objectives not met: " + strings.Join(failed, ", ")
+}
+
+func printResults(w io.Writer, rs []policy.Result, asJSON bool) error {
+	if asJSON {
+		if rs == nil {
+			rs = []policy.Result{}
+		}
+		return writeJSON(w, rs)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PROCESS\tOBJECTIVE\tTARGET\tACHIEVED\tMET\tREASON")
+	for _, r := range rs {
+		achieved := "-"
+		if r.Achieved >= 0 {
+			achieved = seconds(r.Achieved).String()
+		}
+		met := "no"
+		if r.Met {
+			met = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Process, r.Objective, seconds(r.Target), achieved, met, r.Reason)
+	}
+	return tw.Flush()
+}
+
+func seconds(f float64) time.Duration {
+	d := time.Duration(f * float64(time.Second))
+	if d >= time.Minute {
+		return d.Round(time.Second)
+	}
+	return d.Round(100 * time.Millisecond)
+}
+
+func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var name string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "drill --process P",
+		Short: "Restore a process's newest backup into a throw-away sandbox, run its checks, time it, record it; exit 4 when it fails",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, procs, _, problems, err := loadProcesses(g)
+			if err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
+			}
+			chosen, err := pickProcesses(procs, []string{name})
+			if err != nil {
+				return err
+			}
+			p := chosen[0]
+			s, st, err := g.open(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			verifier, err := s.verifier()
+			if err != nil {
+				return err
+			}
+			ev, err := policy.ReadEvidence(cmd.Context(), st, verifier)
+			if err != nil {
+				return err
+			}
+			b := ev.NewestBackup(p)
+			if b == nil {
+				what := "verified dump of " + p.Database
+				if p.Mode == policy.ModePITR {
+					what = "base backup"
+				}
+				return fmt.Errorf("process %s: no %s labelled process=%s to drill", p.Name, what, p.Name)
+			}
+			sb, err := drill.NewLocal(drill.LocalOptions{BinDir: s.getenv("DRCTL_PG_BINDIR")})
+			if err != nil {
+				return err
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			host, _ := os.Hostname()
+			rec := drill.Run(cmd.Context(), drill.Options{Process: p, Backup: b, Sandbox: sb, Host: host, Logger: s.Logger,
+				Restorer: &selfRestorer{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: s.environ()}})
+			if cmd.Context().Err() != nil {
+				return fmt.Errorf("drill of %s stopped: %w (its sandbox is removed)", p.Name, cmd.Context().Err())
+			}
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), time.Minute)
+			defer cancel()
+			if err := catalog.PutDrill(pctx, st, rec); err != nil {
+				return fmt.Errorf("store the drill's record: %w", err)
+			}
+			if asJSON {
+				if err := writeJSON(stdout, rec); err != nil {
+					return err
+				}
+			} else {
+				printDrill(stdout, rec)
+			}
+			if !rec.Passed {
+				return &exitCodeError{exitObjectives, fmt.Errorf("drill of %s failed: %s", p.Name, rec.Error)}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&name, "process", "", "the process to drill (required)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the drill's record as JSON")
+	cmd.MarkFlagRequired("process")
+	return cmd
+}
+
+func printDrill(w io.Writer, d catalog.Drill) {
+	verdict := "passed"
+	if !d.Passed {
+		verdict = "FAILED"
+	}
+	fmt.Fprintf(w, "drill %s of %s (%s backup %s): %s in %s\n", d.DrillID, d.Process, d.Mode, d.BackupID, verdict, seconds(d.Seconds))
+	for _, ph := range d.Phases {
+		fmt.Fprintf(w, "  %-8s %s\n", ph.Name, seconds(ph.Seconds))
+	}
+	if !d.RecoveryPoint.IsZero() {
+		fmt.Fprintf(w, "  recovery point %s\n", d.RecoveryPoint.Format(time.RFC3339))
+	}
+	for _, c := range d.Checks {
+		mark := "ok  "
+		if !c.Passed {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(w, "  %s %s: expected %s, saw %s\n", mark, c.Name, c.Expect, c.Saw)
+	}
+	if d.Error != "" {
+		fmt.Fprintf(w, "  %s\n", d.Error)
+	}
+}
+
+// selfRestorer restores with drctl itself: the restore users run.
+type selfRestorer struct {
+	exe  string
+	args []string
+	env  []string
+}
+
+func (r *selfRestorer) run(ctx context.Context, env []string, args ...string) error {
+	cmd := exec.CommandContext(ctx, r.exe, append(append([]string(nil), r.args...), args...)...)
+	cmd.Env = append(slices.Clone(r.env), env...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	cmd.SysProcAttr = childProcAttr()
+	errs := &tailBuffer{max: 16 << 10}
+	cmd.Stdout, cmd.Stderr = io.Discard, errs
+	if err := cmd.Run(); err != nil {
+		if msg := errs.lastError(); msg != "" {
+			return fmt.Errorf("restore: %s", msg)
+		}
+		return fmt.Errorf("restore: %w", err)
+	}
+	return nil
+}
+
+// Logical restores into the sandbox named by env's PG* variables: its
+// password never appears on a command line.
+func (r *selfRestorer) Logical(ctx context.Context, id string, env []string) error {
+	return r.run(ctx, env, "restore", id, "--into", "")
+}
+
+// Physical writes the base backup; recovery replays the whole archive.
+func (r *selfRestorer) Physical(ctx context.Context, id, dataDir string) error {
+	return r.run(ctx, nil, "restore", id, "--to", dataDir)
+}
+
+func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var (
+		names             []string
+		release           string
+		backupNow, asJSON bool
+		walWait           time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "gate --process P [--process Q ...] [--release R] [--backup-now]",
+		Short: "The pre-deploy confirmation: (a fresh recovery point, then) the objectives; exit 0 to go, 4 to stop",
+		Long: "Confirms before a release that the processes can be recovered within their objectives. With\n" +
+			"--backup-now it first makes a recovery point: a verified dump labelled process=P,release=R for a\n" +
+			"logical process, a named restore point drctl-before-R (archived) for a pitr one; then it checks\n" +
+			"every objective (as drctl policy check). The decision is recorded in the repository. Exit 0:\n" +
+			"go; 4: stop, with the reasons; 1: it could not decide.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if backupNow && release == "" {
+				return &exitCodeError{2, errors.New("--backup-now needs --release R: the recovery point is named after it")}
+			}
+			if release != "" && !validRelease(release) {
+				return &exitCodeError{2, fmt.Errorf("--release %q: letters, digits, dots, dashes and underscores, at most 60", release)}
+			}
+			_, procs, _, problems, err := loadProcesses(g)
+			if err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
+			}
+			if len(names) == 0 {
+				return &exitCodeError{2, errors.New("gate needs --process P (repeatable)")}
+			}
+			chosen, err := pickProcesses(procs, names)
+			if err != nil {
+				return err
+			}
+			s, st, err := g.open(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			host, _ := os.Hostname()
+			gate := catalog.Gate{GateID: drillID(), Release: release, Host: host}
+			for _, p := range chosen {
+				gate.Processes = append(gate.Processes, p.Name)
+			}
+			if backupNow {
+				if err := recoveryPointNow(cmd.Context(), g, s, st, chosen, release, walWait, &gate); err != nil {
+					return err
+				}
+			}
+			gate.Time = time.Now().UTC()
+			results, err := evaluate(cmd.Context(), s, st, chosen, gate.Time)
+			if err != nil {
+				return err
+			}
+			gate.Passed = allMet(results)
+			for _, r := range results {
+				if !r.Met {
+					gate.Reasons = append(gate.Reasons, fmt.Sprintf("%s %s: %s", r.Process, r.Objective, r.Reason))
+				}
+			}
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), time.Minute)
+			defer cancel()
+			if err := catalog.PutGate(pctx, st, gate); err != nil {
+				return fmt.Errorf("record the gate's decision: %w", err)
+			}
+			if asJSON {
+				out := struct {
+					catalog.Gate
+					Objectives []policy.Result `json:"objectives"`
+				}{gate, results}
+				if err := writeJSON(stdout, out); err != nil {
+					return err
+				}
+			} else {
+				verdict := "GO"
+				if !gate.Passed {
+					verdict = "STOP"
+				}
+				fmt.Fprintf(stdout, "gate %s: %s for %s\n", first(release, gate.GateID), verdict, strings.Join(gate.Processes, ", "))
+				for _, p := range chosen {
+					if id := gate.BackupIDs[p.Name]; id != "" {
+						fmt.Fprintf(stdout, "  %s: verified dump %s\n", p.Name, id)
+					}
+					if rp := gate.RestorePoints[p.Name]; rp != "" {
+						fmt.Fprintf(stdout, "  %s: restore point %s archived\n", p.Name, rp)
+					}
+				}
+				if err := printResults(stdout, results, false); err != nil {
+					return err
+				}
+			}
+			if !gate.Passed {
+				return &exitCodeError{exitObjectives, fmt.Errorf("gate: stop: %s", strings.Join(gate.Reasons, "; "))}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&names, "process", nil, "a process the release touches (repeatable; required)")
+	f.StringVar(&release, "release", "", "the release's name, recorded with the decision and naming the recovery point")
+	f.BoolVar(&backupNow, "backup-now", false, "make a fresh recovery point first (a verified dump, or an archived restore point)")
+	f.DurationVar(&walWait, "wal-wait", 2*time.Minute, "with --backup-now: how long to wait for the restore point's WAL to be archived")
+	f.BoolVar(&asJSON, "json", false, "print the decision and every objective as JSON")
+	return cmd
+}
+
+func validRelease(r string) bool {
+	if r == "" || len(r) > 60 {
+		return false
+	}
+	for _, c := range r {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func drillID() string {
+	b := make([]byte, 8)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return fmt.Sprintf("%x", b)
+}
+
+// RestorePointName is the named restore point a gate makes for release.
+func restorePointName(release string) string { return "drctl-before-" + release }
+
+// recoveryPointNow makes the gate's fresh recovery points: a dump,
+// verified, per logical process; an archived restore point per pitr one.
+func recoveryPointNow(ctx context.Context, g *globalFlags, s *settings, st storage.Store, procs []policy.Process, release string, walWait time.Duration, gate *catalog.Gate) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	self := &selfRestorer{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: s.environ()}
+	base, err := s.parseDSN(s.DSN)
+	if err != nil {
+		return err
+	}
+	for _, p := range procs {
+		switch p.Mode {
+		case policy.ModeLogical:
+			out, err := self.output(ctx, []string{"DRCTL_DSN=" + base.WithDatabase(p.Database).ConnString()},
+				"backup", "--json", "--label", "process="+p.Name, "--label", "release="+release)
+			if err != nil {
+				return fmt.Errorf("gate: dump of %s: %w", p.Database, err)
+			}
+			var sum backupSummary
+			if err := json.Unmarshal(out, &sum); err != nil || sum.ID == "" {
+				return fmt.Errorf("gate: dump of %s: unreadable result", p.Database)
+			}
+			if _, err := self.output(ctx, nil, "verify", sum.ID); err != nil {
+				return fmt.Errorf("gate: verify the dump %s: %w", sum.ID, err)
+			}
+			if gate.BackupIDs == nil {
+				gate.BackupIDs = map[string]string{}
+			}
+			gate.BackupIDs[p.Name] = sum.ID
+		case policy.ModePITR:
+			name := restorePointName(release)
+			seg, err := createRestorePoint(ctx, base.WithDatabase(p.Database).ConnString(), name)
+			if err != nil {
+				return fmt.Errorf("gate: restore point for %s: %s", p.Name, base.RedactError(err))
+			}
+			if err := waitArchived(ctx, st, seg, walWait); err != nil {
+				return fmt.Errorf("gate: restore point %s of %s: %w", name, p.Name, err)
+			}
+			if gate.RestorePoints == nil {
+				gate.RestorePoints = map[string]string{}
+			}
+			gate.RestorePoints[p.Name] = name
+		}
+	}
+	return nil
+}
+
+// createRestorePoint makes a named restore point and closes its WAL
+// segment, so that archiving takes it at once; it returns the segment.
+func createRestorePoint(ctx context.Context, dsn, name string) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, dsn)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var seg string
+	err = conn.QueryRow(cctx, "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_create_restore_point($1))", name).Scan(&seg)
+	if err != nil {
+		return "", err
+	}
+	if _, err := conn.Exec(cctx, "SELECT pg_catalog.pg_switch_wal()"); err != nil {
+		return "", err
+	}
+	return seg, nil
+}
+
+// waitArchived waits until the WAL segment is in the repository.
+func waitArchived(ctx context.Context, st storage.Store, seg string, limit time.Duration) error {
+	a := &wal.Archive{Store: st}
+	deadline := time.Now().Add(limit)
+	for {
+		entries, err := a.Lookup(ctx, seg)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if !e.Partial {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("its WAL segment %s was not archived within %s (is archive_command or wal-receive running?)", seg, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// output runs drctl and returns its stdout.
+func (r *selfRestorer) output(ctx context.Context, env []string, args ...string) ([]byte, error) {
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, r.exe, append(append([]string(nil), r.args...), args...)...)
+	cmd.Env = append(slices.Clone(r.env), env...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
+	cmd.SysProcAttr = childProcAttr()
+	errs := &tailBuffer{max: 16 << 10}
+	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &out, n: 4 << 20}, errs
+	if err := cmd.Run(); err != nil {
+		if msg := errs.lastError(); msg != "" {
+			return nil, errors.New(msg)
+		}
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// beforeRelease resolves restore --before-release R: the gate's dump for
+// --into (of database, when the gate made several), or for --to the newest
+// base backup that ended before the gate, recovered to its restore point.
+func beforeRelease(ctx context.Context, st storage.Store, release, database string, physical bool) (id, target string, err error) {
+	gates, err := catalog.ListGates(ctx, st, time.Time{}, time.Time{})
+	if err != nil {
+		return "", "", err
+	}
+	var gate *catalog.Gate
+	for i := len(gates) - 1; i >= 0; i-- {
+		if gates[i].Release == release && (len(gates[i].BackupIDs) > 0 || len(gates[i].RestorePoints) > 0) {
+			gate = &gates[i]
+			break
+		}
+	}
+	if gate == nil {
+		return "", "", fmt.Errorf("no gate made a recovery point for release %q (drctl gate --release %s --backup-now)", release, release)
+	}
+	if !physical {
+		var ids []string
+		for _, id := range gate.BackupIDs {
+			m, err := catalog.Load(ctx, st, id, nil)
+			if err != nil {
+				return "", "", err
+			}
+			if database == "" || m.Database == database {
+				ids = append(ids, id)
+			}
+		}
+		switch len(ids) {
+		case 0:
+			return "", "", fmt.Errorf("the gate of release %s made no dump%s (its restore points restore with --to)", release, map[bool]string{true: " of " + database, false: ""}[database != ""])
+		case 1:
+			return ids[0], "", nil
+		}
+		return "", "", &exitCodeError{2, fmt.Errorf("the gate of release %s made dumps of several databases: give --database", release)}
+	}
+	if len(gate.RestorePoints) == 0 {
+		return "", "", fmt.Errorf("the gate of release %s made no restore point (its dumps restore with --into)", release)
+	}
+	all, err := catalog.List(ctx, st, nil)
+	if err != nil {
+		return "", "", err
+	}
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].Kind == catalog.KindPhysical && !all[i].EndTime.After(gate.Time) {
+			return all[i].ID, restorePointName(release), nil
+		}
+	}
+	return "", "", fmt.Errorf("no base backup ended before the gate of release %s", release)
+}
