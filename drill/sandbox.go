@@ -158,9 +158,7 @@ func (l *Local) run(ctx context.Context, prog string, args ...string) error {
 	if err := cmd.Wait(); err != nil {
 		msg := strings.Join(strings.Fields(err.Error()), " ")
 		if prog == "pg_ctl" {
-			if tail := strings.Fields(l.ServerLog()); len(tail) > 0 {
-				msg += "; the server's log ends: " + strings.Join(tail[max(0, len(tail)-40):], " ")
-			}
+			msg = "the sandbox's server did not start: " + l.serverErrors()
 		}
 		return errors.New(msg)
 	}
@@ -200,9 +198,16 @@ func (l *Local) Start(ctx context.Context) error {
 	if err := l.own(hba); err != nil {
 		return err
 	}
-	opts := strings.Join([]string{"-c port=" + strconv.Itoa(l.port), "-c listen_addresses=''",
-		"-c unix_socket_directories=" + l.sockDir(), "-c hba_file=" + hba, "-c fsync=off",
-		"-c max_connections=20", "-c logging_collector=off"}, " ")
+	settings := []string{"-c port=" + strconv.Itoa(l.port), "-c listen_addresses=''",
+		"-c unix_socket_directories=" + l.sockDir(), "-c hba_file=" + hba, "-c fsync=off", "-c logging_collector=off"}
+	if l.restored() {
+		// Replay without hot standby: it would demand the primary's
+		// max_connections and friends; the server opens once promoted.
+		settings = append(settings, "-c hot_standby=off")
+	} else {
+		settings = append(settings, "-c max_connections=20")
+	}
+	opts := strings.Join(settings, " ")
 	return l.run(ctx, "pg_ctl", "start", "-w", "-t", "86400", "-D", l.DataDir(), "-l", filepath.Join(l.logDir(), "server.log"), "-o", opts)
 }
 
@@ -235,6 +240,27 @@ func (l *Local) ServerLog() string {
 		data = data[len(data)-2000:]
 	}
 	return string(data)
+}
+
+// serverErrors picks the FATAL and PANIC lines of the server's log, or
+// its last lines.
+func (l *Local) serverErrors() string {
+	data, _ := os.ReadFile(filepath.Join(l.logDir(), "server.log"))
+	var picked []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:") || strings.Contains(line, "ERROR:") {
+			picked = append(picked, strings.TrimSpace(line))
+		}
+	}
+	if len(picked) == 0 {
+		lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+		picked = lines[max(0, len(lines)-3):]
+	}
+	out := strings.Join(picked[max(0, len(picked)-5):], " | ")
+	if len(out) > 1500 {
+		out = out[len(out)-1500:]
+	}
+	return out
 }
 
 // Close stops the server (immediately: nothing in it is kept) and removes

@@ -92,6 +92,7 @@ func parseProcess(p *confcheck.Problems, n *yaml.Node) (Process, bool) {
 		return pr, false
 	}
 	var rpoNode, rtoNode, checksNode *yaml.Node
+	var badRPO, badRTO bool
 	for k, v := range confcheck.Pairs(n) {
 		switch k.Value {
 		case "name":
@@ -106,9 +107,9 @@ func parseProcess(p *confcheck.Problems, n *yaml.Node) (Process, bool) {
 				p.Add(v, "mode %q: pitr (base backup + WAL) or logical (dumps)", pr.Mode)
 			}
 		case "rpo":
-			pr.RPO, rpoNode = confcheck.Duration(p, v, "rpo"), v
+			pr.RPO, rpoNode, badRPO = durationOK(p, v, "rpo")
 		case "rto":
-			pr.RTO, rtoNode = confcheck.Duration(p, v, "rto"), v
+			pr.RTO, rtoNode, badRTO = durationOK(p, v, "rto")
 		case "drill":
 			if confcheck.Mapping(p, v, "drill", []string{"max_age", "timeout"}) {
 				for dk, dv := range confcheck.Pairs(v) {
@@ -136,10 +137,10 @@ func parseProcess(p *confcheck.Problems, n *yaml.Node) (Process, bool) {
 	if pr.Database == "" {
 		p.Add(n, "%s: a database is required (where the checks run after a restore)", where)
 	}
-	if rpoNode == nil || pr.RPO <= 0 {
+	if !badRPO && (rpoNode == nil || pr.RPO <= 0) {
 		p.Add(orNode(rpoNode, n), "%s: rpo (how much may be lost, e.g. 1m) is required and positive", where)
 	}
-	if rtoNode == nil || pr.RTO <= 0 {
+	if !badRTO && (rtoNode == nil || pr.RTO <= 0) {
 		p.Add(orNode(rtoNode, n), "%s: rto (how long a restore may take, e.g. 10m) is required and positive", where)
 	}
 	if pr.DrillTimeout < pr.RTO {
@@ -160,6 +161,14 @@ func parseProcess(p *confcheck.Problems, n *yaml.Node) (Process, bool) {
 		}
 	}
 	return pr, true
+}
+
+// durationOK reads a duration and says whether it was unreadable (and
+// so already reported).
+func durationOK(p *confcheck.Problems, n *yaml.Node, what string) (time.Duration, *yaml.Node, bool) {
+	before := p.Count()
+	d := confcheck.Duration(p, n, what)
+	return d, n, p.Count() > before
 }
 
 func orNode(a, b *yaml.Node) *yaml.Node {

@@ -194,7 +194,7 @@ type daemonRig struct {
 	envYAML string
 }
 
-func newDaemonRig(t *testing.T, archive bool) *daemonRig {
+func newDaemonRig(t *testing.T, archive bool, extra ...string) *daemonRig {
 	t.Helper()
 	r := &daemonRig{srv: testrig.StartS3(t), work: workDir(t, "daemon")}
 	r.keys = testrig.NewKeys(t, r.work)
@@ -204,14 +204,29 @@ func newDaemonRig(t *testing.T, archive bool) *daemonRig {
 		k, v, _ := strings.Cut(kv, "=")
 		r.envYAML += fmt.Sprintf("  %s: %q\n", k, v)
 	}
+	r.archiving(t, true)
 	archCfg := filepath.Join(r.work, "archive.yaml")
-	os.WriteFile(archCfg, []byte(fmt.Sprintf("repo: %s\nrecipients_file: %s\nenv:\n%s", r.repo, r.keys.RecipientsFile, r.envYAML)), 0o644)
 	settings := []string{"wal_level=replica", "max_wal_senders=5"}
 	if archive {
 		settings = append(settings, "archive_mode=on", fmt.Sprintf("archive_command=%s --config %s wal-push %%p", drctlBin, archCfg))
 	}
-	r.pg = testrig.StartPostgres(t, settings...)
+	r.pg = testrig.StartPostgres(t, append(settings, extra...)...)
 	return r
+}
+
+// archiving writes archive_command's configuration: the repository, or
+// (on=false) one that does not exist, so that every wal-push fails until
+// it is written again. (archive_command itself is a server option: ALTER
+// SYSTEM cannot change it.)
+func (r *daemonRig) archiving(t *testing.T, on bool) {
+	t.Helper()
+	repo := r.repo
+	if !on {
+		repo = "file:///nonexistent/archive-stopped"
+	}
+	if err := os.WriteFile(filepath.Join(r.work, "archive.yaml"), []byte(fmt.Sprintf("repo: %s\nrecipients_file: %s\nenv:\n%s", repo, r.keys.RecipientsFile, r.envYAML)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // config writes a daemon configuration: the repository settings, then
@@ -378,8 +393,7 @@ jobs:
 	waitUntil(t, "the broken reload is refused", 30*time.Second, func() bool {
 		return strings.Contains(d.stderr.String(), "configuration reload refused")
 	})
-	r.pg.Exec(t, "postgres", "ALTER SYSTEM SET archive_command = '/bin/false'")
-	r.pg.Exec(t, "postgres", "SELECT pg_reload_conf()")
+	r.archiving(t, false)
 	stopped := time.Now()
 	before := scrape(t, addr)["drctl_wal_archive_lag_seconds"]
 	time.Sleep(3 * time.Second)
