@@ -162,3 +162,31 @@ func readTimed[T any](ctx context.Context, st storage.Store, prefix string, from
 	}
 	return out, nil
 }
+
+// LastDrills returns, per backup id, the newest drill of it that started
+// since then (every process's).
+func LastDrills(ctx context.Context, st storage.Store, since time.Time) (map[string]Drill, error) {
+	objs, err := st.List(ctx, drillsPrefix)
+	if err != nil {
+		return nil, err
+	}
+	processes := map[string]bool{}
+	for _, o := range objs {
+		if p, _, ok := strings.Cut(strings.TrimPrefix(o.Key, drillsPrefix), "/"); ok && ValidJobName(p) {
+			processes[p] = true
+		}
+	}
+	out := map[string]Drill{}
+	for p := range processes {
+		drills, err := ListDrills(ctx, st, p, since, time.Time{})
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range drills {
+			if prev, ok := out[d.BackupID]; !ok || d.Start.After(prev.Start) {
+				out[d.BackupID] = d
+			}
+		}
+	}
+	return out, nil
+}

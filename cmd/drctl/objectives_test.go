@@ -139,6 +139,28 @@ func TestRecoveryObjectives(t *testing.T) {
 		t.Fatalf("sandboxes left after drills: %v", left)
 	}
 	mustRun(t, nil, "--config", cfg, "policy", "check")
+	// list and show say when each backup was last drilled.
+	var list []struct {
+		ID    string
+		Kind  string
+		Drill *struct {
+			Process string
+			Passed  bool
+		}
+	}
+	decodeJSON(t, mustRun(t, nil, "--config", cfg, "list", "--json").stdout, &list)
+	drilled := map[string]bool{}
+	for _, b := range list {
+		if b.Drill != nil && b.Drill.Passed {
+			drilled[b.Drill.Process+"/"+b.Kind] = true
+		}
+	}
+	if !drilled["finance/logical"] || !drilled["pos-sync/physical"] {
+		t.Fatalf("list --json drills: %+v", list)
+	}
+	if res := mustRun(t, nil, "--config", cfg, "show", "latest", "--kind", "logical"); !strings.Contains(res.stdout, "passed by drill") {
+		t.Fatalf("show:\n%s", res.stdout)
+	}
 
 	// The archive stops: pos-sync's RPO fails, naming the measured lag.
 	r.archiving(t, false)

@@ -158,6 +158,40 @@ type backupSummary struct {
 	// Physical backups: the WAL they need and the window they restore to.
 	Physical *catalog.Physical `json:"physical,omitempty"`
 	Window   *restoreWindow    `json:"window,omitempty"`
+	// Drill is the newest restore drill of the backup (in the last 90
+	// days), if any.
+	Drill *drillSummary `json:"drill,omitempty"`
+}
+
+// drillSummary is a backup's newest drill, in list and show.
+type drillSummary struct {
+	DrillID string    `json:"drill_id"`
+	Process string    `json:"process"`
+	Time    time.Time `json:"time"`
+	Passed  bool      `json:"passed"`
+	Seconds float64   `json:"seconds"`
+	Error   string    `json:"error,omitempty"`
+}
+
+func summarizeDrill(d catalog.Drill, ok bool) *drillSummary {
+	if !ok {
+		return nil
+	}
+	return &drillSummary{DrillID: d.DrillID, Process: d.Process, Time: d.End, Passed: d.Passed, Seconds: d.Seconds, Error: d.Error}
+}
+
+// drillHistory is how far back list and show look for drills.
+const drillHistory = 90 * 24 * time.Hour
+
+func (d *drillSummary) String() string {
+	if d == nil {
+		return "-"
+	}
+	verdict := "passed"
+	if !d.Passed {
+		verdict = "FAILED"
+	}
+	return d.Time.Format("2006-01-02") + " " + verdict
 }
 
 // restoreWindow is the range of WAL positions a base backup can be
@@ -213,17 +247,23 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			drills, err := catalog.LastDrills(cmd.Context(), st, time.Now().Add(-drillHistory))
+			if err != nil {
+				return err
+			}
 			if asJSON {
 				out := make([]backupSummary, 0, len(all))
 				for _, m := range all {
 					sum := summarize(m)
 					sum.Window = windows[m.ID]
+					d, ok := drills[m.ID]
+					sum.Drill = summarizeDrill(d, ok)
 					out = append(out, sum)
 				}
 				return writeJSON(stdout, out)
 			}
 			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tKIND\tDATABASE\tSTARTED\tDURATION\tDUMPED\tSTORED\tRESTORES TO\tLABELS")
+			fmt.Fprintln(tw, "ID\tKIND\tDATABASE\tSTARTED\tDURATION\tDUMPED\tSTORED\tRESTORES TO\tDRILLED\tLABELS")
 			for _, m := range all {
 				window := "-"
 				if w := windows[m.ID]; w != nil {
@@ -234,9 +274,10 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 						window += " (gap at " + w.Missing[0] + ")"
 					}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Kind, m.Database,
+				d, ok := drills[m.ID]
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Kind, m.Database,
 					m.StartTime.Format(time.RFC3339), m.EndTime.Sub(m.StartTime).Round(time.Millisecond),
-					humanBytes(m.RawSize()), humanBytes(m.StoredSize()), window, formatLabels(m.Labels))
+					humanBytes(m.RawSize()), humanBytes(m.StoredSize()), window, summarizeDrill(d, ok), formatLabels(m.Labels))
 			}
 			return tw.Flush()
 		},

@@ -28,9 +28,9 @@ type shown struct {
 	Tool         catalog.Tool          `json:"tool"`
 	Signature    string                `json:"signature"`
 	Verification *catalog.Verification `json:"verification"`
-	// Drill is the newest restore drill of the backup: always null, as
-	// drctl does not run drills yet.
-	Drill    *struct{} `json:"drill"`
+	// Drill is the newest restore drill of the backup in the last 90
+	// days: null when none.
+	Drill    *drillSummary `json:"drill"`
 	Contents *contents `json:"contents,omitempty"`
 }
 
@@ -92,6 +92,13 @@ func newShowCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				out.Signature = "verified (" + who + ")"
 			} else if out.Signature, err = catalog.SignatureState(cmd.Context(), st, m.ID); err != nil {
 				return err
+			}
+			drills, err := catalog.LastDrills(cmd.Context(), st, time.Now().Add(-drillHistory))
+			if err != nil {
+				return err
+			}
+			if d, ok := drills[m.ID]; ok {
+				out.Drill = summarizeDrill(d, true)
 			}
 			if out.Verification, err = catalog.LastVerification(cmd.Context(), st, m.ID); err != nil {
 				return err
@@ -216,7 +223,12 @@ func printShown(w io.Writer, m *catalog.Manifest, s *shown) {
 	} else {
 		row("verified", "never (drctl verify %s)", m.ID)
 	}
-	row("drill", "none (drctl does not run restore drills yet)")
+	if d := s.Drill; d != nil {
+		row("drill", "%s by drill %s of %s, %s restore (%s ago)", map[bool]string{true: "passed", false: "FAILED"}[d.Passed], d.DrillID, d.Process,
+			(time.Duration(d.Seconds*float64(time.Second))).Round(100*time.Millisecond), time.Since(d.Time).Round(time.Minute))
+	} else {
+		row("drill", "none in the last 90 days (drctl drill --process P)")
+	}
 	if p := m.Physical; p != nil {
 		row("WAL needed", "%s (%s) to %s (%s), timeline %d", p.StartLSN, p.StartSegment, p.StopLSN, p.StopSegment, p.StopTimeline)
 		if win := s.Window; win != nil {
