@@ -31,7 +31,7 @@ type shown struct {
 	// Drill is the newest restore drill of the backup in the last 90
 	// days: null when none.
 	Drill    *drillSummary `json:"drill"`
-	Contents *contents `json:"contents,omitempty"`
+	Contents *contents     `json:"contents,omitempty"`
 }
 
 type contents struct {
@@ -225,7 +225,7 @@ func printShown(w io.Writer, m *catalog.Manifest, s *shown) {
 	}
 	if d := s.Drill; d != nil {
 		row("drill", "%s by drill %s of %s, %s restore (%s ago)", map[bool]string{true: "passed", false: "FAILED"}[d.Passed], d.DrillID, d.Process,
-			(time.Duration(d.Seconds*float64(time.Second))).Round(100*time.Millisecond), time.Since(d.Time).Round(time.Minute))
+			(time.Duration(d.Seconds * float64(time.Second))).Round(100*time.Millisecond), time.Since(d.Time).Round(time.Minute))
 	} else {
 		row("drill", "none in the last 90 days (drctl drill --process P)")
 	}
