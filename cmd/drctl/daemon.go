@@ -27,8 +27,10 @@ import (
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/engine/clock"
 	"github.com/drctl/drctl/engine/daemon"
+	"github.com/drctl/drctl/policy"
 )
 
 func newDaemonCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -133,8 +135,10 @@ func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io
 			problems = append(problems, err.Error())
 		}
 	}
+	procs, pproblems := policy.ParseProcesses(data)
+	problems = append(problems, pproblems...)
 	if s != nil && cfg != nil {
-		problems = append(problems, checkJobs(s, cfg)...)
+		problems = append(problems, checkJobs(s, cfg, procs)...)
 	}
 	if len(problems) > 0 {
 		return nil, nil, nil, &daemon.ConfigError{File: path, Problems: byLine(problems)}
@@ -143,7 +147,7 @@ func loadDaemonConfig(g *globalFlags, cmd *cobra.Command, path string, stderr io
 }
 
 // checkJobs finds what would make the jobs fail at every run.
-func checkJobs(s *settings, cfg *daemon.Config) []string {
+func checkJobs(s *settings, cfg *daemon.Config, procs []policy.Process) []string {
 	var problems []string
 	if s.Repo == "" {
 		problems = append(problems, "repo: no repository (repo:, --repo or DRCTL_REPO)")
@@ -170,10 +174,13 @@ func checkJobs(s *settings, cfg *daemon.Config) []string {
 			if j.DSN == "" && s.DSN == "" && os.Getenv("PGHOST") == "" && os.Getenv("PGDATABASE") == "" && os.Getenv("PGSERVICE") == "" {
 				problems = append(problems, fmt.Sprintf("line %d: job %q has no dsn, and there is no global dsn: nor PG* variables", j.Line, j.Name))
 			}
-		case daemon.TypeVerify:
+		case daemon.TypeVerify, daemon.TypeDrill:
 			if s.IdentityFile == "" && s.Identity == "" && s.RecipientsFile != "" {
-				problems = append(problems, fmt.Sprintf("line %d: job %q verifies encrypted backups: give identity_file (the age identity)", j.Line, j.Name))
+				problems = append(problems, fmt.Sprintf("line %d: job %q reads encrypted backups: give identity_file (the age identity)", j.Line, j.Name))
 			}
+		}
+		if j.Type == daemon.TypeDrill && !slices.ContainsFunc(procs, func(p policy.Process) bool { return p.Name == j.Process }) {
+			problems = append(problems, fmt.Sprintf("line %d: job %q drills process %q, which processes: does not define", j.Line, j.Name, j.Process))
 		}
 		if j.DSN != "" {
 			if _, err := s.parseDSN(j.DSN); err != nil {
@@ -381,6 +388,10 @@ func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (da
 		}
 	case daemon.TypeWALReceive:
 		args = append(args, "wal-receive", "--slot", j.Slot)
+	case daemon.TypeDrill:
+		args = append(args, "drill", "--process", j.Process, "--json")
+	case daemon.TypePolicy:
+		args = append(args, "policy", "check", "--json")
 	default:
 		return daemon.Outcome{}, fmt.Errorf("job type %q", j.Type)
 	}
@@ -404,20 +415,46 @@ func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (da
 	runtime.LockOSThread()
 	err := cmd.Run()
 	runtime.UnlockOSThread()
+	var o daemon.Outcome
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == exitObjectives {
+		// A drill that failed, objectives that do not hold: judged, with
+		// what was found on stdout.
+		switch j.Type {
+		case daemon.TypeDrill:
+			var rec catalog.Drill
+			if json.Unmarshal(out.Bytes(), &rec) == nil && rec.DrillID != "" {
+				o.Drill = &daemon.DrillOutcome{Process: rec.Process, Passed: rec.Passed, Seconds: rec.Seconds, End: rec.End}
+			}
+		case daemon.TypePolicy:
+			if json.Unmarshal(out.Bytes(), &o.Objectives) == nil {
+				return o, nil
+			}
+		}
+	}
 	if err != nil {
 		r.log.Debug("the job's output", "job", j.Name, "run_id", runID, "stderr", oneLine(string(errs.buf)))
 		msg := errs.lastError()
-		var ee *exec.ExitError
 		if errors.As(err, &ee) && msg != "" {
-			return daemon.Outcome{}, fmt.Errorf("%s (exit %d)", msg, ee.ExitCode())
+			return o, fmt.Errorf("%s (exit %d)", msg, ee.ExitCode())
 		}
 		if msg != "" {
-			return daemon.Outcome{}, fmt.Errorf("%s: %w", msg, err)
+			return o, fmt.Errorf("%s: %w", msg, err)
 		}
-		return daemon.Outcome{}, fmt.Errorf("drctl %s: %w", j.Type, err)
+		return o, fmt.Errorf("drctl %s: %w", j.Type, err)
 	}
-	var o daemon.Outcome
-	if j.Type == daemon.TypeBackup || j.Type == daemon.TypeBaseBackup {
+	switch j.Type {
+	case daemon.TypeDrill:
+		var rec catalog.Drill
+		if err := json.Unmarshal(out.Bytes(), &rec); err != nil {
+			return o, fmt.Errorf("drctl drill: unreadable result: %w", err)
+		}
+		o.Drill = &daemon.DrillOutcome{Process: rec.Process, Passed: rec.Passed, Seconds: rec.Seconds, End: rec.End}
+	case daemon.TypePolicy:
+		if err := json.Unmarshal(out.Bytes(), &o.Objectives); err != nil {
+			return o, fmt.Errorf("drctl policy check: unreadable result: %w", err)
+		}
+	case daemon.TypeBackup, daemon.TypeBaseBackup:
 		var sum backupSummary
 		if err := json.Unmarshal(out.Bytes(), &sum); err != nil {
 			return o, fmt.Errorf("drctl %s: unreadable result: %w", j.Type, err)

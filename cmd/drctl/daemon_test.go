@@ -289,13 +289,31 @@ jobs:
   - name: check
     type: verify
     schedule: "@every 5s"
+    verify: {all: true}
+  - name: objectives
+    type: policy
+    schedule: "@every 3s"
+  - name: drill-finance
+    type: drill
+    schedule: "@every 5s"
+    drill: {process: finance}
   - name: retention
     type: prune
     schedule: "@every 5s"
     prune: {keep_last: 100, keep_within: 1d}
 `, r.pg.DSN("shop"), r.pg.DSN("later"))
+	processes := `processes:
+  - name: finance
+    database: shop
+    mode: logical
+    rpo: 1h
+    rto: 30m
+    checks:
+      - {name: orders present, sql: "SELECT count(*) FROM orders", expect: ">= 1000"}
+`
+	notify += processes
 	cfg := r.config(t, "drctl.yaml", jobs+notify)
-	if res := drctl(t, nil, "--config", cfg, "daemon", "--check"); res.code != 0 || !strings.Contains(res.stdout, "5 jobs") {
+	if res := drctl(t, nil, "--config", cfg, "daemon", "--check"); res.code != 0 || !strings.Contains(res.stdout, "7 jobs") {
 		t.Fatalf("--check of a good file: exit %d\n%s", res.code, res.all())
 	}
 	addr := freeAddr(t)
@@ -319,8 +337,10 @@ jobs:
 		_, wal := m["drctl_wal_last_archived_timestamp_seconds"]
 		_, logical := m[series("drctl_recovery_point_timestamp_seconds", "database", "shop", "kind", "logical")]
 		_, physical := m[series("drctl_recovery_point_timestamp_seconds", "database", "*", "kind", "physical")]
+		_, drilled := m[series("drctl_drill_duration_seconds", "process", "finance")]
+		_, judged := m[series("drctl_objective_met", "objective", "rto", "process", "finance")]
 		return runs(m, "dump", "success") >= 2 && runs(m, "base", "success") >= 1 && runs(m, "later", "failure") >= 1 && wal && logical && physical &&
-			runs(m, "check", "success") >= 1 && runs(m, "retention", "success") >= 1
+			runs(m, "check", "success") >= 1 && runs(m, "retention", "success") >= 1 && drilled && judged
 	})
 	if m[series("drctl_backup_stored_bytes", "job", "dump")] <= 0 || m[series("drctl_backup_raw_bytes", "job", "base")] <= 0 ||
 		m[series("drctl_job_last_success_timestamp_seconds", "job", "dump")] <= 0 || m[series("drctl_job_last_failure_timestamp_seconds", "job", "later")] <= 0 ||

@@ -98,7 +98,7 @@ func lintAgainstJobs(procs []policy.Process, cfg *daemon.Config) []string {
 func pickProcesses(procs []policy.Process, names []string) ([]policy.Process, error) {
 	if len(names) == 0 {
 		if len(procs) == 0 {
-			return nil, &exitCodeError{2, errors.New("the configuration has no processes:")}
+			return nil, &exitCodeError{2, errors.New("the configuration defines no processes")}
 		}
 		return procs, nil
 	}

@@ -30,6 +30,10 @@ const (
 	TypeVerify     = "verify"
 	TypePrune      = "prune"
 	TypeWALReceive = "wal-receive"
+	// TypeDrill drills one process (drill: {process: P}); TypePolicy
+	// judges every process's recovery objectives.
+	TypeDrill  = "drill"
+	TypePolicy = "policy"
 )
 
 // Webhook events.
@@ -38,9 +42,12 @@ const (
 	EventJobMissed    = "job_missed"
 	EventJobRecovered = "job_recovered"
 	EventWALLag       = "wal_lag"
+	// EventObjectiveFailed: a process's recovery objective stopped holding
+	// (once, until it holds again).
+	EventObjectiveFailed = "objective_failed"
 )
 
-var allEvents = []string{EventJobFailed, EventJobMissed, EventJobRecovered, EventWALLag}
+var allEvents = []string{EventJobFailed, EventJobMissed, EventJobRecovered, EventWALLag, EventObjectiveFailed}
 
 // Config is the daemon's part of the configuration file.
 type Config struct {
@@ -69,6 +76,7 @@ type Job struct {
 	KeepLast   int
 	KeepWithin time.Duration
 	Slot       string
+	Process    string // the process a drill job drills
 	Line       int
 }
 
@@ -89,6 +97,8 @@ type Webhook struct {
 func (w Webhook) Wants(event string) bool {
 	return len(w.Events) == 0 || slices.Contains(w.Events, event)
 }
+
+const typeList = "backup, basebackup, verify, prune, wal-receive, drill or policy"
 
 // Defaults.
 const (
@@ -112,7 +122,7 @@ func (e *ConfigError) Error() string {
 // The keys each mapping may hold; anything else is a typo to report.
 var (
 	jobKeys = []string{"name", "type", "schedule", "dsn", "labels", "timeout", "retries", "retry_delay", "jitter",
-		"verify", "prune", "wal-receive"}
+		"verify", "prune", "wal-receive", "drill"}
 	notifyKeys  = []string{"webhooks", "wal_lag_alert"}
 	webhookKeys = []string{"url", "secret_file", "events"}
 )
@@ -199,7 +209,7 @@ func parseJobs(p *confcheck.Problems, n *yaml.Node) []Job {
 				j.RetryDelay = confcheck.Duration(p, v, "retry_delay")
 			case "jitter":
 				j.Jitter = confcheck.Duration(p, v, "jitter")
-			case TypeVerify, TypePrune, TypeWALReceive:
+			case TypeVerify, TypePrune, TypeWALReceive, TypeDrill:
 				extra[k.Value] = v
 			}
 		}
@@ -215,11 +225,11 @@ func parseJobs(p *confcheck.Problems, n *yaml.Node) []Job {
 			names[j.Name] = jn.Line
 		}
 		switch j.Type {
-		case TypeBackup, TypeBaseBackup, TypeVerify, TypePrune, TypeWALReceive:
+		case TypeBackup, TypeBaseBackup, TypeVerify, TypePrune, TypeWALReceive, TypeDrill, TypePolicy:
 		case "":
-			p.Add(jn, "%s: a type is required (backup, basebackup, verify, prune or wal-receive)", where)
+			p.Add(jn, "%s: a type is required (%s)", where, typeList)
 		default:
-			p.Add(typeNode, "%s: unknown type %q (backup, basebackup, verify, prune or wal-receive)", where, j.Type)
+			p.Add(typeNode, "%s: unknown type %q (%s)", where, j.Type, typeList)
 		}
 		if j.Type == TypeWALReceive {
 			if sched != nil {
@@ -261,6 +271,12 @@ func parseJobs(p *confcheck.Problems, n *yaml.Node) []Job {
 						}
 					}
 				}
+			case TypeDrill:
+				if confcheck.Mapping(p, v, "drill", []string{"process"}) {
+					for _, vv := range confcheck.Pairs(v) {
+						j.Process = confcheck.Scalar(p, vv, "drill process")
+					}
+				}
 			case TypeWALReceive:
 				if confcheck.Mapping(p, v, "wal-receive", []string{"slot"}) {
 					for _, vv := range confcheck.Pairs(v) {
@@ -271,6 +287,9 @@ func parseJobs(p *confcheck.Problems, n *yaml.Node) []Job {
 		}
 		if j.Type == TypePrune && j.KeepLast == 0 && j.KeepWithin == 0 {
 			p.Add(jn, "%s: prune needs keep_last or keep_within", where)
+		}
+		if j.Type == TypeDrill && j.Process == "" {
+			p.Add(jn, "%s: a drill job names its process: drill: {process: NAME}", where)
 		}
 		if j.Type == TypeWALReceive && j.Slot == "" {
 			j.Slot = "drctl"

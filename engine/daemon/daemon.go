@@ -28,6 +28,28 @@ type Outcome struct {
 	Database    string
 	StoredBytes int64
 	RawBytes    int64
+	// Drill is what a drill job found (also when the drill failed).
+	Drill *DrillOutcome
+	// Objectives is what a policy job judged.
+	Objectives []ObjectiveOutcome
+}
+
+// DrillOutcome is a drill's result, for the metrics.
+type DrillOutcome struct {
+	Process string
+	Passed  bool
+	Seconds float64
+	End     time.Time
+}
+
+// ObjectiveOutcome is one process's objective as a policy job judged it.
+type ObjectiveOutcome struct {
+	Process   string  `json:"process"`
+	Objective string  `json:"objective"`
+	Target    float64 `json:"target_seconds"`
+	Achieved  float64 `json:"achieved_seconds"`
+	Met       bool    `json:"met"`
+	Reason    string  `json:"reason"`
 }
 
 // Options wire a daemon.
@@ -81,6 +103,9 @@ type Daemon struct {
 	alerted map[string]bool
 	// pruned: when each job's old run records were last deleted.
 	pruned map[string]time.Time
+	// failing: the objectives (process/objective) that do not hold, as
+	// last judged (objective_failed once per streak).
+	failing map[string]bool
 }
 
 type jobLoop struct {
@@ -105,7 +130,7 @@ func New(cfg *Config, opt Options) *Daemon {
 	}
 	opt.Lease = opt.Lease.Defaults(opt.Clock.Now, opt.Logger)
 	d := &Daemon{opt: opt, cfg: cfg, loops: map[string]*jobLoop{}, stopping: make(chan struct{}),
-		refresh: make(chan struct{}, 1), host: opt.Holder, alerted: map[string]bool{}, pruned: map[string]time.Time{}}
+		refresh: make(chan struct{}, 1), host: opt.Holder, alerted: map[string]bool{}, pruned: map[string]time.Time{}, failing: map[string]bool{}}
 	d.Metrics = NewMetrics(opt.Clock.Now)
 	d.notify = newNotifier(opt.HTTPClient, opt.Clock, opt.Logger, d.Metrics)
 	d.notify.configure(cfg.Notify.Webhooks)

@@ -531,3 +531,32 @@ func TestReloadDoesNotCatchUp(t *testing.T) {
 		t.Fatalf("events after a reload: %v", events)
 	}
 }
+
+// A policy job's judgement: the objective metrics, and objective_failed
+// once while an objective keeps failing.
+func TestObjectiveMetricsAndAlerts(t *testing.T) {
+	sink := newEventSink(t)
+	clk := clock.NewFake(t0)
+	st := storagetest.NewMemory()
+	st.Now = clk.Now
+	r := &fakeRunner{clock: clk, fn: func(_ context.Context, _ Job, n int) (Outcome, error) {
+		met := n >= 4 // fails on the first three judgements
+		return Outcome{Objectives: []ObjectiveOutcome{{Process: "pos-sync", Objective: "rpo", Target: 60, Achieved: 90, Met: met, Reason: "lag"}}}, nil
+	}}
+	j := job(t, "objectives", "@every 1m")
+	j.Type = TypePolicy
+	h := start(t, clk, st, &Config{Jobs: []Job{j}, Notify: Notify{Webhooks: []Webhook{{URL: sink.srv.URL}}}}, r, "pod-a", sink.srv.Client())
+	advanceUntil(t, clk, 10*time.Second, 100, func() bool { return r.count("objectives") >= 2 })
+	if v := testutil.ToFloat64(h.d.Metrics.objMet.WithLabelValues("pos-sync", "rpo")); v != 0 {
+		t.Fatalf("objective met = %v while it fails", v)
+	}
+	if v := testutil.ToFloat64(h.d.Metrics.objAchieved.WithLabelValues("pos-sync", "rpo")); v != 90 {
+		t.Fatalf("achieved = %v", v)
+	}
+	advanceUntil(t, clk, 10*time.Second, 100, func() bool { return r.count("objectives") >= 5 })
+	advanceUntil(t, clk, time.Second, 10, func() bool { return testutil.ToFloat64(h.d.Metrics.objMet.WithLabelValues("pos-sync", "rpo")) == 1 })
+	h.stop()
+	if events := sink.names(); strings.Join(events, ",") != "objective_failed" {
+		t.Fatalf("events %v: want one objective_failed for three failing judgements", events)
+	}
+}

@@ -246,6 +246,7 @@ func (d *Daemon) runSlot(schedCtx context.Context, j Job, slot time.Time) slotOu
 	}()
 	out, err := d.attempts(rctx, j, run.RunID, log, &run.Attempts)
 	stopRun()
+	d.observe(j, out)
 	if d.configured(j.Name) {
 		d.Metrics.running.WithLabelValues(j.Name).Set(0)
 	}
@@ -307,6 +308,42 @@ func (d *Daemon) runSlot(schedCtx context.Context, j Job, slot time.Time) slotOu
 	default:
 	}
 	return slotDone
+}
+
+// observe turns what a drill or policy job found into metrics, and an
+// objective that stopped holding into objective_failed.
+func (d *Daemon) observe(j Job, out Outcome) {
+	if dr := out.Drill; dr != nil {
+		result := "failed"
+		if dr.Passed {
+			result = "passed"
+		}
+		d.Metrics.drillLast.WithLabelValues(dr.Process, result).Set(unix(dr.End))
+		d.Metrics.drillDuration.WithLabelValues(dr.Process).Set(dr.Seconds)
+	}
+	for _, o := range out.Objectives {
+		d.Metrics.objTarget.WithLabelValues(o.Process, o.Objective).Set(o.Target)
+		d.Metrics.objAchieved.WithLabelValues(o.Process, o.Objective).Set(o.Achieved)
+		met := 0.0
+		if o.Met {
+			met = 1
+		}
+		d.Metrics.objMet.WithLabelValues(o.Process, o.Objective).Set(met)
+		key := o.Process + "/" + o.Objective
+		d.mu.Lock()
+		first := !o.Met && !d.failing[key]
+		if o.Met {
+			delete(d.failing, key)
+		} else {
+			d.failing[key] = true
+		}
+		d.mu.Unlock()
+		if first {
+			d.opt.Logger.Warn("a recovery objective does not hold", "job", j.Name, "process", o.Process, "objective", o.Objective, "reason", o.Reason)
+			d.notify.send(Event{Event: EventObjectiveFailed, Job: j.Name, Time: d.opt.Clock.Now().UTC(), Host: d.host,
+				Process: o.Process, Objective: o.Objective, Error: o.Reason})
+		}
+	}
 }
 
 func validRun(r catalog.JobRun) bool { return r.RunID != "" && !r.Start.IsZero() }

@@ -29,6 +29,12 @@ type Metrics struct {
 	receiveLag  *prometheus.GaugeVec
 	webhooks    *prometheus.CounterVec
 
+	objTarget     *prometheus.GaugeVec
+	objAchieved   *prometheus.GaugeVec
+	objMet        *prometheus.GaugeVec
+	drillLast     *prometheus.GaugeVec
+	drillDuration *prometheus.GaugeVec
+
 	repo *repoCollector
 
 	mu   sync.Mutex
@@ -69,6 +75,17 @@ func NewMetrics(now func() time.Time) *Metrics {
 		repo: &repoCollector{now: now},
 		seen: map[string]catalog.JobState{},
 	}
+	objective := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, []string{"process", "objective"})
+	}
+	m.objTarget = objective("drctl_objective_target_seconds", "A process's recovery objective: rpo, rto, or drill (the longest a drill may be ago).")
+	m.objAchieved = objective("drctl_objective_achieved_seconds", "What the repository's records show for the objective (-1: nothing to measure).")
+	m.objMet = objective("drctl_objective_met", "1 when the objective holds, 0 when it does not (the policy job's last judgement).")
+	m.drillLast = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drctl_drill_last_timestamp_seconds",
+		Help: "When the process's last drill with this result (passed, failed) ended (Unix time)."}, []string{"process", "result"})
+	m.drillDuration = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drctl_drill_duration_seconds",
+		Help: "The measured restore time of the process's last drill."}, []string{"process"})
+	r.MustRegister(m.objTarget, m.objAchieved, m.objMet, m.drillLast, m.drillDuration)
 	r.MustRegister(m.lastSuccess, m.lastFailure, m.runs, m.duration, m.running, m.period, m.nextRun,
 		m.stored, m.raw, m.receiveLag, m.webhooks, m.repo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

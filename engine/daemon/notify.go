@@ -31,6 +31,9 @@ type Event struct {
 	// the archive's lag (wal_lag).
 	Missed     int     `json:"missed,omitempty"`
 	LagSeconds float64 `json:"lag_seconds,omitempty"`
+	// Process and Objective name an objective that failed.
+	Process   string `json:"process,omitempty"`
+	Objective string `json:"objective,omitempty"`
 }
 
 // SignatureHeader carries the HMAC-SHA256 of the body, keyed with the
