@@ -28,6 +28,7 @@ apt-deps:
 	command -v runuser >/dev/null || missing="$$missing util-linux"; \
 	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
 	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \

@@ -22,6 +22,7 @@ import (
 	"github.com/drctl/drctl/catalog"
 	"github.com/drctl/drctl/drill"
 	"github.com/drctl/drctl/engine/daemon"
+	"github.com/drctl/drctl/engine/schedule"
 	"github.com/drctl/drctl/engine/wal"
 	"github.com/drctl/drctl/policy"
 	"github.com/drctl/drctl/storage"
@@ -687,4 +688,71 @@ func beforeRelease(ctx context.Context, st storage.Store, release, database stri
 		}
 	}
 	return "", "", fmt.Errorf("no base backup ended before the gate of release %s", release)
+}
+
+func newReportCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
+	var htmlFile, since string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "report --html FILE [--since 30d] [--json]",
+		Short: "The recovery objectives over a period: one self-contained HTML page, or JSON",
+		Long: "Per process, the RPO and RTO targets against what the repository's records show over the\n" +
+			"period (the data that could have been lost, each drill's measured restore time), the drill\n" +
+			"history and the release gates' decisions. The page has its charts inline (SVG) and fetches\n" +
+			"nothing: it can be mailed or archived as it is.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if htmlFile == "" && !asJSON {
+				return &exitCodeError{2, errors.New("report needs --html FILE, --json, or both")}
+			}
+			period, err := schedule.ParseDuration(since)
+			if err != nil || period <= 0 {
+				return &exitCodeError{2, fmt.Errorf("--since %q: a duration such as 30d or 12h", since)}
+			}
+			_, procs, _, problems, err := loadProcesses(g)
+			if err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
+			}
+			s, st, err := g.open(cmd, stderr)
+			if err != nil {
+				return err
+			}
+			verifier, err := s.verifier()
+			if err != nil {
+				return err
+			}
+			now := time.Now()
+			r, err := policy.BuildReport(cmd.Context(), st, procs, now.Add(-period), now, verifier)
+			if err != nil {
+				return err
+			}
+			if htmlFile != "" {
+				var page bytes.Buffer
+				if err := r.WriteHTML(&page); err != nil {
+					return err
+				}
+				// Whole or not at all: a half-written page would be read.
+				tmp := htmlFile + ".tmp"
+				if err := os.WriteFile(tmp, page.Bytes(), 0o644); err != nil {
+					return fmt.Errorf("report: %w", err)
+				}
+				if err := os.Rename(tmp, htmlFile); err != nil {
+					os.Remove(tmp)
+					return fmt.Errorf("report: %w", err)
+				}
+			}
+			if asJSON {
+				return writeJSON(stdout, r)
+			}
+			fmt.Fprintf(stdout, "report of %d processes since %s written to %s\n", len(r.Processes), r.Since.Format("2006-01-02"), htmlFile)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&htmlFile, "html", "", "write the page to this file")
+	cmd.Flags().StringVar(&since, "since", "30d", "the period: how far back")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
 }

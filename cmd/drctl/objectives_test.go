@@ -233,6 +233,28 @@ func TestRecoveryObjectives(t *testing.T) {
 		t.Fatalf("check after a drill over the RTO: exit %d\n%s", res.code, res.all())
 	}
 
+	// The report: the page and the same for machines.
+	page := filepath.Join(t.TempDir(), "objectives.html")
+	var rep struct {
+		Processes []struct {
+			Name   string
+			RPO    []struct{ Seconds float64 }
+			Drills []struct{ Passed bool }
+		}
+		Gates []struct {
+			Release string
+			Passed  bool
+		}
+	}
+	decodeJSON(t, mustRun(t, nil, "--config", cfg, "report", "--html", page, "--since", "1d", "--json").stdout, &rep)
+	if len(rep.Processes) != 2 || rep.Processes[0].Name != "pos-sync" || len(rep.Processes[0].Drills) < 1 || len(rep.Processes[0].RPO) == 0 ||
+		len(rep.Processes[1].Drills) < 3 || len(rep.Gates) < 3 {
+		t.Fatalf("report --json: %+v", rep)
+	}
+	if html := readFileT(t, page); !strings.Contains(html, "pos-sync") || !strings.Contains(html, "<svg") || !strings.Contains(html, "r1") {
+		t.Fatalf("report page:\n%.500s", html)
+	}
+
 	// A drill killed outright leaves its sandbox; the next drill removes
 	// it, server and all. One ended by SIGINT leaves nothing.
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGINT} {

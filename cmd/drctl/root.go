@@ -50,6 +50,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newPolicyCommand(g, stdout, stderr),
 		newDrillCommand(g, stdout, stderr),
 		newGateCommand(g, stdout, stderr),
+		newReportCommand(g, stdout, stderr),
 	)
 	// Bad usage exits 2; for wal-fetch, 126: restore_command must not take
 	// a mistyped command for "not archived" and end recovery early.
