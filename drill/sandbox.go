@@ -147,7 +147,7 @@ func (l *Local) sockDir() string { return filepath.Join(l.dir, "sock") }
 func (l *Local) logDir() string { return filepath.Join(l.dir, "log") }
 
 func (l *Local) run(ctx context.Context, prog string, args ...string) error {
-	cmd := pgtools.NewCommand(ctx, filepath.Join(l.binDir, prog), args, append(os.Environ(), "LC_ALL=C"))
+	cmd := pgtools.NewCommand(ctx, filepath.Join(l.binDir, prog), args, serverEnv())
 	if l.cred != nil {
 		cmd.Cmd.SysProcAttr = &syscall.SysProcAttr{Credential: l.cred}
 	}
@@ -163,6 +163,20 @@ func (l *Local) run(ctx context.Context, prog string, args ...string) error {
 		return errors.New(msg)
 	}
 	return nil
+}
+
+// serverEnv is the environment the sandbox's server runs with: not
+// drctl's settings (restore_command reads the recovery configuration the
+// restore wrote; an inherited DRCTL_* or AWS_* would override it, with
+// files the server's user cannot read) nor libpq's.
+func serverEnv() []string {
+	env := []string{"LC_ALL=C"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DRCTL_") && !strings.HasPrefix(kv, "AWS_") && !strings.HasPrefix(kv, "PG") && !strings.HasPrefix(kv, "LC_ALL=") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
 
 // InitDB creates an empty cluster whose superuser logs in with a random
@@ -248,7 +262,7 @@ func (l *Local) serverErrors() string {
 	data, _ := os.ReadFile(filepath.Join(l.logDir(), "server.log"))
 	var picked []string
 	for _, line := range strings.Split(string(data), "\n") {
-		if strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:") || strings.Contains(line, "ERROR:") {
+		if strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:") || strings.Contains(line, "ERROR:") || strings.HasPrefix(line, "drctl: ") {
 			picked = append(picked, strings.TrimSpace(line))
 		}
 	}

@@ -41,7 +41,7 @@ port=$(free_port 55432)
 
 # The repository, and what archive_command (run by the server's user) needs.
 mkdir -p demo-work
-rm -rf demo-work/repo demo-work/key.txt demo-work/recipients.txt demo-work/archive.yaml demo-work/signing-key* demo-work/allowed_signers
+rm -rf demo-work/repo demo-work/key.txt demo-work/recipients.txt demo-work/archive.yaml demo-work/signing-key* demo-work/allowed_signers demo-work/drctl.yaml demo-work/objectives.html
 mkdir -p demo-work/repo/wal demo-work/repo/.drctl-tmp
 [ "$(id -u)" != 0 ] || chown postgres: demo-work/repo demo-work/repo/wal demo-work/repo/.drctl-tmp
 age-keygen -o demo-work/key.txt 2>/dev/null
@@ -85,7 +85,7 @@ export DRCTL_ALLOWED_SIGNERS_FILE="$root/demo-work/allowed_signers"
 unset PGDATABASE
 
 step "drctl backup (repository $DRCTL_REPO)"
-"$drctl" backup --dsn "dbname=retail" --label process=demo --label release=demo-1
+"$drctl" backup --dsn "dbname=retail" --label process=sales --label release=demo-1
 
 step "drctl list"
 "$drctl" list
@@ -115,7 +115,7 @@ else
 fi
 
 step "physical: drctl basebackup (WAL is archived by archive_command = 'drctl wal-push %p')"
-"$drctl" basebackup --dsn "dbname=postgres" --label process=demo
+"$drctl" basebackup --dsn "dbname=postgres" --label process=stores
 
 step "a sale, then a mistake: both committed after the base backup"
 "$bindir/psql" -q -d retail -c "INSERT INTO orders (store, ordered_at, total) VALUES ('store-demo', now(), 42.00)"
@@ -142,6 +142,47 @@ step "drctl restore latest --to DIR --target-time '$before_mistake' --start (por
 "$bindir/psql" -p "$pitrport" -d retail -Atc "SELECT format('restored: %s payments, demo sale present: %s', (SELECT count(*) FROM payments), EXISTS (SELECT 1 FROM orders WHERE store = 'store-demo'))"
 ok=$("$bindir/psql" -p "$pitrport" -d retail -Atc "SELECT (SELECT count(*) FROM payments) = 20000 AND EXISTS (SELECT 1 FROM orders WHERE store = 'store-demo')")
 [ "$ok" = t ] || { echo "demo: point-in-time restore did not land between the sale and the mistake" >&2; exit 1; }
+
+step "recovery objectives: two business processes (demo-work/drctl.yaml)"
+cat > demo-work/drctl.yaml <<'YAML'
+processes:
+  - name: sales
+    description: Sales (nightly dumps)
+    database: retail
+    mode: logical
+    rpo: 1h
+    rto: 10m
+    checks:
+      - {name: orders present, sql: "SELECT count(*) FROM orders", expect: ">= 1000"}
+      - {name: no negative totals, sql: "SELECT id, total FROM orders WHERE total < 0", expect: none}
+  - name: stores
+    description: Store operations (base backup + WAL)
+    database: retail
+    mode: pitr
+    rpo: 1h
+    rto: 10m
+    checks:
+      - {name: payments present, sql: "SELECT count(*) FROM payments", expect: some}
+YAML
+cat demo-work/drctl.yaml
+export DRCTL_CONFIG="$root/demo-work/drctl.yaml"
+"$drctl" policy lint
+
+step "drctl verify latest --kind logical, then drctl policy check (no drill yet: exit 4)"
+"$drctl" verify "$("$drctl" list --json --kind logical | grep -o '"id": "[^"]*"' | tail -1 | cut -d'"' -f4)" >/dev/null
+if "$drctl" policy check; then echo "demo: the objectives hold without any drill" >&2; exit 1; fi
+
+step "drctl drill --process sales (a throw-away cluster: restore, checks, timed)"
+"$drctl" drill --process sales
+
+step "drctl drill --process stores (the base backup replayed to the end of the archive)"
+"$drctl" drill --process stores
+
+step "drctl gate --process sales --process stores --release demo-2 --backup-now (the pre-deploy check)"
+"$drctl" gate --process sales --process stores --release demo-2 --backup-now
+
+step "drctl report --html demo-work/objectives.html"
+"$drctl" report --html demo-work/objectives.html --since 1d
 
 step "drctl list"
 "$drctl" list
