@@ -25,12 +25,12 @@ import (
 func TestLagSeries(t *testing.T) {
 	since := now.Add(-10 * time.Hour)
 	var dumps []time.Time
-	for h := 0; h < 10; h++ {
+	for h := 0; h < 9; h++ { // hourly until 8 hours after since...
 		dumps = append(dumps, since.Add(time.Duration(h)*time.Hour))
 	}
-	dumps = append(dumps, now.Add(-30*time.Minute)) // a gap of 90 minutes before it
+	dumps = append(dumps, now.Add(-30*time.Minute)) // ...then one 90 minutes later
 	pts := lagSeries(dumps, since, now, time.Hour)
-	if len(pts) != 11 || pts[9].Seconds != 5400 || pts[9].OK || !pts[0].OK || pts[10].Seconds != 1800 {
+	if len(pts) != 10 || pts[7].Seconds != 3600 || !pts[7].OK || pts[8].Seconds != 5400 || pts[8].OK || pts[9].Seconds != 1800 {
 		t.Fatalf("%+v", pts)
 	}
 	// Hundreds of thousands of WAL files: at most maxPoints, the worst of each slice.
