@@ -3,6 +3,7 @@ package drill
 import (
 	"context"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -92,6 +93,9 @@ func judge(e policy.Expect, rows [][]any, rpo time.Duration, recoveryPoint time.
 		n, ok := number(v)
 		if !ok {
 			return false, fmt.Sprintf("%s (not a number)", render(rows[0]))
+		}
+		if math.IsNaN(n) || math.IsInf(n, 0) {
+			return false, strconv.FormatFloat(n, 'f', -1, 64) + " (not a finite number)"
 		}
 		return e.Holds(n), strconv.FormatFloat(n, 'f', -1, 64)
 	case "within_rpo":

@@ -128,11 +128,37 @@ func run(ctx context.Context, opt Options, rec *catalog.Drill, phase func(string
 		return fmt.Errorf("process %s: unknown mode %q", p.Name, p.Mode)
 	}
 	return phase("checks", func() error {
-		checks, err := RunChecks(ctx, sb.DSN(p.Database), p, rec.RecoveryPoint)
+		// The checks read data the backup brought: they run as a role
+		// that can read everything and do nothing else (a superuser
+		// reading a view someone made into a function call would run it
+		// with every right).
+		role, password := "drctl_check_"+newID()[:8], newID()
+		if err := createCheckRole(ctx, sb.DSN(p.Database), role, password); err != nil {
+			return err
+		}
+		checks, err := RunChecks(ctx, sb.DSNAs(role, password, p.Database)+" options='-c search_path=pg_catalog,public'", p, rec.RecoveryPoint)
 		rec.Checks = checks
 		return err
 	})
 }
+
+// createCheckRole makes the login role the checks run as: no superuser,
+// member of pg_read_all_data.
+func createCheckRole(ctx context.Context, dsn, role, password string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("connect to the restored server: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	sql := fmt.Sprintf("CREATE ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s IN ROLE pg_read_all_data",
+		pgx.Identifier{role}.Sanitize(), quoteLiteral(password))
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("create the checks' role: %w", err)
+	}
+	return nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // waitPromoted waits for recovery to end (the archive replayed, the server
 // promoted) and returns the time of the last commit it replayed.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/user"
@@ -32,6 +33,8 @@ type Sandbox interface {
 	Start(ctx context.Context) error
 	// DSN reaches a database of the running server as its superuser.
 	DSN(database string) string
+	// DSNAs reaches it as another role.
+	DSNAs(user, password, database string) string
 	// Env is the same as PG* variables (for programs that take them).
 	Env(database string) []string
 	Close(ctx context.Context) error
@@ -61,12 +64,37 @@ type LocalOptions struct {
 	Root string
 }
 
+// Root is where local sandboxes live by default: a directory of drctl's
+// own in the temp dir (mode 0711: the server's user may pass through to
+// its sandbox, but lists and plants nothing).
+func Root() string { return filepath.Join(os.TempDir(), fmt.Sprintf("drctl-drills-%d", os.Geteuid())) }
+
+// privateRoot makes (or checks) dir as a directory of this user's, not a
+// symlink, writable by nobody else.
+func privateRoot(dir string) error {
+	if err := os.Mkdir(dir, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("drill sandbox root %s is not a directory of this user's that only it can write: refusing it", dir)
+	}
+	return nil
+}
+
 // NewLocal prepares a local sandbox (nothing runs yet). It first removes
 // the sandboxes of drills that were killed.
 func NewLocal(opt LocalOptions) (*Local, error) {
 	root := opt.Root
 	if root == "" {
-		root = os.TempDir()
+		root = Root()
+	}
+	if err := privateRoot(root); err != nil {
+		return nil, err
 	}
 	CleanLeftovers(root)
 	bin := opt.BinDir
@@ -182,12 +210,23 @@ func serverEnv() []string {
 // InitDB creates an empty cluster whose superuser logs in with a random
 // password.
 func (l *Local) InitDB(ctx context.Context) error {
-	pwfile := filepath.Join(l.sockDir(), "pw")
-	if err := os.WriteFile(pwfile, []byte(l.password+"\n"), 0o600); err != nil {
+	// In the sandbox's own directory, where the server's user can create
+	// nothing (a symlink planted there would have root write the password
+	// through it), given to that user by handle.
+	pwfile := filepath.Join(l.dir, "pw")
+	f, err := os.OpenFile(pwfile, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
 		return err
 	}
 	defer os.Remove(pwfile)
-	if err := l.own(pwfile); err != nil {
+	_, err = f.WriteString(l.password + "\n")
+	if err == nil && l.cred != nil {
+		err = f.Chown(int(l.cred.Uid), int(l.cred.Gid))
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
 	return l.run(ctx, "initdb", "-D", l.DataDir(), "-U", l.user, "--pwfile="+pwfile, "--auth=scram-sha-256",
@@ -217,7 +256,9 @@ func (l *Local) Start(ctx context.Context) error {
 	if l.restored() {
 		// Replay without hot standby: it would demand the primary's
 		// max_connections and friends; the server opens once promoted.
-		settings = append(settings, "-c hot_standby=off")
+		// Production's memory and preloaded libraries stay in production.
+		// (drctl restore already reset preload libraries named by path.)
+		settings = append(settings, "-c hot_standby=off", "-c shared_buffers=128MB", "-c huge_pages=off")
 	} else {
 		settings = append(settings, "-c max_connections=20")
 	}
@@ -241,6 +282,11 @@ func (l *Local) DSN(database string) string {
 	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable", l.sockDir(), l.port, l.user, l.password, quoteConn(database))
 }
 
+// DSNAs reaches database over the private socket as user.
+func (l *Local) DSNAs(user, password, database string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable", l.sockDir(), l.port, quoteConn(user), quoteConn(password), quoteConn(database))
+}
+
 // Env is the DSN as PG* variables.
 func (l *Local) Env(database string) []string {
 	return []string{"PGHOST=" + l.sockDir(), "PGPORT=" + strconv.Itoa(l.port), "PGUSER=" + l.user,
@@ -249,17 +295,31 @@ func (l *Local) Env(database string) []string {
 
 // ServerLog is the tail of the server's log, for errors.
 func (l *Local) ServerLog() string {
-	data, _ := os.ReadFile(filepath.Join(l.logDir(), "server.log"))
-	if len(data) > 2000 {
-		data = data[len(data)-2000:]
-	}
+	data := readNoFollow(filepath.Join(l.logDir(), "server.log"), 2000)
 	return string(data)
+}
+
+// readNoFollow reads the last max bytes of a file the server's user
+// writes, refusing a symlink (one to /etc/shadow would be read as root).
+func readNoFollow(path string, max int64) []byte {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	} else if fi.Size() > max {
+		f.Seek(fi.Size()-max, 0)
+	}
+	data, _ := io.ReadAll(io.LimitReader(f, max))
+	return data
 }
 
 // serverErrors picks the FATAL and PANIC lines of the server's log, or
 // its last lines.
 func (l *Local) serverErrors() string {
-	data, _ := os.ReadFile(filepath.Join(l.logDir(), "server.log"))
+	data := readNoFollow(filepath.Join(l.logDir(), "server.log"), 64<<10)
 	var picked []string
 	for _, line := range strings.Split(string(data), "\n") {
 		if strings.Contains(line, "FATAL:") || strings.Contains(line, "PANIC:") || strings.Contains(line, "ERROR:") || strings.HasPrefix(line, "drctl: ") {
@@ -285,6 +345,10 @@ func (l *Local) Close(ctx context.Context) error {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		err = l.run(cctx, "pg_ctl", "stop", "-m", "immediate", "-w", "-D", l.DataDir())
 		cancel()
+		if err != nil {
+			// Never leave a server running whose directory is gone.
+			stopLeftoverServer(l.DataDir())
+		}
 	}
 	if rerr := os.RemoveAll(l.dir); rerr != nil && err == nil {
 		err = rerr
@@ -303,7 +367,7 @@ func CleanLeftovers(root string) []string {
 			continue // not a sandbox, or not ours to judge
 		}
 		pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
-		if err != nil || pid <= 0 || syscall.Kill(pid, 0) == nil {
+		if err != nil || pid <= 0 || alive(pid) {
 			continue // its drill still runs
 		}
 		stopLeftoverServer(filepath.Join(dir, "data"))
@@ -325,7 +389,7 @@ func stopLeftoverServer(dataDir string) {
 		return
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(lines[0]))
-	if err != nil || pid <= 1 {
+	if err != nil || pid <= 1 || !isPostmasterOf(pid, dataDir) {
 		return
 	}
 	syscall.Kill(pid, syscall.SIGQUIT)
@@ -333,6 +397,24 @@ func stopLeftoverServer(dataDir string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// alive: a process exists (one we may not signal exists too).
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// isPostmasterOf checks, before a signal, that pid is a postgres server
+// running in dataDir: the pid file is the server's user's to write, and
+// a planted one must not name another process.
+func isPostmasterOf(pid int, dataDir string) bool {
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil || filepath.Base(exe) != "postgres" {
+		return false
+	}
+	cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+	return err == nil && cwd == dataDir
 }
 
 func randomHex(n int) string {

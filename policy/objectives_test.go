@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/engine/wal"
 )
 
 var now = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
@@ -18,19 +19,25 @@ func manifest(id, kind, db, process string, start time.Time, raw int64) *catalog
 func TestEvaluate(t *testing.T) {
 	finance := Process{Name: "finance", Database: "erp", Mode: ModeLogical, RPO: time.Hour, RTO: 30 * time.Minute, DrillMax: 7 * 24 * time.Hour}
 	pos := Process{Name: "pos-sync", Database: "pos", Mode: ModePITR, RPO: time.Minute, RTO: 10 * time.Minute, DrillMax: 7 * 24 * time.Hour}
+	base := manifest("e", catalog.KindPhysical, "", "pos-sync", now.Add(-2*time.Hour), 8000)
+	base.Physical = &catalog.Physical{StartSegment: "000000010000000000000002", StopLSN: "0/2000100", WALSegmentSize: 16 << 20}
+	segment := func(name string, ago time.Duration, partial bool) wal.Entry {
+		return wal.Entry{Name: name, Hash: "00", Partial: partial, ModTime: now.Add(-ago)}
+	}
 	ev := &Evidence{
 		Backups: []*catalog.Manifest{
 			manifest("a", catalog.KindLogical, "erp", "finance", now.Add(-3*time.Hour), 1000),
 			manifest("b", catalog.KindLogical, "erp", "finance", now.Add(-30*time.Minute), 4000), // verified
 			manifest("c", catalog.KindLogical, "erp", "finance", now.Add(-5*time.Minute), 4000),  // not verified
 			manifest("d", catalog.KindLogical, "erp", "", now.Add(-time.Minute), 4000),           // not the process's
-			manifest("e", catalog.KindPhysical, "", "pos-sync", now.Add(-2*time.Hour), 8000),
+			base,
 		},
-		NewestWAL: now.Add(-90 * time.Second),
-		recorded:  map[string]bool{"a": true, "b": true},
-		ok:        map[string]bool{"a": true, "b": true},
+		WAL: []wal.Entry{segment("000000010000000000000002", 2*time.Hour, false), segment("000000010000000000000003", time.Hour, false),
+			segment("000000010000000000000004", 90*time.Second, false)},
+		recorded: map[string]bool{"a": true, "b": true},
+		verified: map[string]bool{"a": true, "b": true},
 	}
-	drills := []catalog.Drill{{DrillID: "d1", Passed: true, Seconds: 60, RawBytes: 1000, End: now.Add(-24 * time.Hour)}}
+	drills := []catalog.Drill{{DrillID: "d1", BackupID: "a", Passed: true, Seconds: 60, RawBytes: 1000, Start: now.Add(-25 * time.Hour), End: now.Add(-24 * time.Hour)}}
 	byObjective := func(rs []Result) map[string]Result {
 		m := map[string]Result{}
 		for _, r := range rs {
@@ -45,7 +52,7 @@ func TestEvaluate(t *testing.T) {
 	if r := f[ObjectiveDrill]; !r.Met || r.DrillID != "d1" {
 		t.Fatalf("finance drill: %+v", r)
 	}
-	// The drill restored 1000 bytes in 60 s; today's dump has 4000: 240 s.
+	// The drill restored a (1000 bytes) in 60 s; today's dump has 4000: 240 s.
 	if r := f[ObjectiveRTO]; !r.Met || r.Achieved != 60 || r.Projected != 240 {
 		t.Fatalf("finance rto: %+v", r)
 	}
@@ -61,11 +68,11 @@ func TestEvaluate(t *testing.T) {
 	}
 	// A stale drill, a failed one, one that was too slow, a projection
 	// over the RTO.
-	stale := []catalog.Drill{{DrillID: "d2", Passed: true, Seconds: 60, RawBytes: 1000, End: now.Add(-8 * 24 * time.Hour)}}
+	stale := []catalog.Drill{{DrillID: "d2", BackupID: "a", Passed: true, Seconds: 60, End: now.Add(-8 * 24 * time.Hour)}}
 	if r := byObjective(Evaluate(finance, ev, stale, now))[ObjectiveDrill]; r.Met || !strings.Contains(r.Reason, "longer than the 168h0m0s allowed") {
 		t.Fatalf("stale drill: %+v", r)
 	}
-	failed := append(drills, catalog.Drill{DrillID: "d3", Passed: false, Error: "checks failed: x", Seconds: 50, End: now.Add(-time.Hour)})
+	failed := append(drills, catalog.Drill{DrillID: "d3", BackupID: "b", Passed: false, Error: "checks failed: x", Seconds: 50, End: now.Add(-time.Hour)})
 	fr := byObjective(Evaluate(finance, ev, failed, now))
 	if r := fr[ObjectiveDrill]; r.Met || !strings.Contains(r.Reason, "failed: checks failed: x") {
 		t.Fatalf("failed drill: %+v", r)
@@ -73,18 +80,40 @@ func TestEvaluate(t *testing.T) {
 	if r := fr[ObjectiveRTO]; r.DrillID != "d1" {
 		t.Fatalf("rto judged on a drill whose checks failed: %+v", r)
 	}
-	slow := []catalog.Drill{{DrillID: "d4", Passed: false, Error: ErrRTOOnly, Seconds: 2400, RawBytes: 4000, End: now.Add(-time.Hour)}}
+	slow := []catalog.Drill{{DrillID: "d4", BackupID: "b", Passed: false, Error: ErrRTOOnly, Seconds: 2400, End: now.Add(-time.Hour)}}
 	if r := byObjective(Evaluate(finance, ev, slow, now))[ObjectiveRTO]; r.Met || !strings.Contains(r.Reason, "took 40m0s, over the RTO of 30m0s") {
 		t.Fatalf("slow drill: %+v", r)
 	}
-	grown := []catalog.Drill{{DrillID: "d5", Passed: true, Seconds: 600, RawBytes: 1000, End: now.Add(-time.Hour)}}
+	grown := []catalog.Drill{{DrillID: "d5", BackupID: "a", Passed: true, Seconds: 600, RawBytes: 4000, End: now.Add(-time.Hour)}} // the record's size is not trusted
 	if r := byObjective(Evaluate(finance, ev, grown, now))[ObjectiveRTO]; r.Met || r.Projected != 2400 || !strings.Contains(r.Reason, "would take 40m0s") {
 		t.Fatalf("projection: %+v", r)
 	}
-	// A pitr process whose WAL stopped before its base backup ended.
-	ev.NewestWAL = now.Add(-3 * time.Hour)
-	if r := byObjective(Evaluate(pos, ev, nil, now))[ObjectiveRPO]; r.Met || !strings.Contains(r.Reason, "no WAL archived since base backup e ended") {
+	// wal-receive's unfinished segment after the last one: the newest point.
+	ev.WAL = append(ev.WAL, segment("000000010000000000000005", 20*time.Second, true))
+	if r := byObjective(Evaluate(pos, ev, nil, now))[ObjectiveRPO]; !r.Met || r.Achieved != 20 {
+		t.Fatalf("pos with a partial segment: %+v", r)
+	}
+	// A gap: the recovery point stops before it, whatever is archived after.
+	ev.WAL = []wal.Entry{segment("000000010000000000000002", 2*time.Hour, false), segment("000000010000000000000003", time.Hour, false),
+		segment("000000010000000000000005", 10*time.Second, false)}
+	if r := byObjective(Evaluate(pos, ev, nil, now))[ObjectiveRPO]; r.Met || r.Achieved != 3600 {
+		t.Fatalf("pos with a gap: %+v", r)
+	}
+	// The WAL the base backup itself needs is missing: not restorable.
+	ev.WAL = nil
+	if r := byObjective(Evaluate(pos, ev, nil, now))[ObjectiveRPO]; r.Met || !strings.Contains(r.Reason, "cannot be restored: WAL it needs is missing") {
 		t.Fatalf("pos without WAL: %+v", r)
+	}
+	// Forged or broken records: a drill of a backup that is not the
+	// process's, one from the future, a newest drill stopped by its timeout.
+	forged := []catalog.Drill{{DrillID: "f1", BackupID: "zzz", Passed: true, Seconds: 1, Start: now.Add(-time.Hour), End: now.Add(-time.Hour)},
+		{DrillID: "f2", BackupID: "a", Passed: true, Seconds: 1, Start: now.Add(time.Hour), End: now.Add(2 * time.Hour)}}
+	if r := byObjective(Evaluate(finance, ev, forged, now))[ObjectiveDrill]; r.Met {
+		t.Fatalf("forged drills counted: %+v", r)
+	}
+	timedOut := append(drills, catalog.Drill{DrillID: "t1", BackupID: "b", Seconds: 1800, Error: "restore: " + ErrTimeout + " of 30m0s", Start: now.Add(-time.Hour), End: now.Add(-time.Hour)})
+	if r := byObjective(Evaluate(finance, ev, timedOut, now))[ObjectiveRTO]; r.Met || !strings.Contains(r.Reason, "stopped by its timeout") {
+		t.Fatalf("timed-out drill: %+v", r)
 	}
 }
 

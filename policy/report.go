@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/drctl/drctl/catalog"
-	"github.com/drctl/drctl/engine/wal"
+	"github.com/drctl/drctl/engine/codec"
 	"github.com/drctl/drctl/storage"
 )
 
@@ -47,12 +47,12 @@ type Point struct {
 }
 
 // BuildReport reads the repository's records since then.
-func BuildReport(ctx context.Context, st storage.Store, procs []Process, since, now time.Time, v catalog.Verifier) (*Report, error) {
-	ev, err := ReadEvidence(ctx, st, v)
+func BuildReport(ctx context.Context, st storage.Store, procs []Process, since, now time.Time, v catalog.Verifier, keys *codec.Keys) (*Report, error) {
+	ev, err := ReadEvidence(ctx, st, v, keys)
 	if err != nil {
 		return nil, err
 	}
-	gates, err := catalog.ListGates(ctx, st, since, time.Time{})
+	gates, _, err := catalog.ListGates(ctx, st, since, time.Time{}, v)
 	if err != nil {
 		return nil, err
 	}
@@ -60,16 +60,12 @@ func BuildReport(ctx context.Context, st storage.Store, procs []Process, since, 
 	var walTimes []time.Time
 	for _, p := range procs {
 		if p.Mode == ModePITR && walTimes == nil {
-			entries, err := (&wal.Archive{Store: st}).List(ctx)
-			if err != nil {
-				return nil, err
-			}
-			for _, e := range entries {
+			for _, e := range ev.WAL {
 				walTimes = append(walTimes, e.ModTime)
 			}
 			sort.Slice(walTimes, func(i, j int) bool { return walTimes[i].Before(walTimes[j]) })
 		}
-		drills, err := catalog.ListDrills(ctx, st, p.Name, time.Time{}, time.Time{})
+		drills, err := ev.Drills(p)
 		if err != nil {
 			return nil, err
 		}

@@ -64,18 +64,18 @@ func sampleReport(t *testing.T) *Report {
 		if i == 7 {
 			d.Error = "checks failed: no negative amounts: expected none, saw 1 row: 42, -1"
 		}
-		if err := catalog.PutDrill(ctx, st, d); err != nil {
+		if err := catalog.PutDrill(ctx, st, d, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	catalog.PutGate(ctx, st, catalog.Gate{GateID: "00000000000000aa", Time: now.Add(-48 * time.Hour), Release: "2026.11.25", Processes: []string{"finance", "pos-sync"}, Passed: false,
-		Reasons: []string{"pos-sync rpo: the newest WAL was archived 5m ago: over the RPO of 1m"}})
-	catalog.PutGate(ctx, st, catalog.Gate{GateID: "00000000000000bb", Time: now.Add(-24 * time.Hour), Release: "2026.11.26", Processes: []string{"finance", "pos-sync"}, Passed: true})
+		Reasons: []string{"pos-sync rpo: the newest WAL was archived 5m ago: over the RPO of 1m"}}, nil)
+	catalog.PutGate(ctx, st, catalog.Gate{GateID: "00000000000000bb", Time: now.Add(-24 * time.Hour), Release: "2026.11.26", Processes: []string{"finance", "pos-sync"}, Passed: true}, nil)
 	procs := []Process{
 		{Name: "finance", Description: "Finance posting", Database: "erp", Mode: ModeLogical, RPO: time.Hour, RTO: 30 * time.Minute, DrillMax: 7 * 24 * time.Hour},
 		{Name: "pos-sync", Description: "Point-of-sale sync", Database: "pos", Mode: ModePITR, RPO: time.Minute, RTO: 10 * time.Minute, DrillMax: 7 * 24 * time.Hour},
 	}
-	r, err := BuildReport(ctx, st, procs, since, now, nil)
+	r, err := BuildReport(ctx, st, procs, since, now, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

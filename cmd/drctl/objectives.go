@@ -10,7 +10,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -105,6 +107,9 @@ func pickProcesses(procs []policy.Process, names []string) ([]policy.Process, er
 	}
 	var out []policy.Process
 	for _, n := range names {
+		if slices.ContainsFunc(out, func(p policy.Process) bool { return p.Name == n }) {
+			continue // named twice: judged (and backed up) once
+		}
 		i := slices.IndexFunc(procs, func(p policy.Process) bool { return p.Name == n })
 		if i < 0 {
 			var known []string
@@ -186,22 +191,35 @@ func newPolicyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	return cmd
 }
 
-func evaluate(ctx context.Context, s *settings, st storage.Store, procs []policy.Process, now time.Time) ([]policy.Result, error) {
+// readEvidence reads what the objectives are judged on, with the allowed
+// signers and (when configured) the identity for timeline history.
+func readEvidence(ctx context.Context, s *settings, st storage.Store) (*policy.Evidence, error) {
 	verifier, err := s.verifier()
 	if err != nil {
 		return nil, err
 	}
-	ev, err := policy.ReadEvidence(ctx, st, verifier)
+	keys, err := s.decryptKeys()
+	if err != nil {
+		return nil, err
+	}
+	return policy.ReadEvidence(ctx, st, verifier, keys)
+}
+
+func evaluate(ctx context.Context, s *settings, st storage.Store, procs []policy.Process, now time.Time) ([]policy.Result, error) {
+	ev, err := readEvidence(ctx, s, st)
 	if err != nil {
 		return nil, err
 	}
 	var out []policy.Result
 	for _, p := range procs {
-		drills, err := catalog.ListDrills(ctx, st, p.Name, time.Time{}, time.Time{})
+		drills, err := ev.Drills(p)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, policy.Evaluate(p, ev, drills, now)...)
+	}
+	for _, sk := range ev.Skipped {
+		s.Logger.Warn("a record was left out of the judgement", "record", oneLine(sk))
 	}
 	return out, nil
 }
@@ -243,7 +261,7 @@ func printResults(w io.Writer, rs []policy.Result, asJSON bool) error {
 		if r.Met {
 			met = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Process, r.Objective, seconds(r.Target), achieved, met, r.Reason)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Process, r.Objective, seconds(r.Target), achieved, met, oneLine(r.Reason))
 	}
 	return tw.Flush()
 }
@@ -280,11 +298,7 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			verifier, err := s.verifier()
-			if err != nil {
-				return err
-			}
-			ev, err := policy.ReadEvidence(cmd.Context(), st, verifier)
+			ev, err := readEvidence(cmd.Context(), s, st)
 			if err != nil {
 				return err
 			}
@@ -294,7 +308,7 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				if p.Mode == policy.ModePITR {
 					what = "base backup"
 				}
-				return fmt.Errorf("process %s: no %s labelled process=%s to drill", p.Name, what, p.Name)
+				return &exitCodeError{exitObjectives, fmt.Errorf("process %s: no %s labelled process=%s to drill", p.Name, what, p.Name)}
 			}
 			sb, err := drill.NewLocal(drill.LocalOptions{BinDir: s.getenv("DRCTL_PG_BINDIR")})
 			if err != nil {
@@ -306,13 +320,17 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			}
 			host, _ := os.Hostname()
 			rec := drill.Run(cmd.Context(), drill.Options{Process: p, Backup: b, Sandbox: sb, Host: host, Logger: s.Logger,
-				Restorer: &selfRestorer{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: s.environ()}})
+				Restorer: &selfRestorer{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: withoutLibpq(s.environ())}})
 			if cmd.Context().Err() != nil {
 				return fmt.Errorf("drill of %s stopped: %w (its sandbox is removed)", p.Name, cmd.Context().Err())
 			}
 			pctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), time.Minute)
 			defer cancel()
-			if err := catalog.PutDrill(pctx, st, rec); err != nil {
+			signer, err := s.signer()
+			if err != nil {
+				return err
+			}
+			if err := catalog.PutDrill(pctx, st, rec, signer); err != nil {
 				return fmt.Errorf("store the drill's record: %w", err)
 			}
 			if asJSON {
@@ -339,7 +357,7 @@ func printDrill(w io.Writer, d catalog.Drill) {
 	if !d.Passed {
 		verdict = "FAILED"
 	}
-	fmt.Fprintf(w, "drill %s of %s (%s backup %s): %s in %s\n", d.DrillID, d.Process, d.Mode, d.BackupID, verdict, seconds(d.Seconds))
+	fmt.Fprintf(w, "drill %s of %s (%s backup %s): %s in %s\n", d.DrillID, d.Process, d.Mode, oneLine(d.BackupID), verdict, seconds(d.Seconds))
 	for _, ph := range d.Phases {
 		fmt.Fprintf(w, "  %-8s %s\n", ph.Name, seconds(ph.Seconds))
 	}
@@ -351,11 +369,17 @@ func printDrill(w io.Writer, d catalog.Drill) {
 		if !c.Passed {
 			mark = "FAIL"
 		}
-		fmt.Fprintf(w, "  %s %s: expected %s, saw %s\n", mark, c.Name, c.Expect, c.Saw)
+		fmt.Fprintf(w, "  %s %s: expected %s, saw %s\n", mark, oneLine(c.Name), oneLine(c.Expect), oneLine(c.Saw))
 	}
 	if d.Error != "" {
-		fmt.Fprintf(w, "  %s\n", d.Error)
+		fmt.Fprintf(w, "  %s\n", oneLine(d.Error))
 	}
+}
+
+// withoutLibpq drops libpq's variables (PGSERVICE, PGHOSTADDR and the
+// rest would steer a restore meant for the sandbox to another server).
+func withoutLibpq(env []string) []string {
+	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool { return strings.HasPrefix(kv, "PG") })
 }
 
 // selfRestorer restores with drctl itself: the restore users run.
@@ -398,7 +422,7 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		names             []string
 		release           string
 		backupNow, asJSON bool
-		walWait           time.Duration
+		walWait, timeout  time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "gate --process P [--process Q ...] [--release R] [--backup-now]",
@@ -414,7 +438,7 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return &exitCodeError{2, errors.New("--backup-now needs --release R: the recovery point is named after it")}
 			}
 			if release != "" && !validRelease(release) {
-				return &exitCodeError{2, fmt.Errorf("--release %q: letters, digits, dots, dashes and underscores, at most 60", release)}
+				return &exitCodeError{2, fmt.Errorf("--release %q: letters, digits, dots, dashes and underscores, at most %d", release, maxRelease)}
 			}
 			_, procs, _, problems, err := loadProcesses(g)
 			if err != nil {
@@ -435,29 +459,39 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			host, _ := os.Hostname()
-			gate := catalog.Gate{GateID: drillID(), Release: release, Host: host}
+			gate := catalog.Gate{GateID: drillID(), Release: release, Host: host, Reasons: []string{}}
 			for _, p := range chosen {
 				gate.Processes = append(gate.Processes, p.Name)
 			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			var results []policy.Result
+			var made error
 			if backupNow {
-				if err := recoveryPointNow(cmd.Context(), g, s, st, chosen, release, walWait, &gate); err != nil {
-					return err
-				}
+				made = recoveryPointNow(ctx, g, s, st, chosen, release, walWait, &gate)
 			}
 			gate.Time = time.Now().UTC()
-			results, err := evaluate(cmd.Context(), s, st, chosen, gate.Time)
-			if err != nil {
-				return err
+			if made == nil {
+				if results, err = evaluate(ctx, s, st, chosen, gate.Time); err != nil {
+					return err
+				}
+			} else {
+				// No fresh recovery point: a stop, recorded, with why.
+				gate.Reasons = append(gate.Reasons, "recovery point not made: "+oneLine(made.Error()))
 			}
-			gate.Passed = allMet(results)
+			gate.Passed = made == nil && allMet(results)
 			for _, r := range results {
 				if !r.Met {
-					gate.Reasons = append(gate.Reasons, fmt.Sprintf("%s %s: %s", r.Process, r.Objective, r.Reason))
+					gate.Reasons = append(gate.Reasons, fmt.Sprintf("%s %s: %s", r.Process, r.Objective, oneLine(r.Reason)))
 				}
 			}
 			pctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), time.Minute)
 			defer cancel()
-			if err := catalog.PutGate(pctx, st, gate); err != nil {
+			signer, err := s.signer()
+			if err != nil {
+				return err
+			}
+			if err := catalog.PutGate(pctx, st, gate, signer); err != nil {
 				return fmt.Errorf("record the gate's decision: %w", err)
 			}
 			if asJSON {
@@ -478,8 +512,13 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 					if id := gate.BackupIDs[p.Name]; id != "" {
 						fmt.Fprintf(stdout, "  %s: verified dump %s\n", p.Name, id)
 					}
-					if rp := gate.RestorePoints[p.Name]; rp != "" {
-						fmt.Fprintf(stdout, "  %s: restore point %s archived\n", p.Name, rp)
+					if rp, ok := gate.RestorePoints[p.Name]; ok {
+						fmt.Fprintf(stdout, "  %s: restore point %s at %s (timeline %d) archived\n", p.Name, rp.Name, rp.LSN, rp.Timeline)
+					}
+				}
+				for _, r := range gate.Reasons {
+					if strings.HasPrefix(r, "recovery point not made") {
+						fmt.Fprintf(stdout, "  %s\n", r)
 					}
 				}
 				if err := printResults(stdout, results, false); err != nil {
@@ -497,12 +536,13 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	f.StringVar(&release, "release", "", "the release's name, recorded with the decision and naming the recovery point")
 	f.BoolVar(&backupNow, "backup-now", false, "make a fresh recovery point first (a verified dump, or an archived restore point)")
 	f.DurationVar(&walWait, "wal-wait", 2*time.Minute, "with --backup-now: how long to wait for the restore point's WAL to be archived")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "how long the whole gate may take (a stop when the recovery point is not made in time)")
 	f.BoolVar(&asJSON, "json", false, "print the decision and every objective as JSON")
 	return cmd
 }
 
 func validRelease(r string) bool {
-	if r == "" || len(r) > 60 {
+	if r == "" || len(r) > maxRelease {
 		return false
 	}
 	for _, c := range r {
@@ -521,8 +561,15 @@ func drillID() string {
 	return fmt.Sprintf("%x", b)
 }
 
-// RestorePointName is the named restore point a gate makes for release.
-func restorePointName(release string) string { return "drctl-before-" + release }
+// maxRelease keeps a restore point's name within PostgreSQL's 63 bytes.
+const maxRelease = 40
+
+// restorePointName is the named restore point a gate makes for release:
+// the gate's id makes it unique (recovery to a name stops at its first
+// occurrence, and a gate may run again for one release).
+func restorePointName(release, gateID string) string {
+	return "drctl-before-" + release + "-" + gateID[:8]
+}
 
 // recoveryPointNow makes the gate's fresh recovery points: a dump,
 // verified, per logical process; an archived restore point per pitr one.
@@ -542,56 +589,62 @@ func recoveryPointNow(ctx context.Context, g *globalFlags, s *settings, st stora
 			out, err := self.output(ctx, []string{"DRCTL_DSN=" + base.WithDatabase(p.Database).ConnString()},
 				"backup", "--json", "--label", "process="+p.Name, "--label", "release="+release)
 			if err != nil {
-				return fmt.Errorf("gate: dump of %s: %w", p.Database, err)
+				return fmt.Errorf("dump of %s: %w", p.Database, err)
 			}
 			var sum backupSummary
 			if err := json.Unmarshal(out, &sum); err != nil || sum.ID == "" {
-				return fmt.Errorf("gate: dump of %s: unreadable result", p.Database)
+				return fmt.Errorf("dump of %s: unreadable result", p.Database)
 			}
 			if _, err := self.output(ctx, nil, "verify", sum.ID); err != nil {
-				return fmt.Errorf("gate: verify the dump %s: %w", sum.ID, err)
+				return fmt.Errorf("verify the dump %s: %w", sum.ID, err)
 			}
 			if gate.BackupIDs == nil {
 				gate.BackupIDs = map[string]string{}
 			}
 			gate.BackupIDs[p.Name] = sum.ID
 		case policy.ModePITR:
-			name := restorePointName(release)
-			seg, err := createRestorePoint(ctx, base.WithDatabase(p.Database).ConnString(), name)
+			point, seg, err := createRestorePoint(ctx, base.WithDatabase(p.Database).ConnString(), restorePointName(release, gate.GateID))
 			if err != nil {
-				return fmt.Errorf("gate: restore point for %s: %s", p.Name, base.RedactError(err))
+				return fmt.Errorf("restore point for %s: %s", p.Name, base.RedactError(err))
 			}
 			if err := waitArchived(ctx, st, seg, walWait); err != nil {
-				return fmt.Errorf("gate: restore point %s of %s: %w", name, p.Name, err)
+				return fmt.Errorf("restore point %s of %s: %w", point.Name, p.Name, err)
 			}
 			if gate.RestorePoints == nil {
-				gate.RestorePoints = map[string]string{}
+				gate.RestorePoints = map[string]catalog.RestorePoint{}
 			}
-			gate.RestorePoints[p.Name] = name
+			gate.RestorePoints[p.Name] = point
 		}
 	}
 	return nil
 }
 
 // createRestorePoint makes a named restore point and closes its WAL
-// segment, so that archiving takes it at once; it returns the segment.
-func createRestorePoint(ctx context.Context, dsn, name string) (string, error) {
+// segment, so that archiving takes it at once; it returns the point and
+// the segment that holds it.
+func createRestorePoint(ctx context.Context, dsn, name string) (catalog.RestorePoint, string, error) {
+	point := catalog.RestorePoint{Name: name}
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	conn, err := pgx.Connect(cctx, dsn)
 	if err != nil {
-		return "", err
+		return point, "", err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var seg string
-	err = conn.QueryRow(cctx, "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_create_restore_point($1))", name).Scan(&seg)
+	err = conn.QueryRow(cctx, `SELECT l::text, pg_catalog.pg_walfile_name(l) FROM pg_catalog.pg_create_restore_point($1) AS l`, name).Scan(&point.LSN, &seg)
 	if err != nil {
-		return "", err
+		return point, "", err
 	}
+	tl, err := strconv.ParseUint(seg[:8], 16, 32)
+	if err != nil {
+		return point, "", fmt.Errorf("WAL file name %q", seg)
+	}
+	point.Timeline = uint32(tl)
 	if _, err := conn.Exec(cctx, "SELECT pg_catalog.pg_switch_wal()"); err != nil {
-		return "", err
+		return point, "", err
 	}
-	return seg, nil
+	return point, seg, nil
 }
 
 // waitArchived waits until the WAL segment is in the repository.
@@ -599,16 +652,18 @@ func waitArchived(ctx context.Context, st storage.Store, seg string, limit time.
 	a := &wal.Archive{Store: st}
 	deadline := time.Now().Add(limit)
 	for {
-		entries, err := a.Lookup(ctx, seg)
-		if err != nil {
-			return err
-		}
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		entries, err := a.Lookup(lctx, seg)
+		cancel()
 		for _, e := range entries {
 			if !e.Partial {
 				return nil
 			}
 		}
 		if time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("its WAL segment %s could not be looked up within %s: %w", seg, limit, err)
+			}
 			return fmt.Errorf("its WAL segment %s was not archived within %s (is archive_command or wal-receive running?)", seg, limit)
 		}
 		select {
@@ -638,13 +693,15 @@ func (r *selfRestorer) output(ctx context.Context, env []string, args ...string)
 	return out.Bytes(), nil
 }
 
-// beforeRelease resolves restore --before-release R: the gate's dump for
-// --into (of database, when the gate made several), or for --to the newest
-// base backup that ended before the gate, recovered to its restore point.
-func beforeRelease(ctx context.Context, st storage.Store, release, database string, physical bool) (id, target string, err error) {
-	gates, err := catalog.ListGates(ctx, st, time.Time{}, time.Time{})
+// beforeRelease resolves restore --before-release R from the newest gate
+// of release R that made a recovery point: for --into its dump (of
+// database, when it made several); for --to the newest base backup of the
+// process that ended before the restore point, recovered to the point's
+// LSN on its timeline (target reports them).
+func beforeRelease(ctx context.Context, st storage.Store, v catalog.Verifier, release, database string, physical bool) (id string, target *catalog.RestorePoint, err error) {
+	gates, skipped, err := catalog.ListGates(ctx, st, time.Time{}, time.Time{}, v)
 	if err != nil {
-		return "", "", err
+		return "", nil, err
 	}
 	var gate *catalog.Gate
 	for i := len(gates) - 1; i >= 0; i-- {
@@ -654,14 +711,18 @@ func beforeRelease(ctx context.Context, st storage.Store, release, database stri
 		}
 	}
 	if gate == nil {
-		return "", "", fmt.Errorf("no gate made a recovery point for release %q (drctl gate --release %s --backup-now)", release, release)
+		more := ""
+		if len(skipped) > 0 {
+			more = fmt.Sprintf(" (%d gate records were left out: unreadable or not signed by an allowed signer)", len(skipped))
+		}
+		return "", nil, fmt.Errorf("no gate made a recovery point for release %q%s (drctl gate --release %s --backup-now)", release, more, release)
 	}
 	if !physical {
 		var ids []string
 		for _, id := range gate.BackupIDs {
-			m, err := catalog.Load(ctx, st, id, nil)
+			m, err := catalog.Load(ctx, st, id, v)
 			if err != nil {
-				return "", "", err
+				return "", nil, err
 			}
 			if database == "" || m.Database == database {
 				ids = append(ids, id)
@@ -669,25 +730,45 @@ func beforeRelease(ctx context.Context, st storage.Store, release, database stri
 		}
 		switch len(ids) {
 		case 0:
-			return "", "", fmt.Errorf("the gate of release %s made no dump%s (its restore points restore with --to)", release, map[bool]string{true: " of " + database, false: ""}[database != ""])
+			what := ""
+			if database != "" {
+				what = " of " + database
+			}
+			return "", nil, fmt.Errorf("the gate of release %s made no dump%s (its restore points restore with --to)", release, what)
 		case 1:
-			return ids[0], "", nil
+			return ids[0], nil, nil
 		}
-		return "", "", &exitCodeError{2, fmt.Errorf("the gate of release %s made dumps of several databases: give --database", release)}
+		return "", nil, &exitCodeError{2, fmt.Errorf("the gate of release %s made dumps of several databases: give --database", release)}
 	}
-	if len(gate.RestorePoints) == 0 {
-		return "", "", fmt.Errorf("the gate of release %s made no restore point (its dumps restore with --into)", release)
+	if len(gate.RestorePoints) != 1 {
+		if len(gate.RestorePoints) == 0 {
+			return "", nil, fmt.Errorf("the gate of release %s made no restore point (its dumps restore with --into)", release)
+		}
+		return "", nil, fmt.Errorf("the gate of release %s made restore points in several processes: restore with --target-lsn from its record (drctl gate --json)", release)
 	}
-	all, err := catalog.List(ctx, st, nil)
+	var process string
+	var point catalog.RestorePoint
+	for p, rp := range gate.RestorePoints {
+		process, point = p, rp
+	}
+	at, err := wal.ParseLSN(point.LSN)
 	if err != nil {
-		return "", "", err
+		return "", nil, fmt.Errorf("the gate of release %s recorded an unreadable LSN %q", release, point.LSN)
+	}
+	all, err := catalog.List(ctx, st, v)
+	if err != nil {
+		return "", nil, err
 	}
 	for i := len(all) - 1; i >= 0; i-- {
-		if all[i].Kind == catalog.KindPhysical && !all[i].EndTime.After(gate.Time) {
-			return all[i].ID, restorePointName(release), nil
+		m := all[i]
+		if m.Kind != catalog.KindPhysical || m.Physical == nil || m.Labels["process"] != process || m.Physical.StopTimeline > point.Timeline {
+			continue
+		}
+		if stop, err := wal.ParseLSN(m.Physical.StopLSN); err == nil && stop <= at {
+			return m.ID, &point, nil
 		}
 	}
-	return "", "", fmt.Errorf("no base backup ended before the gate of release %s", release)
+	return "", nil, fmt.Errorf("no base backup of %s (labelled process=%s) ended before the restore point of release %s at %s", process, process, release, point.LSN)
 }
 
 func newReportCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -725,7 +806,11 @@ func newReportCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			now := time.Now()
-			r, err := policy.BuildReport(cmd.Context(), st, procs, now.Add(-period), now, verifier)
+			keys, err := s.decryptKeys()
+			if err != nil {
+				return err
+			}
+			r, err := policy.BuildReport(cmd.Context(), st, procs, now.Add(-period), now, verifier, keys)
 			if err != nil {
 				return err
 			}
@@ -735,12 +820,19 @@ func newReportCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 					return err
 				}
 				// Whole or not at all: a half-written page would be read.
-				tmp := htmlFile + ".tmp"
-				if err := os.WriteFile(tmp, page.Bytes(), 0o644); err != nil {
+				f, err := os.CreateTemp(filepath.Dir(htmlFile), ".drctl-report-*")
+				if err != nil {
 					return fmt.Errorf("report: %w", err)
 				}
-				if err := os.Rename(tmp, htmlFile); err != nil {
-					os.Remove(tmp)
+				_, err = f.Write(page.Bytes())
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+				if err == nil {
+					err = os.Rename(f.Name(), htmlFile)
+				}
+				if err != nil {
+					os.Remove(f.Name())
 					return fmt.Errorf("report: %w", err)
 				}
 			}

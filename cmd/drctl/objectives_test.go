@@ -15,9 +15,9 @@ import (
 	"github.com/drctl/drctl/testrig"
 )
 
-// drillDirs lists the local drill sandboxes in the temp dir.
+// drillDirs lists the local drill sandboxes.
 func drillDirs() []string {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "drctl-drill-*"))
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), fmt.Sprintf("drctl-drills-%d", os.Geteuid()), "drctl-drill-*"))
 	return dirs
 }
 
@@ -178,7 +178,7 @@ func TestRecoveryObjectives(t *testing.T) {
 	stopWriter()
 	posAtGate := r.pg.QueryInt(t, "pos", "SELECT count(*) FROM pos_order")
 	res = mustRun(t, nil, "--config", cfg, "gate", "--process", "pos-sync", "--process", "finance", "--release", "r1", "--backup-now")
-	if !strings.Contains(res.stdout, "GO") || !strings.Contains(res.stdout, "restore point drctl-before-r1 archived") {
+	if !strings.Contains(res.stdout, "GO") || !strings.Contains(res.stdout, "restore point drctl-before-r1-") {
 		t.Fatalf("gate --backup-now:\n%s", res.all())
 	}
 	atGate := r.pg.QueryInt(t, "finance", "SELECT count(*) FROM ledger")

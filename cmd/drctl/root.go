@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -248,7 +249,7 @@ func newListCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			drills, err := catalog.LastDrills(cmd.Context(), st, time.Now().Add(-drillHistory))
+			drills, err := catalog.LastDrills(cmd.Context(), st, time.Now().Add(-drillHistory), verifier)
 			if err != nil {
 				return err
 			}
@@ -491,16 +492,24 @@ func newRestoreCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				if toSet && !phys.target.Empty() {
 					return &exitCodeError{2, fmt.Errorf("--before-release is the recovery target: no --target-* with it")}
 				}
-				_, st, err := g.open(cmd, stderr)
+				s, st, err := g.open(cmd, stderr)
 				if err != nil {
 					return err
 				}
-				id, name, err := beforeRelease(cmd.Context(), st, beforeRel, database, toSet)
+				verifier, err := s.verifier()
+				if err != nil {
+					return err
+				}
+				id, point, err := beforeRelease(cmd.Context(), st, verifier, beforeRel, database, toSet)
 				if err != nil {
 					return err
 				}
 				args = []string{id}
-				phys.target.Name = name
+				if point != nil {
+					// By LSN and timeline: the point's name may exist twice.
+					phys.target.LSN = point.LSN
+					phys.target.Timeline = strconv.FormatUint(uint64(point.Timeline), 10)
+				}
 				database = ""
 			}
 			if toSet {

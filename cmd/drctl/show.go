@@ -93,7 +93,7 @@ func newShowCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			} else if out.Signature, err = catalog.SignatureState(cmd.Context(), st, m.ID); err != nil {
 				return err
 			}
-			drills, err := catalog.LastDrills(cmd.Context(), st, time.Now().Add(-drillHistory))
+			drills, err := catalog.LastDrills(cmd.Context(), st, time.Now().Add(-drillHistory), verifier)
 			if err != nil {
 				return err
 			}

@@ -321,6 +321,13 @@ func (d *Daemon) observe(j Job, out Outcome) {
 		d.Metrics.drillLast.WithLabelValues(dr.Process, result).Set(unix(dr.End))
 		d.Metrics.drillDuration.WithLabelValues(dr.Process).Set(dr.Seconds)
 	}
+	if len(out.Objectives) > 0 {
+		// The judgement as a whole: a process no longer configured
+		// leaves no series behind.
+		d.Metrics.objTarget.Reset()
+		d.Metrics.objAchieved.Reset()
+		d.Metrics.objMet.Reset()
+	}
 	for _, o := range out.Objectives {
 		d.Metrics.objTarget.WithLabelValues(o.Process, o.Objective).Set(o.Target)
 		d.Metrics.objAchieved.WithLabelValues(o.Process, o.Objective).Set(o.Achieved)
