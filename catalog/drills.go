@@ -77,7 +77,7 @@ type Gate struct {
 	// per pitr process (its name, and where it is: LSN and timeline).
 	BackupIDs     map[string]string       `json:"backup_ids,omitempty"`
 	RestorePoints map[string]RestorePoint `json:"restore_points,omitempty"`
-	Host          string            `json:"host"`
+	Host          string                  `json:"host"`
 }
 
 // Evidence records (drills, gates) are signed like manifests when a
