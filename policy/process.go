@@ -143,6 +143,9 @@ func parseProcess(p *confcheck.Problems, n *yaml.Node) (Process, bool) {
 	if !badRTO && (rtoNode == nil || pr.RTO <= 0) {
 		p.Add(orNode(rtoNode, n), "%s: rto (how long a restore may take, e.g. 10m) is required and positive", where)
 	}
+	if pr.DrillMax <= 0 || pr.DrillTimeout <= 0 {
+		p.Add(n, "%s: drill max_age and timeout must be positive", where)
+	}
 	if pr.DrillTimeout < pr.RTO {
 		p.Add(n, "%s: drill timeout %s is shorter than the RTO %s: a drill would stop before it could show the RTO missed", where, pr.DrillTimeout, pr.RTO)
 	}

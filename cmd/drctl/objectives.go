@@ -91,6 +91,33 @@ func lintAgainstJobs(procs []policy.Process, cfg *daemon.Config) []string {
 					p.Line, p.Name, p.RPO, best.Name, period, best.Jitter))
 			}
 		}
+		if p.Mode == policy.ModeLogical {
+			// Only verified dumps count: the verify job's period adds.
+			for _, j := range cfg.Jobs {
+				if j.Type == daemon.TypeVerify && j.Schedule != nil {
+					if period := j.Schedule.Period(time.Now()); p.RPO < period {
+						problems = append(problems, fmt.Sprintf("line %d: process %q: rpo %s is shorter than verify job %q's period %s: only verified dumps count",
+							p.Line, p.Name, p.RPO, j.Name, period))
+					}
+				}
+			}
+		}
+		drilled := false
+		for _, j := range cfg.Jobs {
+			if j.Type != daemon.TypeDrill || j.Process != p.Name {
+				continue
+			}
+			drilled = true
+			if period := j.Schedule.Period(time.Now()); period > p.DrillMax {
+				problems = append(problems, fmt.Sprintf("line %d: process %q: drill job %q runs every %s, less often than drill max_age %s", p.Line, p.Name, j.Name, period, p.DrillMax))
+			}
+			if j.Timeout < p.DrillTimeout {
+				problems = append(problems, fmt.Sprintf("line %d: job %q: timeout %s is shorter than process %q's drill timeout %s: the daemon would stop the drill first", j.Line, j.Name, j.Timeout, p.Name, p.DrillTimeout))
+			}
+		}
+		if !drilled {
+			problems = append(problems, fmt.Sprintf("line %d: process %q: no drill job drills it (type: drill, drill: {process: %s}): its drill objective fails after %s", p.Line, p.Name, p.Name, p.DrillMax))
+		}
 		if p.Mode == policy.ModePITR && p.RPO < time.Minute && !receiving {
 			problems = append(problems, fmt.Sprintf("line %d: process %q: rpo %s needs a wal-receive job: archive_command stores a segment only when it is full or archive_timeout passes", p.Line, p.Name, p.RPO))
 		}

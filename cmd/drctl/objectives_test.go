@@ -100,8 +100,22 @@ func TestRecoveryObjectives(t *testing.T) {
 		!strings.Contains(res.stderr, "drill timeout 1m0s is shorter than the RTO 30m0s") {
 		t.Fatalf("lint of a bad file: exit %d\n%s", res.code, res.all())
 	}
+	// Objectives the configured jobs cannot reach.
+	withJobs := r.config(t, "jobs.yaml", strings.Replace(processes, "RTO", "30m", 1)+`jobs:
+  - {name: dump, type: backup, schedule: "0 */6 * * *", labels: {process: finance}}
+  - {name: base, type: basebackup, schedule: "@daily", labels: {process: pos-sync}}
+  - {name: drill-finance, type: drill, schedule: "@daily", timeout: 5m, drill: {process: finance}}
+`)
+	res := drctl(t, nil, "--config", withJobs, "policy", "lint")
+	for _, want := range []string{`process "finance": rpo 1h0m0s is shorter than job "dump" can reach (a dump every 6h0m0s`,
+		`job "drill-finance": timeout 5m0s is shorter than process "finance"'s drill timeout 1h0m0s`,
+		`process "pos-sync": no drill job drills it`, `process "pos-sync": rpo 20s needs a wal-receive job`} {
+		if res.code != 2 || !strings.Contains(res.stderr, want) {
+			t.Fatalf("lint against the jobs: exit %d, want %q\n%s", res.code, want, res.all())
+		}
+	}
 	// Nothing yet: every objective fails, in words.
-	res := drctl(t, nil, "--config", cfg, "policy", "check")
+	res = drctl(t, nil, "--config", cfg, "policy", "check")
 	if res.code != 4 || !strings.Contains(res.stdout, "no base backup labelled process=pos-sync") || !strings.Contains(res.stdout, "no drill has been run") {
 		t.Fatalf("check of an empty repository: exit %d\n%s", res.code, res.all())
 	}
@@ -170,6 +184,11 @@ func TestRecoveryObjectives(t *testing.T) {
 	})
 	if !strings.Contains(res.stdout, "the newest WAL was archived") || !strings.Contains(res.stdout, "over the RPO of 20s") || !strings.Contains(res.stderr, "pos-sync rpo") {
 		t.Fatalf("check once archiving stopped:\n%s", res.all())
+	}
+	// A gate that cannot make its recovery point says stop, and says why.
+	res = drctl(t, nil, "--config", cfg, "gate", "--process", "pos-sync", "--release", "r-down", "--backup-now", "--wal-wait", "3s")
+	if res.code != 4 || !strings.Contains(res.stdout, "recovery point not made") || !strings.Contains(res.stdout, "was not archived within 3s") {
+		t.Fatalf("gate with archiving down: exit %d\n%s", res.code, res.all())
 	}
 	r.archiving(t, true)
 
