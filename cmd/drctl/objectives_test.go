@@ -252,6 +252,13 @@ func TestRecoveryObjectives(t *testing.T) {
 		t.Fatalf("check after a drill over the RTO: exit %d\n%s", res.code, res.all())
 	}
 
+	// A dump older than the RPO: the gate refuses, with the lag.
+	stale := r.config(t, "stale.yaml", strings.Replace(strings.Replace(processes, "RTO", "30m", 1), "rpo: 1h", "rpo: 1s", 1))
+	res = drctl(t, nil, "--config", stale, "gate", "--process", "finance", "--release", "r2")
+	if res.code != 4 || !strings.Contains(res.stderr, "finance rpo: the newest verified dump was taken") || !strings.Contains(res.stderr, "over the RPO of 1s") {
+		t.Fatalf("gate with a stale dump: exit %d\n%s", res.code, res.all())
+	}
+
 	// The report: the page and the same for machines.
 	page := filepath.Join(t.TempDir(), "objectives.html")
 	var rep struct {
