@@ -54,6 +54,25 @@ func loadProcesses(g *globalFlags) (string, []policy.Process, *daemon.Config, []
 	return path, procs, cfg, byLine(problems), nil
 }
 
+// usableProcesses reads the processes for check, drill, gate and report:
+// a problem in them is bad usage (the daemon's jobs are not their
+// business; policy lint reports both).
+func usableProcesses(g *globalFlags) ([]policy.Process, error) {
+	path := first(g.configFile, os.Getenv("DRCTL_CONFIG"))
+	if path == "" {
+		return nil, &exitCodeError{2, errors.New("give the configuration file with the processes: --config or DRCTL_CONFIG")}
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	procs, problems := policy.ParseProcesses(data)
+	if len(problems) > 0 {
+		return nil, &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
+	}
+	return procs, nil
+}
+
 // lintAgainstJobs finds objectives the configured jobs cannot reach.
 func lintAgainstJobs(procs []policy.Process, cfg *daemon.Config) []string {
 	if cfg == nil || len(cfg.Jobs) == 0 {
@@ -184,12 +203,9 @@ func newPolicyCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Short: "Judge each process's objectives (rpo, drill, rto) from the repository's records; exit 4 when one fails",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, procs, _, problems, err := loadProcesses(g)
+			procs, err := usableProcesses(g)
 			if err != nil {
 				return err
-			}
-			if len(problems) > 0 {
-				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
 			}
 			chosen, err := pickProcesses(procs, names)
 			if err != nil {
@@ -309,12 +325,9 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		Short: "Restore a process's newest backup into a throw-away sandbox, run its checks, time it, record it; exit 4 when it fails",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, procs, _, problems, err := loadProcesses(g)
+			procs, err := usableProcesses(g)
 			if err != nil {
 				return err
-			}
-			if len(problems) > 0 {
-				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
 			}
 			chosen, err := pickProcesses(procs, []string{name})
 			if err != nil {
@@ -467,12 +480,9 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if release != "" && !validRelease(release) {
 				return &exitCodeError{2, fmt.Errorf("--release %q: letters, digits, dots, dashes and underscores, at most %d", release, maxRelease)}
 			}
-			_, procs, _, problems, err := loadProcesses(g)
+			procs, err := usableProcesses(g)
 			if err != nil {
 				return err
-			}
-			if len(problems) > 0 {
-				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
 			}
 			if len(names) == 0 {
 				return &exitCodeError{2, errors.New("gate needs --process P (repeatable)")}
@@ -817,12 +827,9 @@ func newReportCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if err != nil || period <= 0 {
 				return &exitCodeError{2, fmt.Errorf("--since %q: a duration such as 30d or 12h", since)}
 			}
-			_, procs, _, problems, err := loadProcesses(g)
+			procs, err := usableProcesses(g)
 			if err != nil {
 				return err
-			}
-			if len(problems) > 0 {
-				return &exitCodeError{2, fmt.Errorf("the processes have problems (drctl policy lint): %s", problems[0])}
 			}
 			s, st, err := g.open(cmd, stderr)
 			if err != nil {
