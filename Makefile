@@ -7,6 +7,11 @@ VERSITYGW := $(CACHE)/bin/versitygw
 VERSITYGW_STAMP := $(CACHE)/bin/.versitygw-$(VERSITYGW_VERSION)
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK_STAMP := $(CACHE)/bin/.staticcheck-$(STATICCHECK_VERSION)
+K8S_VERSION := v1.37.2
+K8S_STAGING_VERSION := v0.37.2
+KUBE_STAMP := $(CACHE)/bin/.kube-$(K8S_VERSION)
+HELM_VERSION := v3.22.0
+HELM_STAMP := $(CACHE)/bin/.helm-$(HELM_VERSION)
 export DRCTL_CACHE_DIR := $(CACHE)
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
@@ -16,7 +21,7 @@ build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/drctl ./cmd/drctl
 
 # Everything the tests, demo and bench need on a fresh Debian machine.
-deps: apt-deps $(VERSITYGW_STAMP) $(STATICCHECK_STAMP)
+deps: apt-deps $(VERSITYGW_STAMP) $(STATICCHECK_STAMP) $(KUBE_STAMP) $(HELM_STAMP)
 
 apt-deps:
 	@missing=""; \
@@ -29,6 +34,7 @@ apt-deps:
 	command -v ssh-keygen >/dev/null || missing="$$missing openssh-client"; \
 	command -v promtool >/dev/null && command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v etcd >/dev/null || missing="$$missing etcd-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then echo "need root to install:$$missing" >&2; exit 1; fi; \
@@ -41,6 +47,17 @@ apt-deps:
 $(VERSITYGW_STAMP):
 	@mkdir -p $(CACHE)/bin
 	GOBIN=$(CACHE)/bin $(GO) install github.com/versity/versitygw/cmd/versitygw@$(VERSITYGW_VERSION)
+	@touch $@
+
+# A real Kubernetes control plane for the chart's tests: kube-apiserver
+# and kubectl built from the module proxy (slow: cached), etcd from Debian.
+$(KUBE_STAMP):
+	bash scripts/build-kube.sh $(CACHE) $(K8S_VERSION) $(K8S_STAGING_VERSION)
+	@touch $@
+
+$(HELM_STAMP):
+	@mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	@touch $@
 
 $(STATICCHECK_STAMP):

@@ -1,0 +1,274 @@
+// Package helm holds drctl's Helm chart; this test lints and renders it
+// with helm, then has a real kube-apiserver (over etcd) accept it, and
+// proves its least privilege by impersonation and its admission policy by
+// refused requests.
+package helm
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/drctl/drctl/testrig"
+)
+
+// tool finds a program in the Makefile's cache or on PATH.
+func tool(t *testing.T, name, pkg string) string {
+	t.Helper()
+	if p := filepath.Join(testrig.CacheDir(), "bin", name); fileExists(p) {
+		return p
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	testrig.Missing(t, "%s (%s; make deps builds it)", name, pkg)
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+func run(t *testing.T, stdin []byte, prog string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(prog, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func must(t *testing.T, stdin []byte, prog string, args ...string) string {
+	t.Helper()
+	out, err := run(t, stdin, prog, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", filepath.Base(prog), strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+const chart = "drctl"
+
+func TestChartLintAndTemplate(t *testing.T) {
+	helm := tool(t, "helm", "helm.sh/helm/v3")
+	must(t, nil, helm, "lint", chart, "--strict", "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
+	out := must(t, nil, helm, "template", "db", chart, "--namespace", "erp", "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
+	for _, want := range []string{"kind: Deployment", "kind: ValidatingAdmissionPolicy", "kind: PodMonitor", "honorLabels: true", "kind: PrometheusRule",
+		"alert: DrctlJobFailing", "readOnlyRootFilesystem: true", "runAsNonRoot: true", "type: RuntimeDefault", "- ALL", "path: /healthz",
+		"system:serviceaccount:erp:db-drctl"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm template lacks %q", want)
+		}
+	}
+	// The chart's copy of the rules is the rules.
+	a, _ := os.ReadFile(filepath.Join(chart, "files", "drctl-rules.yml"))
+	b, _ := os.ReadFile(filepath.Join("..", "prometheus", "drctl-rules.yml"))
+	if !bytes.Equal(a, b) {
+		t.Fatal("deploy/helm/drctl/files/drctl-rules.yml differs from deploy/prometheus/drctl-rules.yml: copy it again")
+	}
+}
+
+// controlPlane is etcd and kube-apiserver on loopback ports, and a
+// kubeconfig for an admin token.
+type controlPlane struct {
+	kubeconfig string
+	kubectl    string
+}
+
+func startControlPlane(t *testing.T) *controlPlane {
+	t.Helper()
+	etcd := tool(t, "etcd", "Debian package etcd-server")
+	apiserver := tool(t, "kube-apiserver", "k8s.io/kubernetes")
+	kubectl := tool(t, "kubectl", "k8s.io/kubernetes")
+	dir := t.TempDir()
+	start := func(name string, prog string, args ...string) {
+		cmd := exec.Command(prog, args...)
+		log, _ := os.Create(filepath.Join(dir, name+".log"))
+		cmd.Stdout, cmd.Stderr = log, log
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start %s: %v", name, err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); log.Close() })
+	}
+	client, peer := testrig.FreePort(t), testrig.FreePort(t)
+	start("etcd", etcd, "--data-dir", filepath.Join(dir, "etcd"), "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", client),
+		"--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", client), "--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peer),
+		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peer), "--initial-cluster", fmt.Sprintf("default=http://127.0.0.1:%d", peer))
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	keyFile := filepath.Join(dir, "sa.key")
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600)
+	tok := make([]byte, 16)
+	rand.Read(tok)
+	token := hex.EncodeToString(tok)
+	os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(token+",admin,admin,system:masters\n"), 0o600)
+	port := testrig.FreePort(t)
+	start("kube-apiserver", apiserver, "--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", client),
+		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", fmt.Sprint(port),
+		"--endpoint-reconciler-type", "none", "--cert-dir", filepath.Join(dir, "certs"),
+		"--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", keyFile,
+		"--service-account-signing-key-file", keyFile, "--token-auth-file", filepath.Join(dir, "tokens.csv"),
+		"--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.96.0.0/24", "--disable-admission-plugins", "ServiceAccount")
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "https://127.0.0.1:%d", insecure-skip-tls-verify: true}
+users:
+- name: admin
+  user: {token: %s}
+contexts:
+- name: test
+  context: {cluster: test, user: admin}
+current-context: test
+`, port, token)), 0o600)
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", fmt.Sprintf("https://127.0.0.1:%d/readyz", port), nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		if resp, err := hc.Do(req); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			data, _ := os.ReadFile(filepath.Join(dir, "kube-apiserver.log"))
+			t.Fatalf("kube-apiserver not ready in 90 s:\n%s", tail(string(data)))
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return &controlPlane{kubeconfig: kubeconfig, kubectl: kubectl}
+}
+
+func tail(s string) string {
+	if len(s) > 3000 {
+		return s[len(s)-3000:]
+	}
+	return s
+}
+
+func (c *controlPlane) kubectlRun(t *testing.T, stdin []byte, args ...string) (string, error) {
+	t.Helper()
+	return run(t, stdin, c.kubectl, append([]string{"--kubeconfig", c.kubeconfig}, args...)...)
+}
+
+// The rendered chart is accepted by a real kube-apiserver, dry run then
+// for real; its ServiceAccount can do what drills need and nothing else;
+// the admission policy refuses what RBAC cannot.
+func TestChartOnARealAPIServer(t *testing.T) {
+	helm := tool(t, "helm", "helm.sh/helm/v3")
+	cp := startControlPlane(t)
+	kube := func(stdin []byte, args ...string) string {
+		t.Helper()
+		out, err := cp.kubectlRun(t, stdin, args...)
+		if err != nil {
+			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	kube(nil, "create", "namespace", "erp")
+	rendered := []byte(must(t, nil, helm, "template", "db", chart, "--namespace", "erp", "--set", "drills.enabled=true"))
+	kube(rendered, "apply", "--server-side", "--dry-run=server", "-n", "erp", "-f", "-")
+	kube(rendered, "apply", "--server-side", "-n", "erp", "-f", "-")
+	sa := "system:serviceaccount:erp:db-drctl"
+	can := func(args ...string) string {
+		out, _ := cp.kubectlRun(t, nil, append([]string{"auth", "can-i", "--as", sa}, args...)...)
+		// The answer is the last line (warnings come before it).
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		return strings.TrimSpace(lines[len(lines)-1])
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"create", "namespaces"}, "yes"},
+		{[]string{"delete", "namespaces"}, "yes"},
+		{[]string{"create", "rolebindings", "-n", "drctl-drill-x"}, "yes"},
+		{[]string{"bind", "clusterroles/db-drctl-drill"}, "yes"},
+		{[]string{"bind", "clusterroles/cluster-admin"}, "no"},
+		{[]string{"get", "secrets", "-n", "erp"}, "no"},
+		{[]string{"get", "secrets", "--all-namespaces"}, "no"},
+		{[]string{"create", "pods", "-n", "erp"}, "no"},
+		{[]string{"get", "pods", "-n", "kube-system"}, "no"},
+		{[]string{"create", "clusterrolebindings"}, "no"},
+		{[]string{"delete", "deployments", "-n", "erp"}, "no"},
+	} {
+		if got := can(c.args...); got != c.want {
+			t.Errorf("can-i %s as the chart's ServiceAccount: %s, want %s", strings.Join(c.args, " "), got, c.want)
+		}
+	}
+	as := func(stdin []byte, args ...string) (string, error) {
+		return cp.kubectlRun(t, stdin, append([]string{"--as", sa}, args...)...)
+	}
+	namespace := func(name string, labels map[string]string) []byte {
+		var l []string
+		for k, v := range labels {
+			l = append(l, fmt.Sprintf("    %s: %q", k, v))
+		}
+		return []byte(fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n%s\n", name, strings.Join(l, "\n")))
+	}
+	drill := map[string]string{"drctl.io/drill-id": "0123456789abcdef", "drctl.io/process": "pos-sync", "drctl.io/expires": "2026-11-27T12.00.00Z"}
+	// The admission policy takes a moment to be in force.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, err := as(namespace("evil", drill), "create", "-f", "-")
+		if err != nil && strings.Contains(out, "drctl may only create namespaces named drctl-drill-*") {
+			break
+		}
+		if err == nil {
+			kube(nil, "delete", "namespace", "evil", "--wait=false")
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a namespace without the prefix was not refused: %v\n%s", err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if out, err := as(namespace("drctl-drill-nolabels", map[string]string{"x": "y"}), "create", "-f", "-"); err == nil || !strings.Contains(out, "carrying the drctl.io/drill-id") {
+		t.Fatalf("a drill namespace without its labels: %v\n%s", err, out)
+	}
+	if out, err := as(namespace("drctl-drill-ok", drill), "create", "-f", "-"); err != nil {
+		t.Fatalf("a proper drill namespace was refused: %v\n%s", err, out)
+	}
+	binding := func(role string) []byte {
+		return []byte(fmt.Sprintf(`apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: drill, namespace: drctl-drill-ok}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: %s}
+subjects: [{kind: ServiceAccount, name: db-drctl, namespace: erp}]
+`, role))
+	}
+	if out, err := as(binding("cluster-admin"), "create", "-f", "-"); err == nil {
+		t.Fatalf("the ServiceAccount bound cluster-admin in its drill namespace:\n%s", out)
+	}
+	if out, err := as(binding("db-drctl-drill"), "create", "-f", "-"); err != nil {
+		t.Fatalf("binding the drill role in the drill namespace was refused: %v\n%s", err, out)
+	}
+	// Now it may make a drill's objects there, and still nothing elsewhere.
+	if got := can("create", "pods", "-n", "drctl-drill-ok"); got != "yes" {
+		t.Fatalf("after the binding, create pods in the drill namespace: %s", got)
+	}
+	if got := can("get", "secrets", "-n", "drctl-drill-ok"); got != "no" {
+		t.Fatalf("read secrets in the drill namespace: %s", got)
+	}
+	if out, err := as(nil, "delete", "namespace", "erp"); err == nil || !strings.Contains(out, "drctl may only") {
+		t.Fatalf("the ServiceAccount deleted a namespace that is not a drill's: %v\n%s", err, out)
+	}
+	if out, err := as(nil, "delete", "namespace", "drctl-drill-ok", "--wait=false"); err != nil {
+		t.Fatalf("deleting its drill namespace was refused: %v\n%s", err, out)
+	}
+}
