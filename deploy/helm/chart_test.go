@@ -61,16 +61,24 @@ func must(t *testing.T, stdin []byte, prog string, args ...string) string {
 
 const chart = "drctl"
 
+// kubeVersion is the control plane the tests run (the Makefile's
+// K8S_VERSION); helm built from source would assume an old one.
+const kubeVersion = "1.37.2"
+
 func TestChartLintAndTemplate(t *testing.T) {
 	helm := tool(t, "helm", "helm.sh/helm/v3")
-	must(t, nil, helm, "lint", chart, "--strict", "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
-	out := must(t, nil, helm, "template", "db", chart, "--namespace", "erp", "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
+	must(t, nil, helm, "lint", chart, "--strict", "--kube-version", kubeVersion, "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
+	out := must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp", "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
 	for _, want := range []string{"kind: Deployment", "kind: ValidatingAdmissionPolicy", "kind: PodMonitor", "honorLabels: true", "kind: PrometheusRule",
 		"alert: DrctlJobFailing", "readOnlyRootFilesystem: true", "runAsNonRoot: true", "type: RuntimeDefault", "- ALL", "path: /healthz",
-		"system:serviceaccount:erp:db-drctl"} {
+		"system:serviceaccount:erp:db-drctl", "helm.sh/hook: post-install,post-upgrade"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("helm template lacks %q", want)
 		}
+	}
+	// Drills with the namespace's default ServiceAccount: refused.
+	if out, err := run(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--set", "drills.enabled=true,serviceAccount.create=false"); err == nil || !strings.Contains(out, "needs a ServiceAccount of its own") {
+		t.Fatalf("drills with the default ServiceAccount: %v\n%s", err, out)
 	}
 	// The chart's copy of the rules is the rules.
 	a, _ := os.ReadFile(filepath.Join(chart, "files", "drctl-rules.yml"))
@@ -182,7 +190,7 @@ func TestChartOnARealAPIServer(t *testing.T) {
 		return out
 	}
 	kube(nil, "create", "namespace", "erp")
-	rendered := []byte(must(t, nil, helm, "template", "db", chart, "--namespace", "erp", "--set", "drills.enabled=true"))
+	rendered := []byte(must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp", "--set", "drills.enabled=true"))
 	kube(rendered, "apply", "--server-side", "--dry-run=server", "-n", "erp", "-f", "-")
 	kube(rendered, "apply", "--server-side", "-n", "erp", "-f", "-")
 	sa := "system:serviceaccount:erp:db-drctl"
@@ -199,7 +207,7 @@ func TestChartOnARealAPIServer(t *testing.T) {
 		{[]string{"create", "namespaces"}, "yes"},
 		{[]string{"delete", "namespaces"}, "yes"},
 		{[]string{"create", "rolebindings", "-n", "drctl-drill-x"}, "yes"},
-		{[]string{"bind", "clusterroles/db-drctl-drill"}, "yes"},
+		{[]string{"bind", "clusterroles/db-drctl-erp-drill"}, "yes"},
 		{[]string{"bind", "clusterroles/cluster-admin"}, "no"},
 		{[]string{"get", "secrets", "-n", "erp"}, "no"},
 		{[]string{"get", "secrets", "--all-namespaces"}, "no"},
@@ -222,7 +230,17 @@ func TestChartOnARealAPIServer(t *testing.T) {
 		}
 		return []byte(fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n%s\n", name, strings.Join(l, "\n")))
 	}
-	drill := map[string]string{"drctl.io/drill-id": "0123456789abcdef", "drctl.io/process": "pos-sync", "drctl.io/expires": "2026-11-27T12.00.00Z"}
+	drill := map[string]string{"drctl.io/drill-id": "0123456789abcdef", "drctl.io/process": "pos-sync", "drctl.io/expires": "2026-11-27T12.00.00Z",
+		"pod-security.kubernetes.io/enforce": "restricted"}
+	without := func(key string) map[string]string {
+		m := map[string]string{}
+		for k, v := range drill {
+			if k != key {
+				m[k] = v
+			}
+		}
+		return m
+	}
 	// The admission policy takes a moment to be in force.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -238,24 +256,50 @@ func TestChartOnARealAPIServer(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	if out, err := as(namespace("drctl-drill-nolabels", map[string]string{"x": "y"}), "create", "-f", "-"); err == nil || !strings.Contains(out, "carrying the drctl.io/drill-id") {
+	if out, err := as(namespace("drctl-drill-nolabels", without("drctl.io/drill-id")), "create", "-f", "-"); err == nil || !strings.Contains(out, "carrying the drctl.io/drill-id") {
 		t.Fatalf("a drill namespace without its labels: %v\n%s", err, out)
+	}
+	privileged := without("pod-security.kubernetes.io/enforce")
+	privileged["pod-security.kubernetes.io/enforce"] = "privileged"
+	if out, err := as(namespace("drctl-drill-privileged", privileged), "create", "-f", "-"); err == nil || !strings.Contains(out, "enforce: restricted") {
+		t.Fatalf("a drill namespace allowing privileged pods: %v\n%s", err, out)
+	}
+	// A drctl-drill-* namespace somebody else made is not drctl's to delete.
+	kube(namespace("drctl-drill-theirs", map[string]string{"team": "dba"}), "create", "-f", "-")
+	if out, err := as(nil, "delete", "namespace", "drctl-drill-theirs", "--wait=false"); err == nil || !strings.Contains(out, "only delete the drill namespaces it made") {
+		t.Fatalf("deleting another team's drctl-drill-* namespace: %v\n%s", err, out)
 	}
 	if out, err := as(namespace("drctl-drill-ok", drill), "create", "-f", "-"); err != nil {
 		t.Fatalf("a proper drill namespace was refused: %v\n%s", err, out)
 	}
-	binding := func(role string) []byte {
+	binding := func(namespace, role, subject string) []byte {
 		return []byte(fmt.Sprintf(`apiVersion: rbac.authorization.k8s.io/v1
 kind: RoleBinding
-metadata: {name: drill, namespace: drctl-drill-ok}
+metadata: {name: drill, namespace: %s}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: %s}
-subjects: [{kind: ServiceAccount, name: db-drctl, namespace: erp}]
-`, role))
+subjects: [%s]
+`, namespace, role, subject))
 	}
-	if out, err := as(binding("cluster-admin"), "create", "-f", "-"); err == nil {
+	self := "{kind: ServiceAccount, name: db-drctl, namespace: erp}"
+	// What RBAC alone would allow, refused by the admission policy alone:
+	// the drill role bound outside a drill namespace, the chart's own
+	// cluster role bound (the ServiceAccount holds all of its rights), the
+	// drill role bound to everybody.
+	for _, c := range []struct {
+		what, manifest, message string
+	}{
+		{"the drill role in erp", string(binding("erp", "db-drctl-erp-drill", self)), "act only in drctl-drill-*"},
+		{"the chart's cluster role", string(binding("drctl-drill-ok", "db-drctl-erp-drills", self)), "bind only the drill role"},
+		{"the drill role to every user", string(binding("drctl-drill-ok", "db-drctl-erp-drill", "{kind: Group, name: system:authenticated, apiGroup: rbac.authorization.k8s.io}")), "bind only the drill role, and only to itself"},
+	} {
+		if out, err := as([]byte(c.manifest), "create", "-f", "-"); err == nil || !strings.Contains(out, c.message) {
+			t.Fatalf("binding %s: %v\n%s", c.what, err, out)
+		}
+	}
+	if out, err := as(binding("drctl-drill-ok", "cluster-admin", self), "create", "-f", "-"); err == nil {
 		t.Fatalf("the ServiceAccount bound cluster-admin in its drill namespace:\n%s", out)
 	}
-	if out, err := as(binding("db-drctl-drill"), "create", "-f", "-"); err != nil {
+	if out, err := as(binding("drctl-drill-ok", "db-drctl-erp-drill", self), "create", "-f", "-"); err != nil {
 		t.Fatalf("binding the drill role in the drill namespace was refused: %v\n%s", err, out)
 	}
 	// Now it may make a drill's objects there, and still nothing elsewhere.
@@ -265,7 +309,7 @@ subjects: [{kind: ServiceAccount, name: db-drctl, namespace: erp}]
 	if got := can("get", "secrets", "-n", "drctl-drill-ok"); got != "no" {
 		t.Fatalf("read secrets in the drill namespace: %s", got)
 	}
-	if out, err := as(nil, "delete", "namespace", "erp"); err == nil || !strings.Contains(out, "drctl may only") {
+	if out, err := as(nil, "delete", "namespace", "erp"); err == nil || !strings.Contains(out, "only delete the drill namespaces it made") {
 		t.Fatalf("the ServiceAccount deleted a namespace that is not a drill's: %v\n%s", err, out)
 	}
 	if out, err := as(nil, "delete", "namespace", "drctl-drill-ok", "--wait=false"); err != nil {
