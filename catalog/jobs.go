@@ -3,6 +3,8 @@ package catalog
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,6 +164,14 @@ func PutJobRun(ctx context.Context, st storage.Store, r JobRun) error {
 
 var runIDPattern = regexp.MustCompile(`^[a-z0-9]{8,32}$`)
 
+// NewRecordID is the id of a new job run, drill or gate record: 16 random
+// hex digits.
+func NewRecordID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 func validRunID(id string) bool { return runIDPattern.MatchString(id) }
 
 // ListJobRuns returns the job's runs that started in [from, to) (a zero
@@ -312,23 +322,9 @@ func topLease(ctx context.Context, st storage.Store, prefix string) (int, []int,
 
 func (h *JobLease) loop(ctx context.Context) {
 	defer close(h.done)
-	if h.opt.Interval <= 0 {
-		return
-	}
-	t := time.NewTicker(h.opt.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-h.stop:
-			return
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := h.renew(ctx); err != nil {
-				h.opt.Logger.Warn("could not renew the job's lease", "lease", h.key, "error", err)
-			}
-		}
-	}
+	renewEvery(ctx, h.opt.Interval, h.stop, h.renew, func(err error) {
+		h.opt.Logger.Warn("could not renew the job's lease", "lease", h.key, "error", err)
+	})
 }
 
 // renew rewrites the holder's lease, after checking that nobody took a

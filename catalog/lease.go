@@ -165,17 +165,25 @@ func (h *HeldLease) renew(ctx context.Context) error {
 
 func (h *HeldLease) loop(ctx context.Context) {
 	defer close(h.done)
-	t := time.NewTicker(h.opt.Interval)
+	renewEvery(ctx, h.opt.Interval, h.stop, h.renew, func(err error) {
+		h.opt.Logger.Warn("could not renew the writer's lease", "lease", LeaseKey(h.lease.Name), "error", err)
+	})
+}
+
+// renewEvery calls renew every interval until stop is closed or ctx ends,
+// reporting failures to failed.
+func renewEvery(ctx context.Context, interval time.Duration, stop <-chan struct{}, renew func(context.Context) error, failed func(error)) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-h.stop:
+		case <-stop:
 			return
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := h.renew(ctx); err != nil {
-				h.opt.Logger.Warn("could not renew the writer's lease", "lease", LeaseKey(h.lease.Name), "error", err)
+			if err := renew(ctx); err != nil {
+				failed(err)
 			}
 		}
 	}

@@ -6,8 +6,6 @@ package drill
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -54,7 +52,7 @@ func Run(ctx context.Context, opt Options) catalog.Drill {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p, b := opt.Process, opt.Backup
-	rec := catalog.Drill{Process: p.Name, DrillID: newID(), Mode: p.Mode, BackupID: b.ID, RawBytes: b.RawSize(),
+	rec := catalog.Drill{Process: p.Name, DrillID: catalog.NewRecordID(), Mode: p.Mode, BackupID: b.ID, RawBytes: b.RawSize(),
 		Start: now().UTC(), Sandbox: opt.Sandbox.Kind(), Host: opt.Host}
 	defer func() {
 		if err := opt.Sandbox.Close(ctx); err != nil {
@@ -132,7 +130,7 @@ func run(ctx context.Context, opt Options, rec *catalog.Drill, phase func(string
 		// that can read everything and do nothing else (a superuser
 		// reading a view someone made into a function call would run it
 		// with every right).
-		role, password := "drctl_check_"+newID()[:8], newID()
+		role, password := "drctl_check_"+catalog.NewRecordID()[:8], catalog.NewRecordID()
 		if err := createCheckRole(ctx, sb.DSN(p.Database), role, password); err != nil {
 			return err
 		}
@@ -203,12 +201,6 @@ func allPassed(cs []catalog.DrillCheck) bool {
 		}
 	}
 	return true
-}
-
-func newID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // ErrNoBackup means the process has no backup to drill.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,10 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -395,113 +392,61 @@ func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (da
 	default:
 		return daemon.Outcome{}, fmt.Errorf("job type %q", j.Type)
 	}
-	cmd := exec.CommandContext(ctx, r.exe, args...)
 	// The DSN goes in the environment: a command line (and its password)
 	// is visible to every local user in ps.
-	cmd.Env = append(slices.Clone(r.env), "DRCTL_RUN_ID="+runID, "DRCTL_JOB="+j.Name)
+	env := []string{"DRCTL_RUN_ID=" + runID, "DRCTL_JOB=" + j.Name}
 	if dsn != "" {
-		cmd.Env = append(cmd.Env, "DRCTL_DSN="+dsn)
+		env = append(env, "DRCTL_DSN="+dsn)
 	}
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	// A cancelled job aborts its uploads and releases its leases within
 	// seconds; then it is killed (Kubernetes' 30 s minus the grace).
-	cmd.WaitDelay = 8 * time.Second
-	cmd.SysProcAttr = childProcAttr()
-	var out bytes.Buffer
-	errs := &tailBuffer{max: 16 << 10}
-	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &out, n: 4 << 20}, errs
-	// The parent-death signal follows the thread that started the child:
-	// keep this goroutine on it until the child is gone.
-	runtime.LockOSThread()
-	err := cmd.Run()
-	runtime.UnlockOSThread()
+	out, err := selfCmd{exe: r.exe, env: r.env, waitDelay: 8 * time.Second}.run(ctx, env, args...)
 	var o daemon.Outcome
-	var ee *exec.ExitError
-	if errors.As(err, &ee) && ee.ExitCode() == exitObjectives {
+	if exitCode(err) == exitObjectives {
 		// A drill that failed, objectives that do not hold: judged, with
 		// what was found on stdout.
 		switch j.Type {
 		case daemon.TypeDrill:
 			var rec catalog.Drill
-			if json.Unmarshal(out.Bytes(), &rec) == nil && rec.DrillID != "" {
+			if json.Unmarshal(out, &rec) == nil && rec.DrillID != "" {
 				o.Drill = &daemon.DrillOutcome{Process: rec.Process, Passed: rec.Passed, Seconds: rec.Seconds, End: rec.End}
 			}
 		case daemon.TypePolicy:
-			if json.Unmarshal(out.Bytes(), &o.Objectives) == nil {
+			if json.Unmarshal(out, &o.Objectives) == nil {
 				return o, nil
 			}
 		}
 	}
-	if err != nil {
-		r.log.Debug("the job's output", "job", j.Name, "run_id", runID, "stderr", oneLine(string(errs.buf)))
-		msg := errs.lastError()
-		if errors.As(err, &ee) && msg != "" {
-			return o, fmt.Errorf("%s (exit %d)", msg, ee.ExitCode())
+	var ce *childError
+	if errors.As(err, &ce) {
+		r.log.Debug("the job's output", "job", j.Name, "run_id", runID, "stderr", oneLine(ce.stderr))
+		switch code := exitCode(err); {
+		case ce.msg != "" && code >= 0:
+			return o, fmt.Errorf("%s (exit %d)", ce.msg, code)
+		case ce.msg != "":
+			return o, fmt.Errorf("%s: %w", ce.msg, ce.err)
 		}
-		if msg != "" {
-			return o, fmt.Errorf("%s: %w", msg, err)
-		}
-		return o, fmt.Errorf("drctl %s: %w", j.Type, err)
+		return o, fmt.Errorf("drctl %s: %w", j.Type, ce.err)
 	}
 	switch j.Type {
 	case daemon.TypeDrill:
 		var rec catalog.Drill
-		if err := json.Unmarshal(out.Bytes(), &rec); err != nil {
+		if err := json.Unmarshal(out, &rec); err != nil {
 			return o, fmt.Errorf("drctl drill: unreadable result: %w", err)
 		}
 		o.Drill = &daemon.DrillOutcome{Process: rec.Process, Passed: rec.Passed, Seconds: rec.Seconds, End: rec.End}
 	case daemon.TypePolicy:
-		if err := json.Unmarshal(out.Bytes(), &o.Objectives); err != nil {
+		if err := json.Unmarshal(out, &o.Objectives); err != nil {
 			return o, fmt.Errorf("drctl policy check: unreadable result: %w", err)
 		}
 	case daemon.TypeBackup, daemon.TypeBaseBackup:
 		var sum backupSummary
-		if err := json.Unmarshal(out.Bytes(), &sum); err != nil {
+		if err := json.Unmarshal(out, &sum); err != nil {
 			return o, fmt.Errorf("drctl %s: unreadable result: %w", j.Type, err)
 		}
 		o = daemon.Outcome{BackupID: sum.ID, Database: sum.Database, StoredBytes: sum.StoredBytes, RawBytes: sum.RawBytes}
 	}
 	return o, nil
-}
-
-// tailBuffer keeps the last max bytes written.
-type tailBuffer struct {
-	max int
-	buf []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = t.buf[len(t.buf)-t.max:]
-	}
-	return len(p), nil
-}
-
-// lastError is the child's error line ("drctl: ..."), else its last line.
-func (t *tailBuffer) lastError() string {
-	lines := strings.Split(strings.TrimSpace(string(t.buf)), "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		if msg, ok := strings.CutPrefix(lines[i], "drctl: "); ok {
-			return oneLine(msg)
-		}
-	}
-	return oneLine(lines[len(lines)-1])
-}
-
-type limitedWriter struct {
-	w io.Writer
-	n int
-}
-
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	if l.n <= 0 {
-		return len(p), nil
-	}
-	k := min(len(p), l.n)
-	l.n -= k
-	l.w.Write(p[:k])
-	return len(p), nil
 }
 
 // receiveLag is how far a wal-receive job's slot is behind the server.

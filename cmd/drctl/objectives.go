@@ -3,18 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -360,7 +357,7 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			}
 			host, _ := os.Hostname()
 			rec := drill.Run(cmd.Context(), drill.Options{Process: p, Backup: b, Sandbox: sb, Host: host, Logger: s.Logger,
-				Restorer: &selfRestorer{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: withoutLibpq(s.environ())}})
+				Restorer: selfCmd{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: withoutLibpq(s.environ()), waitDelay: 10 * time.Second}})
 			if cmd.Context().Err() != nil {
 				return fmt.Errorf("drill of %s stopped: %w (its sandbox is removed)", p.Name, cmd.Context().Err())
 			}
@@ -422,41 +419,6 @@ func withoutLibpq(env []string) []string {
 	return slices.DeleteFunc(slices.Clone(env), func(kv string) bool { return strings.HasPrefix(kv, "PG") })
 }
 
-// selfRestorer restores with drctl itself: the restore users run.
-type selfRestorer struct {
-	exe  string
-	args []string
-	env  []string
-}
-
-func (r *selfRestorer) run(ctx context.Context, env []string, args ...string) error {
-	cmd := exec.CommandContext(ctx, r.exe, append(append([]string(nil), r.args...), args...)...)
-	cmd.Env = append(slices.Clone(r.env), env...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	cmd.SysProcAttr = childProcAttr()
-	errs := &tailBuffer{max: 16 << 10}
-	cmd.Stdout, cmd.Stderr = io.Discard, errs
-	if err := cmd.Run(); err != nil {
-		if msg := errs.lastError(); msg != "" {
-			return fmt.Errorf("restore: %s", msg)
-		}
-		return fmt.Errorf("restore: %w", err)
-	}
-	return nil
-}
-
-// Logical restores into the sandbox named by env's PG* variables: its
-// password never appears on a command line.
-func (r *selfRestorer) Logical(ctx context.Context, id string, env []string) error {
-	return r.run(ctx, env, "restore", id, "--into", "")
-}
-
-// Physical writes the base backup; recovery replays the whole archive.
-func (r *selfRestorer) Physical(ctx context.Context, id, dataDir string) error {
-	return r.run(ctx, nil, "restore", id, "--to", dataDir)
-}
-
 func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 	var (
 		names             []string
@@ -496,7 +458,7 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				return err
 			}
 			host, _ := os.Hostname()
-			gate := catalog.Gate{GateID: drillID(), Release: release, Host: host, Reasons: []string{}}
+			gate := catalog.Gate{GateID: catalog.NewRecordID(), Release: release, Host: host, Reasons: []string{}}
 			for _, p := range chosen {
 				gate.Processes = append(gate.Processes, p.Name)
 			}
@@ -590,14 +552,6 @@ func validRelease(r string) bool {
 	return true
 }
 
-func drillID() string {
-	b := make([]byte, 8)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return fmt.Sprintf("%x", b)
-}
-
 // maxRelease keeps a restore point's name within PostgreSQL's 63 bytes.
 const maxRelease = 40
 
@@ -615,7 +569,7 @@ func recoveryPointNow(ctx context.Context, g *globalFlags, s *settings, st stora
 	if err != nil {
 		return err
 	}
-	self := &selfRestorer{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: s.environ()}
+	self := selfCmd{exe: exe, args: childArgs(g, first(g.configFile, os.Getenv("DRCTL_CONFIG"))), env: s.environ(), waitDelay: 10 * time.Second}
 	base, err := s.parseDSN(s.DSN)
 	if err != nil {
 		return err
@@ -623,7 +577,7 @@ func recoveryPointNow(ctx context.Context, g *globalFlags, s *settings, st stora
 	for _, p := range procs {
 		switch p.Mode {
 		case policy.ModeLogical:
-			out, err := self.output(ctx, []string{"DRCTL_DSN=" + base.WithDatabase(p.Database).ConnString()},
+			out, err := self.run(ctx, []string{"DRCTL_DSN=" + base.WithDatabase(p.Database).ConnString()},
 				"backup", "--json", "--label", "process="+p.Name, "--label", "release="+release)
 			if err != nil {
 				return fmt.Errorf("dump of %s: %w", p.Database, err)
@@ -632,7 +586,7 @@ func recoveryPointNow(ctx context.Context, g *globalFlags, s *settings, st stora
 			if err := json.Unmarshal(out, &sum); err != nil || sum.ID == "" {
 				return fmt.Errorf("dump of %s: unreadable result", p.Database)
 			}
-			if _, err := self.output(ctx, nil, "verify", sum.ID); err != nil {
+			if _, err := self.run(ctx, nil, "verify", sum.ID); err != nil {
 				return fmt.Errorf("verify the dump %s: %w", sum.ID, err)
 			}
 			if gate.BackupIDs == nil {
@@ -709,25 +663,6 @@ func waitArchived(ctx context.Context, st storage.Store, seg string, limit time.
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-}
-
-// output runs drctl and returns its stdout.
-func (r *selfRestorer) output(ctx context.Context, env []string, args ...string) ([]byte, error) {
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, r.exe, append(append([]string(nil), r.args...), args...)...)
-	cmd.Env = append(slices.Clone(r.env), env...)
-	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 10 * time.Second
-	cmd.SysProcAttr = childProcAttr()
-	errs := &tailBuffer{max: 16 << 10}
-	cmd.Stdout, cmd.Stderr = &limitedWriter{w: &out, n: 4 << 20}, errs
-	if err := cmd.Run(); err != nil {
-		if msg := errs.lastError(); msg != "" {
-			return nil, errors.New(msg)
-		}
-		return nil, err
-	}
-	return out.Bytes(), nil
 }
 
 // beforeRelease resolves restore --before-release R from the newest gate

@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -150,13 +148,6 @@ func (d *Daemon) scheduleLoop(ctx context.Context, j Job, starting bool) {
 	}
 }
 
-// newRunID is 16 random hex digits.
-func newRunID() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
 type slotOutcome int
 
 const (
@@ -223,7 +214,7 @@ func (d *Daemon) runSlot(schedCtx context.Context, j Job, slot time.Time) slotOu
 		return slotDone
 	}
 	previous := state
-	run := catalog.JobRun{Job: j.Name, RunID: newRunID(), Type: j.Type, Scheduled: slot.UTC(), Start: d.opt.Clock.Now().UTC(), Host: d.opt.Holder}
+	run := catalog.JobRun{Job: j.Name, RunID: catalog.NewRecordID(), Type: j.Type, Scheduled: slot.UTC(), Start: d.opt.Clock.Now().UTC(), Host: d.opt.Holder}
 	state.LastScheduled, state.LastRunID, state.LastResult, state.Updated = slot, run.RunID, resultRunning, run.Start
 	wctx, cancel := storeCtx(ctx)
 	err = catalog.WriteJobState(wctx, d.opt.Store, state)
@@ -478,7 +469,7 @@ func (d *Daemon) receiveLoop(ctx context.Context, j Job) {
 			lease.Release(ctx)
 			return
 		}
-		run := catalog.JobRun{Job: j.Name, RunID: newRunID(), Type: j.Type, Start: d.opt.Clock.Now().UTC(), Host: d.opt.Holder, Attempts: 1}
+		run := catalog.JobRun{Job: j.Name, RunID: catalog.NewRecordID(), Type: j.Type, Start: d.opt.Clock.Now().UTC(), Host: d.opt.Holder, Attempts: 1}
 		run.Scheduled = run.Start
 		rlog := log.With("run_id", run.RunID)
 		rlog.Info("receiver started", "slot", j.Slot)

@@ -70,7 +70,7 @@ func versionOf(dir string) int {
 // (the last 64 KiB) for the error message.
 type Command struct {
 	Cmd    *exec.Cmd
-	stderr *tailBuffer
+	stderr *TailBuffer
 	name   string
 }
 
@@ -80,7 +80,7 @@ func NewCommand(ctx context.Context, program string, args, env []string) *Comman
 	cmd.Env = env
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
-	tb := &tailBuffer{max: 64 << 10}
+	tb := NewTailBuffer(64 << 10)
 	cmd.Stderr = tb
 	return &Command{Cmd: cmd, stderr: tb, name: filepath.Base(program)}
 }
@@ -121,13 +121,18 @@ func Version(program string) string {
 	return f[len(f)-1]
 }
 
-type tailBuffer struct {
+// TailBuffer keeps the last max bytes written to it (a child's stderr,
+// for its error message).
+type TailBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 	max int
 }
 
-func (t *tailBuffer) Write(p []byte) (int, error) {
+// NewTailBuffer keeps the last max bytes.
+func NewTailBuffer(max int) *TailBuffer { return &TailBuffer{max: max} }
+
+func (t *TailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.buf.Write(p)
@@ -137,7 +142,7 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (t *tailBuffer) String() string {
+func (t *TailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.buf.String()
