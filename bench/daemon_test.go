@@ -31,10 +31,7 @@ func BenchmarkDaemon(b *testing.B) {
 
 func runDaemonBench(b *testing.B) {
 	srv, work, keys, bin, archCfg := newArchiveRig(b, "daemon")
-	pg := testrig.StartPostgres(b, "shared_buffers=256MB", "wal_level=replica", "archive_mode=on", "max_wal_senders=5",
-		fmt.Sprintf("archive_command=%s --config %s wal-push %%p", bin, archCfg))
-	pgEnv := append(os.Environ(), pg.Env("postgres")...)
-	runQuiet(b, pgEnv, "pgbench", "-i", "-q", "-s", strconv.Itoa(scale()), "postgres")
+	pg, _ := archivingPgbench(b, bin, archCfg)
 	port := testrig.FreePort(b)
 	cfg := filepath.Join(work, "daemon.yaml")
 	jobs := `listen: 127.0.0.1:%d

@@ -27,10 +27,7 @@ func BenchmarkDrill(b *testing.B) {
 
 func runDrillBench(b *testing.B) {
 	srv, work, keys, bin, archCfg := newArchiveRig(b, "drill")
-	pg := testrig.StartPostgres(b, "shared_buffers=256MB", "wal_level=replica", "archive_mode=on", "max_wal_senders=5",
-		fmt.Sprintf("archive_command=%s --config %s wal-push %%p", bin, archCfg))
-	pgEnv := append(os.Environ(), pg.Env("postgres")...)
-	runQuiet(b, pgEnv, "pgbench", "-i", "-q", "-s", strconv.Itoa(scale()), "postgres")
+	pg, pgEnv := archivingPgbench(b, bin, archCfg)
 	cfg := filepath.Join(work, "drill.yaml")
 	os.WriteFile(cfg, []byte(readFile(b, archCfg)+fmt.Sprintf(`identity_file: %s
 dsn: %q
@@ -127,4 +124,14 @@ processes:
 	// A drill's own costs: a new cluster (initdb and start, about a second
 	// here) and the checks; what remains is the restore itself.
 	fmt.Printf("drill / floor: logical %.2fx, pitr %.2fx\n", logical.Seconds/bareLogical.Seconds(), pitr.Seconds/barePITR.Seconds())
+}
+
+// archivingPgbench starts a cluster archiving with drctl wal-push to the
+// rig's repository, loaded with pgbench at the bench's scale.
+func archivingPgbench(b *testing.B, bin, archCfg string) (*testrig.Postgres, []string) {
+	pg := testrig.StartPostgres(b, "shared_buffers=256MB", "wal_level=replica", "archive_mode=on", "max_wal_senders=5",
+		fmt.Sprintf("archive_command=%s --config %s wal-push %%p", bin, archCfg))
+	pgEnv := append(os.Environ(), pg.Env("postgres")...)
+	runQuiet(b, pgEnv, "pgbench", "-i", "-q", "-s", strconv.Itoa(scale()), "postgres")
+	return pg, pgEnv
 }
