@@ -6,7 +6,6 @@ package drill
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -202,6 +201,3 @@ func allPassed(cs []catalog.DrillCheck) bool {
 	}
 	return true
 }
-
-// ErrNoBackup means the process has no backup to drill.
-var ErrNoBackup = errors.New("no backup to drill")

@@ -164,9 +164,6 @@ func (l *Local) own(path string) error {
 // Kind is "local".
 func (l *Local) Kind() string { return "local" }
 
-// Dir is the sandbox's directory.
-func (l *Local) Dir() string { return l.dir }
-
 // DataDir is the cluster's data directory.
 func (l *Local) DataDir() string { return filepath.Join(l.dir, "data") }
 
@@ -293,11 +290,6 @@ func (l *Local) Env(database string) []string {
 		"PGPASSWORD=" + l.password, "PGDATABASE=" + database, "PGSSLMODE=disable"}
 }
 
-// ServerLog is the tail of the server's log, for errors.
-func (l *Local) ServerLog() string {
-	data := readNoFollow(filepath.Join(l.logDir(), "server.log"), 2000)
-	return string(data)
-}
 
 // readNoFollow reads the last max bytes of a file the server's user
 // writes, refusing a symlink (one to /etc/shadow would be read as root).
