@@ -290,7 +290,6 @@ func (l *Local) Env(database string) []string {
 		"PGPASSWORD=" + l.password, "PGDATABASE=" + database, "PGSSLMODE=disable"}
 }
 
-
 // readNoFollow reads the last max bytes of a file the server's user
 // writes, refusing a symlink (one to /etc/shadow would be read as root).
 func readNoFollow(path string, max int64) []byte {
