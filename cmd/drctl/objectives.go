@@ -264,6 +264,18 @@ func evaluate(ctx context.Context, s *settings, st storage.Store, procs []policy
 	return out, nil
 }
 
+// storeEvidence stores a drill or gate record with the signing key, if
+// any, even after an interrupt (the drill or decision happened).
+func storeEvidence(ctx context.Context, s *settings, put func(context.Context, catalog.Signer) error) error {
+	signer, err := s.signer()
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	return put(pctx, signer)
+}
+
 func allMet(rs []policy.Result) bool {
 	for _, r := range rs {
 		if !r.Met {
@@ -361,13 +373,9 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 			if cmd.Context().Err() != nil {
 				return fmt.Errorf("drill of %s stopped: %w (its sandbox is removed)", p.Name, cmd.Context().Err())
 			}
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), time.Minute)
-			defer cancel()
-			signer, err := s.signer()
-			if err != nil {
-				return err
-			}
-			if err := catalog.PutDrill(pctx, st, rec, signer); err != nil {
+			if err := storeEvidence(cmd.Context(), s, func(ctx context.Context, signer catalog.Signer) error {
+				return catalog.PutDrill(ctx, st, rec, signer)
+			}); err != nil {
 				return fmt.Errorf("store the drill's record: %w", err)
 			}
 			if asJSON {
@@ -484,13 +492,9 @@ func newGateCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 					gate.Reasons = append(gate.Reasons, fmt.Sprintf("%s %s: %s", r.Process, r.Objective, oneLine(r.Reason)))
 				}
 			}
-			pctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), time.Minute)
-			defer cancel()
-			signer, err := s.signer()
-			if err != nil {
-				return err
-			}
-			if err := catalog.PutGate(pctx, st, gate, signer); err != nil {
+			if err := storeEvidence(cmd.Context(), s, func(ctx context.Context, signer catalog.Signer) error {
+				return catalog.PutGate(ctx, st, gate, signer)
+			}); err != nil {
 				return fmt.Errorf("record the gate's decision: %w", err)
 			}
 			if asJSON {
