@@ -15,6 +15,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/drctl/drctl/storage"
@@ -142,7 +143,7 @@ func (m *Manifest) Object(role string) (Object, bool) {
 	return Object{}, false
 }
 
-var idPattern = regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$`)
+var idPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}$`) })
 
 // NewID returns a backup id that sorts by start time: 20261126T141438Z-3fa9c1.
 func NewID(start time.Time) string {
@@ -152,7 +153,7 @@ func NewID(start time.Time) string {
 }
 
 // ValidID reports whether id has the form NewID makes.
-func ValidID(id string) bool { return idPattern.MatchString(id) }
+func ValidID(id string) bool { return idPattern().MatchString(id) }
 
 // ManifestKey is where backup id's manifest lives.
 func ManifestKey(id string) string { return backupsPrefix + id + "/manifest.json" }

@@ -64,7 +64,7 @@ const (
 	maxIndexBytes   = 256 << 20
 )
 
-var shardName = regexp.MustCompile(`^index/backups-[0-9]{6}\.json$`)
+var shardName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^index/backups-[0-9]{6}\.json$`) })
 
 func shardKey(id string) string { return indexPrefix + "backups-" + id[:6] + ".json" }
 
@@ -81,7 +81,7 @@ func readIndex(ctx context.Context, st storage.Store) (map[string]indexEntry, ma
 	var shards []storage.ObjectInfo
 	var total int64
 	for _, o := range objs {
-		if !shardName.MatchString(o.Key) || o.Size > maxShard || len(shards) >= maxShards || total+o.Size > maxIndexBytes {
+		if !shardName().MatchString(o.Key) || o.Size > maxShard || len(shards) >= maxShards || total+o.Size > maxIndexBytes {
 			continue
 		}
 		total += o.Size

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,11 +28,23 @@ import (
 // A job's state and records are written only by the holder of its lease.
 const jobsPrefix = "jobs/"
 
-var jobNamePattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
 // ValidJobName: lowercase letters, digits and dashes, at most 63, as a
 // Kubernetes label value allows.
-func ValidJobName(name string) bool { return jobNamePattern.MatchString(name) }
+func ValidJobName(name string) bool {
+	if len(name) == 0 || len(name) > 63 || name[0] == '-' || name[len(name)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !lowerAlnum(c) && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+// lowerAlnum reports whether c is a-z or 0-9. (Checked by hand, not with
+// regular expressions: compiling those is paid by every drctl start.)
+func lowerAlnum(c byte) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' }
 
 // Run results.
 const (
@@ -162,8 +173,6 @@ func PutJobRun(ctx context.Context, st storage.Store, r JobRun) error {
 	return putJSON(ctx, st, key, r)
 }
 
-var runIDPattern = regexp.MustCompile(`^[a-z0-9]{8,32}$`)
-
 // NewRecordID is the id of a new job run, drill or gate record: 16 random
 // hex digits.
 func NewRecordID() string {
@@ -172,7 +181,17 @@ func NewRecordID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func validRunID(id string) bool { return runIDPattern.MatchString(id) }
+func validRunID(id string) bool {
+	if len(id) < 8 || len(id) > 32 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if !lowerAlnum(id[i]) {
+			return false
+		}
+	}
+	return true
+}
 
 // ListJobRuns returns the job's runs that started in [from, to) (a zero
 // bound is open), oldest first. The keys carry the start time, so only the

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -210,7 +211,7 @@ func parseCheck(p *confcheck.Problems, n *yaml.Node) (Check, bool) {
 	return c, true
 }
 
-var compareRe = regexp.MustCompile(`^(>=|<=|!=|=|>|<)\s*(-?[0-9]+(\.[0-9]+)?)$`)
+var compareRe = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(>=|<=|!=|=|>|<)\s*(-?[0-9]+(\.[0-9]+)?)$`) })
 
 // ParseExpect reads an expectation: ">= 1000", "= 0", "< 5", "none",
 // "some" or "within_rpo".
@@ -220,7 +221,7 @@ func ParseExpect(s string) (Expect, error) {
 	case "none", "some", "within_rpo":
 		return Expect{Kind: s, Text: s}, nil
 	}
-	m := compareRe.FindStringSubmatch(s)
+	m := compareRe().FindStringSubmatch(s)
 	if m == nil {
 		return Expect{}, fmt.Errorf("expect %q: want a comparison with a number (>= N, = N, < N...), none, some or within_rpo", s)
 	}

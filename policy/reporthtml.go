@@ -6,47 +6,50 @@ import (
 	"io"
 	"math"
 	"strings"
+	"sync"
 	"time"
 )
 
 // WriteHTML renders the report as one self-contained page: inline SVG
 // charts, inline styles, no script, nothing fetched.
 func (r *Report) WriteHTML(w io.Writer) error {
-	return pageTemplate.Execute(w, r)
+	return pageTemplate().Execute(w, r)
 }
 
-var pageTemplate = template.Must(template.New("report").Funcs(template.FuncMap{
-	"dur":  humanSeconds,
-	"time": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
-	"day":  func(t time.Time) string { return t.UTC().Format("2006-01-02") },
-	"rpoChart": func(p ProcessReport, since, now time.Time) template.HTML {
-		return chart("data that could have been lost", p.RPO, p.RPOTarget, since, now, true)
-	},
-	"rtoChart": func(p ProcessReport, since, now time.Time) template.HTML {
-		return chart("measured restore time", p.RTO, p.RTOTarget, since, now, false)
-	},
-	"join": strings.Join,
-	"verdict": func(ok bool) template.HTML {
-		if ok {
-			return `<span class="ok">met</span>`
-		}
-		return `<span class="bad">not met</span>`
-	},
-	"passed": func(ok bool) template.HTML {
-		if ok {
-			return `<span class="ok">passed</span>`
-		}
-		return `<span class="bad">failed</span>`
-	},
-	"status": func(rs []Result) template.HTML {
-		for _, r := range rs {
-			if !r.Met {
-				return `<span class="badge bad">objectives not met</span>`
+// Parsed when first used: every drctl start would pay for it.
+var pageTemplate = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("report").Funcs(template.FuncMap{
+		"dur":  humanSeconds,
+		"time": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04 UTC") },
+		"day":  func(t time.Time) string { return t.UTC().Format("2006-01-02") },
+		"rpoChart": func(p ProcessReport, since, now time.Time) template.HTML {
+			return chart("data that could have been lost", p.RPO, p.RPOTarget, since, now, true)
+		},
+		"rtoChart": func(p ProcessReport, since, now time.Time) template.HTML {
+			return chart("measured restore time", p.RTO, p.RTOTarget, since, now, false)
+		},
+		"join": strings.Join,
+		"verdict": func(ok bool) template.HTML {
+			if ok {
+				return `<span class="ok">met</span>`
 			}
-		}
-		return `<span class="badge ok">all objectives met</span>`
-	},
-}).Parse(`<!DOCTYPE html>
+			return `<span class="bad">not met</span>`
+		},
+		"passed": func(ok bool) template.HTML {
+			if ok {
+				return `<span class="ok">passed</span>`
+			}
+			return `<span class="bad">failed</span>`
+		},
+		"status": func(rs []Result) template.HTML {
+			for _, r := range rs {
+				if !r.Met {
+					return `<span class="badge bad">objectives not met</span>`
+				}
+			}
+			return `<span class="badge ok">all objectives met</span>`
+		},
+	}).Parse(`<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>drctl recovery objectives</title>
@@ -88,6 +91,7 @@ svg{width:100%;height:auto;background:#f6f8fa;border-radius:4px}
 {{else}}<tr><td colspan="5">no gate in the period</td></tr>{{end}}</table>
 </body></html>
 `))
+})
 
 // chart draws points over [since, now] against a dashed target line, as
 // inline SVG: a line for a series (rpo), dots for events (rto). Points

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"github.com/drctl/drctl/engine/physical"
 	"github.com/drctl/drctl/engine/wal"
 	rphysical "github.com/drctl/drctl/restore/physical"
+	"github.com/drctl/drctl/storage"
 )
 
 func newBaseBackupCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
@@ -84,10 +86,15 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if err != nil {
 				return err
 			}
-			st, err := s.openStore(cmd.Context())
-			if err != nil {
-				return err
+			if os.Getenv("GOGC") == "" {
+				// A process that lives for one segment: collecting while
+				// the encoders allocate costs it milliseconds; the memory
+				// limit still bounds the heap.
+				debug.SetGCPercent(400)
 			}
+			// Opened while the segment is compressed: loading the S3
+			// client's configuration costs a few milliseconds per segment.
+			st := storage.OpenInBackground("the repository", func() (storage.Store, error) { return s.openStore(cmd.Context()) })
 			copt, err := s.codecOptions(0)
 			if err != nil {
 				return err

@@ -45,10 +45,21 @@ type frameJob struct {
 }
 
 func newFramedWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*framedWriter, error) {
-	return newFramedWriterWith(out, workers, func() (*zstd.Encoder, error) {
-		return zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
-			zstd.WithEncoderCRC(true), zstd.WithWindowSize(frameSize))
-	})
+	return newFramedWriterWith(out, workers, func() (*zstd.Encoder, error) { return newFrameEncoder(level) })
+}
+
+// newFrameEncoder makes one frame's encoder. At the fastest level the
+// window is 512 KiB, not the frame: its matches reach no further anyway
+// (the output differs by a few bytes per MiB), and a fresh encoder's 4 MiB
+// history costs a short-lived wal-push more to allocate than compressing
+// a segment's frame does.
+func newFrameEncoder(level zstd.EncoderLevel) (*zstd.Encoder, error) {
+	window := frameSize
+	if level == zstd.SpeedFastest {
+		window = 512 << 10
+	}
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderCRC(true), zstd.WithWindowSize(window))
 }
 
 func newFramedWriterWith(out io.Writer, workers int, newEncoder func() (*zstd.Encoder, error)) (*framedWriter, error) {
@@ -240,8 +251,7 @@ func EncodeBuffer(data []byte, keys *Keys, opt Options) ([]byte, error) {
 					errs <- MemoryFault(r)
 				}
 			}()
-			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
-				zstd.WithEncoderCRC(true), zstd.WithWindowSize(frameSize))
+			enc, err := newFrameEncoder(level)
 			if err != nil {
 				errs <- err
 				return

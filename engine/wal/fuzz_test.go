@@ -1,6 +1,7 @@
 package wal
 
 import (
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -25,16 +26,30 @@ func FuzzParseLSN(f *testing.F) {
 	})
 }
 
+var (
+	segmentOracle    = regexp.MustCompile(`^[0-9A-F]{24}$`)
+	historyOracle    = regexp.MustCompile(`^[0-9A-F]{8}\.history$`)
+	archivableOracle = regexp.MustCompile(`^([0-9A-F]{24}|[0-9A-F]{8}\.history|[0-9A-F]{24}\.[0-9A-F]{8}\.backup|[0-9A-F]{24}\.partial)$`)
+)
+
 func FuzzSegmentName(f *testing.F) {
-	for _, s := range []string{"000000010000000000000003", "0000000100000001000000FF", "00000002.history", "000000010000000000000003.00000028.backup", "000000010000000000000005.partial", "00000001000000000000000G", ""} {
+	for _, s := range []string{"000000010000000000000003", "0000000100000001000000FF", "00000002.history", "0000000g.history", "00000002.historx", "000000010000000000000003.0000002G.backup", "000000010000000000000003-00000028.backup", "00000001000000000000000a.partial", "000000010000000000000003.00000028.backup", "000000010000000000000005.partial", "00000001000000000000000G", ""} {
 		f.Add(s, int64(16<<20))
 	}
 	f.Fuzz(func(t *testing.T, name string, segSize int64) {
 		if segSize < 1<<20 || segSize > 1<<30 || segSize&(segSize-1) != 0 {
 			segSize = 16 << 20
 		}
-		IsArchivable(name)
-		IsHistoryName(name)
+		// The hand-written checks accept exactly what these patterns do.
+		if got, want := IsArchivable(name), archivableOracle.MatchString(name); got != want {
+			t.Fatalf("IsArchivable(%q) = %v, the pattern says %v", name, got, want)
+		}
+		if got, want := IsHistoryName(name), historyOracle.MatchString(name); got != want {
+			t.Fatalf("IsHistoryName(%q) = %v, the pattern says %v", name, got, want)
+		}
+		if got, want := IsSegmentName(name), segmentOracle.MatchString(name); got != want {
+			t.Fatalf("IsSegmentName(%q) = %v, the pattern says %v", name, got, want)
+		}
 		s, ok := ParseSegmentName(name, segSize)
 		if !ok {
 			return

@@ -6,7 +6,6 @@ package wal
 
 import (
 	"fmt"
-	"regexp"
 	"strconv"
 	"strings"
 )
@@ -61,17 +60,41 @@ func (s Segment) StartLSN(segSize int64) LSN { return LSN(s.No * uint64(segSize)
 // Next is the following segment on the same timeline.
 func (s Segment) Next() Segment { return Segment{s.Timeline, s.No + 1} }
 
-var (
-	segmentRe = regexp.MustCompile(`^[0-9A-F]{24}$`)
-	historyRe = regexp.MustCompile(`^[0-9A-F]{8}\.history$`)
-	backupRe  = regexp.MustCompile(`^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$`)
-	// The old timeline's last segment, archived at a promotion.
-	oldPartialRe = regexp.MustCompile(`^[0-9A-F]{24}\.partial$`)
-)
+// The names PostgreSQL gives WAL files, checked by hand: wal-push runs
+// once per segment, and compiling regular expressions at start-up cost it
+// more than the checks ever do.
+
+// upperHex reports whether s is made of digits and A-F only.
+func upperHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'A' || c > 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// isSegment: 24 hex digits, as 000000010000000A000000FF.
+func isSegment(name string) bool { return len(name) == 24 && upperHex(name) }
+
+// isHistory: a timeline history file, as 00000002.history.
+func isHistory(name string) bool {
+	return len(name) == 16 && upperHex(name[:8]) && name[8:] == ".history"
+}
+
+// isBackupHistory: a backup history file, as <segment>.00000028.backup.
+func isBackupHistory(name string) bool {
+	return len(name) == 40 && isSegment(name[:24]) && name[24] == '.' && upperHex(name[25:33]) && name[33:] == ".backup"
+}
+
+// isOldPartial: the old timeline's last segment, archived at a promotion.
+func isOldPartial(name string) bool {
+	return len(name) == 32 && isSegment(name[:24]) && name[24:] == ".partial"
+}
 
 // ParseSegmentName parses a segment file name.
 func ParseSegmentName(name string, segSize int64) (Segment, bool) {
-	if !segmentRe.MatchString(name) {
+	if !isSegment(name) {
 		return Segment{}, false
 	}
 	tli, _ := strconv.ParseUint(name[0:8], 16, 32)
@@ -85,17 +108,17 @@ func ParseSegmentName(name string, segSize int64) (Segment, bool) {
 }
 
 // IsSegmentName reports whether name is a WAL segment file name.
-func IsSegmentName(name string) bool { return segmentRe.MatchString(name) }
+func IsSegmentName(name string) bool { return isSegment(name) }
 
 // IsArchivable reports whether name is a file archive_command may be
 // given: a segment, a timeline history or a backup history file, or the
 // .partial segment a promotion leaves of the old timeline.
 func IsArchivable(name string) bool {
-	return segmentRe.MatchString(name) || historyRe.MatchString(name) || backupRe.MatchString(name) || oldPartialRe.MatchString(name)
+	return isSegment(name) || isHistory(name) || isBackupHistory(name) || isOldPartial(name)
 }
 
 // IsHistoryName reports whether name is a timeline history file name.
-func IsHistoryName(name string) bool { return historyRe.MatchString(name) }
+func IsHistoryName(name string) bool { return isHistory(name) }
 
 // HistoryName is the history file of timeline tli.
 func HistoryName(tli uint32) string { return fmt.Sprintf("%08X.history", tli) }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 )
 
@@ -93,16 +94,17 @@ var overridden = []struct{ name, value string }{
 // library name (found in $libdir), emptied when one is a path.
 var preloadSettings = []string{"shared_preload_libraries", "local_preload_libraries", "session_preload_libraries"}
 
+// Compiled when first used, not at every drctl start.
 var (
-	confName = regexp.MustCompile(`^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*`)
-	bareLib  = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`)
+	confName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*`) })
+	bareLib  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`) })
 )
 
 // parseConfLine reads one "name = value" line of postgresql.conf: the
 // value is a quoted string (” and \' escape a quote) or a bare word, and
 // a comment may follow.
 func parseConfLine(line string) (string, string, bool) {
-	m := confName.FindStringSubmatchIndex(line)
+	m := confName().FindStringSubmatchIndex(line)
 	if m == nil {
 		return "", "", false
 	}
@@ -208,7 +210,7 @@ func writeRecoveryConfig(root *os.Root, opt Options, res *Result) error {
 			lib = strings.Trim(strings.TrimSpace(lib), `"`)
 			switch {
 			case lib == "":
-			case bareLib.MatchString(lib):
+			case bareLib().MatchString(lib):
 				keep = append(keep, lib)
 			default:
 				bad = true

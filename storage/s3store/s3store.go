@@ -209,7 +209,13 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader, ifAbsent bool)
 	if err != nil {
 		return err
 	}
-	first := make([]byte, s.partSize(1))
+	size := s.partSize(1)
+	if b, ok := r.(*bytes.Reader); ok && int64(b.Len()) < size {
+		// Already in memory (a compressed WAL segment): a buffer one
+		// byte longer sees its end, not the 8 MiB a stream needs.
+		size = int64(b.Len()) + 1
+	}
+	first := make([]byte, size)
 	n, err := io.ReadFull(r, first)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("put %s: read: %w", key, err)
