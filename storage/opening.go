@@ -10,6 +10,9 @@ import (
 // has other work first (wal-push compresses the segment) overlaps the two:
 // loading an S3 client's configuration costs milliseconds that
 // archive_command pays once per segment.
+//
+// It implements only Store: optional capabilities of the backend (DirLister,
+// StaleCleaner...) are not seen through it; use Wait for those.
 type Opening struct {
 	name  string
 	done  chan struct{}
@@ -24,9 +27,20 @@ func OpenInBackground(name string, open func() (Store, error)) *Opening {
 	go func() {
 		defer close(o.done)
 		o.store, o.err = open()
+		if o.err != nil {
+			o.err = &OpenError{Err: o.err}
+		}
 	}()
 	return o
 }
+
+// OpenError is a failed open, as every call of an Opening reports it: a
+// caller that wraps its errors with the object it worked on can find it
+// and report the repository's problem as it is.
+type OpenError struct{ Err error }
+
+func (e *OpenError) Error() string { return e.Err.Error() }
+func (e *OpenError) Unwrap() error { return e.Err }
 
 // Wait returns the opened store, or why it could not be opened.
 func (o *Opening) Wait(ctx context.Context) (Store, error) {

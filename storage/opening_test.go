@@ -30,7 +30,8 @@ func TestOpeningFails(t *testing.T) {
 	bad := storage.OpenInBackground("s3://bucket", func() (storage.Store, error) {
 		return nil, errors.New("s3 repository: no usable AWS credentials")
 	})
-	if _, err := bad.List(ctx, "wal/"); err == nil || !strings.Contains(err.Error(), "no usable AWS credentials") {
+	_, err := bad.List(ctx, "wal/")
+	if oe := (*storage.OpenError)(nil); !errors.As(err, &oe) || oe.Error() != "s3 repository: no usable AWS credentials" {
 		t.Fatalf("List on a failed open: %v", err)
 	}
 	if err := bad.Put(ctx, "k", strings.NewReader("x")); err == nil {

@@ -86,10 +86,10 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 			if err != nil {
 				return err
 			}
-			if os.Getenv("GOGC") == "" {
+			if os.Getenv("GOGC") == "" && os.Getenv("GOMEMLIMIT") == "" {
 				// A process that lives for one segment: collecting while
 				// the encoders allocate costs it milliseconds; the memory
-				// limit still bounds the heap.
+				// limit (main's) still bounds the heap.
 				debug.SetGCPercent(400)
 			}
 			// Opened while the segment is compressed: loading the S3
@@ -108,6 +108,9 @@ func newWALPushCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command 
 				return &exitCodeError{2, fmt.Errorf("--push-ahead %d: give 0 to 16", ahead)}
 			}
 			res, err := a.PushAhead(cmd.Context(), args[0], ahead, s.Logger)
+			if oe := (*storage.OpenError)(nil); errors.As(err, &oe) {
+				return oe.Err // the repository's problem, not this file's
+			}
 			if err != nil {
 				return err
 			}

@@ -110,6 +110,12 @@ type Options struct {
 	// Concurrency is the number of zstd frames compressed at once
 	// (default: GOMAXPROCS).
 	Concurrency int
+	// Window is the zstd window in bytes, at most a frame (default: the
+	// frame, 4 MiB). A short-lived process compressing one WAL segment
+	// gives 512 KiB: allocating a fresh encoder's 4 MiB history costs it
+	// more than the compression, and WAL gains nothing from the longer
+	// reach (0.2-0.4% larger output on pgbench's).
+	Window int
 }
 
 // Writer compresses, then encrypts, into the destination.
@@ -141,7 +147,7 @@ func NewWriter(dst io.Writer, keys *Keys, opt Options) (*Writer, error) {
 	if conc <= 0 {
 		conc = runtime.GOMAXPROCS(0)
 	}
-	zw, err := newFramedWriter(next, level, conc)
+	zw, err := newFramedWriter(next, level, opt.Window, conc)
 	if err != nil {
 		return nil, err
 	}

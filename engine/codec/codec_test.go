@@ -77,14 +77,18 @@ func TestEncodeBufferMatchesTheWriter(t *testing.T) {
 	keys := testKeys(t)
 	for _, size := range []int{0, 1, frameSize - 1, frameSize, 3*frameSize + 5} {
 		want := payload(size)
-		for _, enc := range []*Keys{keys, {}} {
-			got, err := EncodeBuffer(want, enc, Options{Concurrency: 3})
+		for i, enc := range []*Keys{keys, {}, {}} {
+			window := 0
+			if i == 2 {
+				window = 512 << 10 // WAL's
+			}
+			got, err := EncodeBuffer(want, enc, Options{Concurrency: 3, Window: window})
 			if err != nil {
 				t.Fatal(err)
 			}
 			if !enc.Encrypted() {
 				var streamed bytes.Buffer
-				w, _ := NewWriter(&streamed, enc, Options{Concurrency: 2})
+				w, _ := NewWriter(&streamed, enc, Options{Concurrency: 2, Window: window})
 				w.Write(want)
 				if err := w.Close(); err != nil {
 					t.Fatal(err)
@@ -158,7 +162,7 @@ func TestCorruptionDetected(t *testing.T) {
 // A writer that cannot be built leaves no goroutine behind (TestMain's
 // goleak check fails the package otherwise).
 func TestFramedWriterFailureLeaksNothing(t *testing.T) {
-	if _, err := newFramedWriter(io.Discard, zstd.EncoderLevel(100), 4); err == nil {
+	if _, err := newFramedWriter(io.Discard, zstd.EncoderLevel(100), 0, 4); err == nil {
 		t.Fatal("an unknown zstd level was accepted")
 	}
 	// The third encoder fails: the two made before it must not linger.

@@ -44,19 +44,15 @@ type frameJob struct {
 	ready   chan struct{}
 }
 
-func newFramedWriter(out io.Writer, level zstd.EncoderLevel, workers int) (*framedWriter, error) {
-	return newFramedWriterWith(out, workers, func() (*zstd.Encoder, error) { return newFrameEncoder(level) })
+func newFramedWriter(out io.Writer, level zstd.EncoderLevel, window, workers int) (*framedWriter, error) {
+	return newFramedWriterWith(out, workers, func() (*zstd.Encoder, error) { return newFrameEncoder(level, window) })
 }
 
-// newFrameEncoder makes one frame's encoder. At the fastest level the
-// window is 512 KiB, not the frame: its matches reach no further anyway
-// (the output differs by a few bytes per MiB), and a fresh encoder's 4 MiB
-// history costs a short-lived wal-push more to allocate than compressing
-// a segment's frame does.
-func newFrameEncoder(level zstd.EncoderLevel) (*zstd.Encoder, error) {
-	window := frameSize
-	if level == zstd.SpeedFastest {
-		window = 512 << 10
+// newFrameEncoder makes one frame's encoder, with the window asked for
+// (0: the frame).
+func newFrameEncoder(level zstd.EncoderLevel, window int) (*zstd.Encoder, error) {
+	if window <= 0 || window > frameSize {
+		window = frameSize
 	}
 	return zstd.NewWriter(nil, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1),
 		zstd.WithEncoderCRC(true), zstd.WithWindowSize(window))
@@ -251,7 +247,7 @@ func EncodeBuffer(data []byte, keys *Keys, opt Options) ([]byte, error) {
 					errs <- MemoryFault(r)
 				}
 			}()
-			enc, err := newFrameEncoder(level)
+			enc, err := newFrameEncoder(level, opt.Window)
 			if err != nil {
 				errs <- err
 				return

@@ -283,6 +283,17 @@ func (a *Archive) PushData(ctx context.Context, name string, data []byte) (*Push
 	return a.push(ctx, name, func() (string, []byte, error) { return a.encodeBuffer(data) })
 }
 
+// walWindow is the zstd window of archived WAL (see codec.Options.Window).
+const walWindow = 512 << 10
+
+func (a *Archive) codecOptions() codec.Options {
+	o := a.Codec
+	if o.Window == 0 {
+		o.Window = walWindow
+	}
+	return o
+}
+
 // encodeBuffer hashes data while its frames are compressed, all at once.
 func (a *Archive) encodeBuffer(data []byte) (string, []byte, error) {
 	type hash struct {
@@ -299,7 +310,7 @@ func (a *Archive) encodeBuffer(data []byte) (string, []byte, error) {
 		}()
 		hashed <- hash{sum: sha256.Sum256(data)}
 	}()
-	stored, err := codec.EncodeBuffer(data, a.Keys, a.Codec)
+	stored, err := codec.EncodeBuffer(data, a.Keys, a.codecOptions())
 	h := <-hashed
 	if err = errors.Join(err, h.err); err != nil {
 		return "", nil, err
@@ -312,7 +323,7 @@ func (a *Archive) encodeBuffer(data []byte) (string, []byte, error) {
 func (a *Archive) encodeStream(r io.Reader) (string, []byte, error) {
 	h := sha256.New()
 	var stored bytes.Buffer
-	enc, err := codec.NewWriter(&stored, a.Keys, a.Codec)
+	enc, err := codec.NewWriter(&stored, a.Keys, a.codecOptions())
 	if err != nil {
 		return "", nil, err
 	}
@@ -410,7 +421,7 @@ func (a *Archive) put(ctx context.Context, key string, r io.Reader) error {
 	pr, pw := io.Pipe()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		enc, err := codec.NewWriter(pw, a.Keys, a.Codec)
+		enc, err := codec.NewWriter(pw, a.Keys, a.codecOptions())
 		if err != nil {
 			pw.CloseWithError(err)
 			return err

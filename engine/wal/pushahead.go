@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/drctl/drctl/storage"
 )
 
 // Push-ahead: archive_command runs one segment at a time, and a primary
@@ -79,6 +81,15 @@ func (a *Archive) PushAhead(ctx context.Context, path string, ahead int, log *sl
 		defer close(done)
 		if ahead <= 0 || !IsSegmentName(name) {
 			return
+		}
+		// A repository still being opened: nothing is pushed ahead of
+		// one that cannot be (each retry would compress them all again).
+		if o, ok := a.Store.(interface {
+			Wait(context.Context) (storage.Store, error)
+		}); ok {
+			if _, err := o.Wait(aheadCtx); err != nil {
+				return
+			}
 		}
 		// One zstd worker each: the one asked for keeps the others.
 		one := *a
