@@ -10,6 +10,9 @@ STATICCHECK_STAMP := $(CACHE)/bin/.staticcheck-$(STATICCHECK_VERSION)
 K8S_VERSION := v1.37.2
 K8S_STAGING_VERSION := v0.37.2
 KUBE_STAMP := $(CACHE)/bin/.kube-$(K8S_VERSION)
+KCM_STAMP := $(CACHE)/bin/.kube-controller-manager-$(K8S_VERSION)
+KWOK_VERSION := v0.8.0
+KWOK_STAMP := $(CACHE)/bin/.kwok-$(KWOK_VERSION)
 HELM_VERSION := v3.22.0
 HELM_STAMP := $(CACHE)/bin/.helm-$(HELM_VERSION)
 export DRCTL_CACHE_DIR := $(CACHE)
@@ -17,11 +20,14 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 
 .PHONY: build deps apt-deps bench-deps test vet fuzz demo bench clean
 
+# drctl, and drctl-kube: the helper of drills in Kubernetes namespaces
+# (client-go lives there, not in drctl, which starts once per WAL segment).
 build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/drctl ./cmd/drctl
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o bin/drctl-kube ./cmd/drctl-kube
 
 # Everything the tests, demo and bench need on a fresh Debian machine.
-deps: apt-deps $(VERSITYGW_STAMP) $(STATICCHECK_STAMP) $(KUBE_STAMP) $(HELM_STAMP)
+deps: apt-deps $(VERSITYGW_STAMP) $(STATICCHECK_STAMP) $(KUBE_STAMP) $(KCM_STAMP) $(KWOK_STAMP) $(HELM_STAMP)
 
 apt-deps:
 	@missing=""; \
@@ -53,6 +59,17 @@ $(VERSITYGW_STAMP):
 # and kubectl built from the module proxy (slow: cached), etcd from Debian.
 $(KUBE_STAMP):
 	bash scripts/build-kube.sh $(CACHE) $(K8S_VERSION) $(K8S_STAGING_VERSION)
+	@touch $@
+
+# The drill tests need the namespace and job controllers, and kwok's fake
+# nodes (pods run there without a container runtime).
+$(KCM_STAMP):
+	bash scripts/build-kube.sh $(CACHE) $(K8S_VERSION) $(K8S_STAGING_VERSION) kube-controller-manager
+	@touch $@
+
+$(KWOK_STAMP):
+	@mkdir -p $(CACHE)/bin
+	GOBIN=$(CACHE)/bin $(GO) install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
 	@touch $@
 
 $(HELM_STAMP):

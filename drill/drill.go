@@ -92,7 +92,68 @@ func Run(ctx context.Context, opt Options) catalog.Drill {
 }
 
 func run(ctx context.Context, opt Options, rec *catalog.Drill, phase func(string, func() error) error) error {
-	p, b, sb := opt.Process, opt.Backup, opt.Sandbox
+	p := opt.Process
+	var err error
+	switch sb := opt.Sandbox.(type) {
+	case Provisioner:
+		err = provisioned(ctx, opt, sb, rec, phase)
+	case Server:
+		err = restoreInto(ctx, opt, sb, rec, phase)
+	default:
+		err = fmt.Errorf("sandbox %s can neither be restored into nor restore", opt.Sandbox.Kind())
+	}
+	if err != nil {
+		return err
+	}
+	sb := opt.Sandbox
+	return phase("checks", func() error {
+		// The checks read data the backup brought: they run as a role
+		// that can read everything and do nothing else (a superuser
+		// reading a view someone made into a function call would run it
+		// with every right).
+		role, password := "drctl_check_"+catalog.NewRecordID()[:8], catalog.NewRecordID()
+		if err := createCheckRole(ctx, sb.DSN(p.Database), role, password); err != nil {
+			return err
+		}
+		checks, err := RunChecks(ctx, sb.DSNAs(role, password, p.Database)+" options='-c search_path=pg_catalog,public'", p, rec.RecoveryPoint)
+		rec.Checks = checks
+		return err
+	})
+}
+
+// provisioned has the sandbox restore the backup where it runs; for a
+// base backup, the replay is then followed from here.
+func provisioned(ctx context.Context, opt Options, sb Provisioner, rec *catalog.Drill, phase func(string, func() error) error) error {
+	p, b := opt.Process, opt.Backup
+	spec := Spec{DrillID: rec.DrillID, Process: p.Name, Mode: p.Mode, Database: p.Database, BackupID: b.ID,
+		Expires: rec.Start.Add(p.DrillTimeout + expiryMargin)}
+	switch p.Mode {
+	case policy.ModeLogical:
+		if err := phase("restore", func() error { return sb.Provision(ctx, spec) }); err != nil {
+			return err
+		}
+		rec.RecoveryPoint = b.StartTime
+		return nil
+	case policy.ModePITR:
+		if err := phase("restore", func() error { return sb.Provision(ctx, spec) }); err != nil {
+			return err
+		}
+		return phase("replay", func() error {
+			point, err := waitPromoted(ctx, sb.DSN("postgres"))
+			rec.RecoveryPoint = point
+			return err
+		})
+	}
+	return fmt.Errorf("process %s: unknown mode %q", p.Name, p.Mode)
+}
+
+// expiryMargin: a sandbox whose drill was killed is the janitor's this
+// long after the drill's timeout would have ended it.
+const expiryMargin = 10 * time.Minute
+
+// restoreInto restores the backup from here into the sandbox's server.
+func restoreInto(ctx context.Context, opt Options, sb Server, rec *catalog.Drill, phase func(string, func() error) error) error {
+	p, b := opt.Process, opt.Backup
 	switch p.Mode {
 	case policy.ModeLogical:
 		if err := phase("restore", func() error {
@@ -124,19 +185,7 @@ func run(ctx context.Context, opt Options, rec *catalog.Drill, phase func(string
 	default:
 		return fmt.Errorf("process %s: unknown mode %q", p.Name, p.Mode)
 	}
-	return phase("checks", func() error {
-		// The checks read data the backup brought: they run as a role
-		// that can read everything and do nothing else (a superuser
-		// reading a view someone made into a function call would run it
-		// with every right).
-		role, password := "drctl_check_"+catalog.NewRecordID()[:8], catalog.NewRecordID()
-		if err := createCheckRole(ctx, sb.DSN(p.Database), role, password); err != nil {
-			return err
-		}
-		checks, err := RunChecks(ctx, sb.DSNAs(role, password, p.Database)+" options='-c search_path=pg_catalog,public'", p, rec.RecoveryPoint)
-		rec.Checks = checks
-		return err
-	})
+	return nil
 }
 
 // createCheckRole makes the login role the checks run as: no superuser,

@@ -20,10 +20,22 @@ import (
 )
 
 // Sandbox is where a drill restores: a throw-away PostgreSQL server that
-// nothing else uses. Close always destroys it.
+// nothing else uses. Close always destroys it. A sandbox is either a
+// Server, into which drctl restores, or a Provisioner, which restores the
+// backup where it runs.
 type Sandbox interface {
-	// Kind names the sandbox in drill records ("local").
+	// Kind names the sandbox in drill records ("local", "kubernetes").
 	Kind() string
+	// DSN reaches a database of the running server as its superuser.
+	DSN(database string) string
+	// DSNAs reaches it as another role.
+	DSNAs(user, password, database string) string
+	Close(ctx context.Context) error
+}
+
+// Server is a sandbox drctl restores into itself (the local one).
+type Server interface {
+	Sandbox
 	// DataDir is where a base backup is restored (empty, owned by the
 	// server's user).
 	DataDir() string
@@ -31,13 +43,31 @@ type Sandbox interface {
 	InitDB(ctx context.Context) error
 	// Start starts the server on what DataDir holds.
 	Start(ctx context.Context) error
-	// DSN reaches a database of the running server as its superuser.
-	DSN(database string) string
-	// DSNAs reaches it as another role.
-	DSNAs(user, password, database string) string
 	// Env is the same as PG* variables (for programs that take them).
 	Env(database string) []string
-	Close(ctx context.Context) error
+}
+
+// Provisioner is a sandbox that restores the backup itself, where it runs
+// (a Kubernetes pod's init container, a Job), with drctl restore.
+type Provisioner interface {
+	Sandbox
+	// Provision creates the sandbox with the backup restored into it and
+	// its server started: a logical backup restored into the process's
+	// database, a base backup written and its server replaying the
+	// archive (the drill then waits for the promotion).
+	Provision(ctx context.Context, spec Spec) error
+}
+
+// Spec is what a Provisioner restores.
+type Spec struct {
+	DrillID  string `json:"drill_id"`
+	Process  string `json:"process"`
+	Mode     string `json:"mode"` // policy.ModeLogical or policy.ModePITR
+	Database string `json:"database"`
+	BackupID string `json:"backup_id"`
+	// Expires is when a janitor may remove the sandbox if its drill did
+	// not (killed): the drill's start plus its timeout and a margin.
+	Expires time.Time `json:"expires"`
 }
 
 // sandboxPrefix names local sandboxes' directories in the temp dir.

@@ -50,6 +50,11 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build drctl: %v\n%s", err, out)
 		os.Exit(1)
 	}
+	// drctl drill --sandbox kubernetes runs it from beside drctl.
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "drctl-kube"), "../drctl-kube").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build drctl-kube: %v\n%s", err, out)
+		os.Exit(1)
+	}
 	code := m.Run()
 	if leaked := leftovers(dir); len(leaked) > 0 {
 		fmt.Fprintf(os.Stderr, "processes outlived the tests (killed now):\n%s\n", strings.Join(leaked, "\n"))

@@ -53,6 +53,8 @@ type fileConfig struct {
 	// The recovery objectives (drctl policy, drill, gate), checked by
 	// policy with their lines.
 	Processes yaml.Node `yaml:"processes,omitempty"`
+	// Drill chooses drctl drill's sandbox, and sets up the kubernetes one.
+	Drill drillConfig `yaml:"drill,omitempty"`
 }
 
 // globalFlags are the settings shared by every command.
@@ -81,6 +83,7 @@ type settings struct {
 	AllowedSigners     string
 	Logger             *slog.Logger
 	debug              bool
+	drill              drillConfig
 	// fileEnv is the config file's env: block; it wins over the inherited
 	// environment (see getenv).
 	fileEnv map[string]string
@@ -258,7 +261,7 @@ func (g *globalFlags) resolve(cmd *cobra.Command, stderr io.Writer) (*settings, 
 	}
 	// Flags, then the environment (the file's env: block over the
 	// inherited one), then the file's keys.
-	s := &settings{fileEnv: fc.Env}
+	s := &settings{fileEnv: fc.Env, drill: fc.Drill}
 	e := s.getenv
 	s.Repo = first(g.repo, e("DRCTL_REPO"), fc.Repo)
 	s.DSN = first(g.dsn, e("DRCTL_DSN"), fc.DSN)

@@ -387,6 +387,9 @@ func (r *processRunner) Run(ctx context.Context, j daemon.Job, runID string) (da
 		args = append(args, "wal-receive", "--slot", j.Slot)
 	case daemon.TypeDrill:
 		args = append(args, "drill", "--process", j.Process, "--json")
+		if j.Sandbox != "" {
+			args = append(args, "--sandbox", j.Sandbox)
+		}
 	case daemon.TypePolicy:
 		args = append(args, "policy", "check", "--json")
 	default:

@@ -327,7 +327,7 @@ func seconds(f float64) time.Duration {
 }
 
 func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
-	var name string
+	var name, sandbox, kubeconfig string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "drill --process P",
@@ -359,9 +359,18 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 				}
 				return &exitCodeError{exitObjectives, fmt.Errorf("process %s: no %s labelled process=%s to drill", p.Name, what, p.Name)}
 			}
-			sb, err := drill.NewLocal(drill.LocalOptions{BinDir: s.getenv("DRCTL_PG_BINDIR")})
-			if err != nil {
-				return err
+			var sb drill.Sandbox
+			switch kind := first(sandbox, s.drill.Sandbox, "local"); kind {
+			case "local":
+				if sb, err = drill.NewLocal(drill.LocalOptions{BinDir: s.getenv("DRCTL_PG_BINDIR")}); err != nil {
+					return err
+				}
+			case "kubernetes":
+				if sb, err = s.kubernetesSandbox(kubeconfig); err != nil {
+					return err
+				}
+			default:
+				return &exitCodeError{2, fmt.Errorf("--sandbox %s: want local or kubernetes", kind)}
 			}
 			exe, err := os.Executable()
 			if err != nil {
@@ -392,6 +401,8 @@ func newDrillCommand(g *globalFlags, stdout, stderr io.Writer) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&name, "process", "", "the process to drill (required)")
+	cmd.Flags().StringVar(&sandbox, "sandbox", "", "where to restore: local (a throw-away cluster here) or kubernetes (a scratch namespace, with drctl-kube; see drill.kubernetes in the config file); default: the config file's drill.sandbox, else local")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for the kubernetes sandbox (default: drill.kubernetes.kubeconfig, in-cluster, $KUBECONFIG, ~/.kube/config)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the drill's record as JSON")
 	cmd.MarkFlagRequired("process")
 	return cmd

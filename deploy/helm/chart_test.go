@@ -6,19 +6,11 @@ package helm
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -26,19 +18,7 @@ import (
 )
 
 // tool finds a program in the Makefile's cache or on PATH.
-func tool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	if p := filepath.Join(testrig.CacheDir(), "bin", name); fileExists(p) {
-		return p
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	testrig.Missing(t, "%s (%s; make deps builds it)", name, pkg)
-	return ""
-}
-
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+func tool(t *testing.T, name, pkg string) string { return testrig.Tool(t, name, pkg) }
 
 func run(t *testing.T, stdin []byte, prog string, args ...string) (string, error) {
 	t.Helper()
@@ -90,89 +70,15 @@ func TestChartLintAndTemplate(t *testing.T) {
 
 // controlPlane is etcd and kube-apiserver on loopback ports, and a
 // kubeconfig for an admin token.
-type controlPlane struct {
-	kubeconfig string
-	kubectl    string
-}
+type controlPlane struct{ k *testrig.Kube }
 
 func startControlPlane(t *testing.T) *controlPlane {
-	t.Helper()
-	etcd := tool(t, "etcd", "Debian package etcd-server")
-	apiserver := tool(t, "kube-apiserver", "k8s.io/kubernetes")
-	kubectl := tool(t, "kubectl", "k8s.io/kubernetes")
-	dir := t.TempDir()
-	start := func(name string, prog string, args ...string) {
-		cmd := exec.Command(prog, args...)
-		log, _ := os.Create(filepath.Join(dir, name+".log"))
-		cmd.Stdout, cmd.Stderr = log, log
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			t.Fatalf("start %s: %v", name, err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); log.Close() })
-	}
-	client, peer := testrig.FreePort(t), testrig.FreePort(t)
-	start("etcd", etcd, "--data-dir", filepath.Join(dir, "etcd"), "--listen-client-urls", fmt.Sprintf("http://127.0.0.1:%d", client),
-		"--advertise-client-urls", fmt.Sprintf("http://127.0.0.1:%d", client), "--listen-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peer),
-		"--initial-advertise-peer-urls", fmt.Sprintf("http://127.0.0.1:%d", peer), "--initial-cluster", fmt.Sprintf("default=http://127.0.0.1:%d", peer))
-	key, _ := rsa.GenerateKey(rand.Reader, 2048)
-	keyFile := filepath.Join(dir, "sa.key")
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}), 0o600)
-	tok := make([]byte, 16)
-	rand.Read(tok)
-	token := hex.EncodeToString(tok)
-	os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(token+",admin,admin,system:masters\n"), 0o600)
-	port := testrig.FreePort(t)
-	start("kube-apiserver", apiserver, "--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", client),
-		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", fmt.Sprint(port),
-		"--endpoint-reconciler-type", "none", "--cert-dir", filepath.Join(dir, "certs"),
-		"--service-account-issuer", "https://kubernetes.default.svc", "--service-account-key-file", keyFile,
-		"--service-account-signing-key-file", keyFile, "--token-auth-file", filepath.Join(dir, "tokens.csv"),
-		"--authorization-mode", "RBAC", "--service-cluster-ip-range", "10.96.0.0/24", "--disable-admission-plugins", "ServiceAccount")
-	kubeconfig := filepath.Join(dir, "kubeconfig")
-	os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster: {server: "https://127.0.0.1:%d", insecure-skip-tls-verify: true}
-users:
-- name: admin
-  user: {token: %s}
-contexts:
-- name: test
-  context: {cluster: test, user: admin}
-current-context: test
-`, port, token)), 0o600)
-	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		req, _ := http.NewRequest("GET", fmt.Sprintf("https://127.0.0.1:%d/readyz", port), nil)
-		req.Header.Set("Authorization", "Bearer "+token)
-		if resp, err := hc.Do(req); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			data, _ := os.ReadFile(filepath.Join(dir, "kube-apiserver.log"))
-			t.Fatalf("kube-apiserver not ready in 90 s:\n%s", tail(string(data)))
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	return &controlPlane{kubeconfig: kubeconfig, kubectl: kubectl}
-}
-
-func tail(s string) string {
-	if len(s) > 3000 {
-		return s[len(s)-3000:]
-	}
-	return s
+	return &controlPlane{testrig.StartKube(t, testrig.KubeOptions{})}
 }
 
 func (c *controlPlane) kubectlRun(t *testing.T, stdin []byte, args ...string) (string, error) {
 	t.Helper()
-	return run(t, stdin, c.kubectl, append([]string{"--kubeconfig", c.kubeconfig}, args...)...)
+	return c.k.Run(t, stdin, args...)
 }
 
 // The rendered chart is accepted by a real kube-apiserver, dry run then

@@ -77,6 +77,7 @@ type Job struct {
 	KeepWithin time.Duration
 	Slot       string
 	Process    string // the process a drill job drills
+	Sandbox    string // a drill job's sandbox: "" (the config's, else local) or local, kubernetes
 	Line       int
 }
 
@@ -272,9 +273,17 @@ func parseJobs(p *confcheck.Problems, n *yaml.Node) []Job {
 					}
 				}
 			case TypeDrill:
-				if confcheck.Mapping(p, v, "drill", []string{"process"}) {
-					for _, vv := range confcheck.Pairs(v) {
-						j.Process = confcheck.Scalar(p, vv, "drill process")
+				if confcheck.Mapping(p, v, "drill", []string{"process", "sandbox"}) {
+					for kk, vv := range confcheck.Pairs(v) {
+						if kk.Value == "process" {
+							j.Process = confcheck.Scalar(p, vv, "drill process")
+							continue
+						}
+						switch j.Sandbox = confcheck.Scalar(p, vv, "drill sandbox"); j.Sandbox {
+						case "local", "kubernetes":
+						default:
+							p.Add(vv, "%s: drill sandbox %q: want local or kubernetes", where, j.Sandbox)
+						}
 					}
 				}
 			case TypeWALReceive:

@@ -1,0 +1,453 @@
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/portforward"
+	"k8s.io/client-go/transport/spdy"
+
+	"github.com/drctl/drctl/drill"
+)
+
+// Forwarder makes the pod's PostgreSQL port reachable on this host's
+// loopback: a port-forward through the API server by default; tests give
+// their own (no kubelet runs there).
+type Forwarder func(ctx context.Context, pod *corev1.Pod, port int) (addr string, stop func(), err error)
+
+// Sandbox is one drill's namespace. It implements drill.Provisioner.
+type Sandbox struct {
+	Client   kubernetes.Interface
+	Settings drill.KubernetesSettings
+	User     string
+	Password string
+	Forward  Forwarder
+	Logger   *slog.Logger
+	// Progress, when set, hears each step (drctl-kube reports them).
+	Progress func(namespace, message string)
+	// Now is the clock of expiries (time.Now when nil).
+	Now func() time.Time
+
+	mu        sync.Mutex
+	namespace string
+	addr      string
+	stop      func()
+}
+
+// Kind is "kubernetes".
+func (s *Sandbox) Kind() string { return "kubernetes" }
+
+// Namespace is the drill's namespace, once made.
+func (s *Sandbox) Namespace() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.namespace
+}
+
+func (s *Sandbox) log() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+func (s *Sandbox) progress(msg string) {
+	s.log().Info(msg, "namespace", s.Namespace())
+	if s.Progress != nil {
+		s.Progress(s.Namespace(), msg)
+	}
+}
+
+func (s *Sandbox) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Provision creates the namespace and what is in it, waits for the
+// restore and the server, and forwards its port.
+func (s *Sandbox) Provision(ctx context.Context, spec drill.Spec) error {
+	if s.User == "" {
+		s.User = "postgres"
+	}
+	p, err := buildPlan(s.Settings, spec, s.User, s.Password)
+	if err != nil {
+		return err
+	}
+	if removed, err := Janitor(ctx, s.Client, s.now(), s.log()); err != nil {
+		s.log().Warn("janitor: could not list drill namespaces", "error", err)
+	} else if len(removed) > 0 {
+		s.progress(fmt.Sprintf("janitor: deleting expired drill namespaces %s", strings.Join(removed, ", ")))
+	}
+	c := s.Client
+	if _, err := c.CoreV1().Namespaces().Create(ctx, p.ns, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create namespace %s: %w", p.ns.Name, err)
+	}
+	s.mu.Lock()
+	s.namespace = p.ns.Name
+	s.mu.Unlock()
+	s.progress("namespace created")
+	ns := p.ns.Name
+	if p.roleBinding != nil {
+		if _, err := c.RbacV1().RoleBindings(ns).Create(ctx, p.roleBinding, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create rolebinding in %s: %w", ns, err)
+		}
+	}
+	// A fresh RoleBinding takes a moment to reach the authorizer.
+	create := func(what string, f func() error) error {
+		for i := 0; ; i++ {
+			err := f()
+			if err == nil || !apierrors.IsForbidden(err) || p.roleBinding == nil || i >= 50 {
+				if err != nil {
+					return fmt.Errorf("create %s in %s: %w", what, ns, err)
+				}
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+	steps := []struct {
+		what string
+		f    func() error
+	}{
+		{"resourcequota", func() error {
+			_, err := c.CoreV1().ResourceQuotas(ns).Create(ctx, p.quota, metav1.CreateOptions{})
+			return err
+		}},
+		{"limitrange", func() error {
+			_, err := c.CoreV1().LimitRanges(ns).Create(ctx, p.limits, metav1.CreateOptions{})
+			return err
+		}},
+		{"networkpolicy", func() error {
+			_, err := c.NetworkingV1().NetworkPolicies(ns).Create(ctx, p.fence, metav1.CreateOptions{})
+			return err
+		}},
+		{"secret", func() error {
+			_, err := c.CoreV1().Secrets(ns).Create(ctx, p.secret, metav1.CreateOptions{})
+			return err
+		}},
+		{"pod", func() error { _, err := c.CoreV1().Pods(ns).Create(ctx, p.pod, metav1.CreateOptions{}); return err }},
+	}
+	for _, st := range steps {
+		if err := create(st.what, st.f); err != nil {
+			return err
+		}
+	}
+	s.progress("fenced, restoring")
+	pod, err := s.waitPod(ctx, ns, p.job != nil)
+	if err != nil {
+		return err
+	}
+	if p.job != nil {
+		job := p.job(pod.Status.PodIP)
+		if _, err := c.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create job in %s: %w", ns, err)
+		}
+		if err := s.waitJob(ctx, ns); err != nil {
+			return err
+		}
+	}
+	fwd := s.Forward
+	if fwd == nil {
+		return errors.New("kubernetes sandbox: no port-forward")
+	}
+	addr, stop, err := fwd(ctx, pod, pgPort)
+	if err != nil {
+		return fmt.Errorf("port-forward to %s/%s: %w", ns, pod.Name, err)
+	}
+	s.mu.Lock()
+	s.addr, s.stop = addr, stop
+	s.mu.Unlock()
+	s.progress("server reachable")
+	return nil
+}
+
+// Addr is the forwarded server's loopback address.
+func (s *Sandbox) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// waitPod waits for the server's pod: running (its init container, the
+// restore or initdb, done), and ready too when ready says so (a replaying
+// server refuses connections until promoted, the drill follows that).
+func (s *Sandbox) waitPod(ctx context.Context, ns string, ready bool) (*corev1.Pod, error) {
+	var last *corev1.Pod
+	for {
+		pod, err := s.Client.CoreV1().Pods(ns).Get(ctx, serverPod, metav1.GetOptions{})
+		if err == nil {
+			last = pod
+			if why := podFailed(pod); why != "" {
+				return nil, fmt.Errorf("pod %s/%s: %s%s", ns, serverPod, why, s.initLog(ctx, ns, pod))
+			}
+			if pod.Status.Phase == corev1.PodRunning && pod.Status.PodIP != "" && (!ready || podReady(pod)) {
+				return pod, nil
+			}
+		} else if ctx.Err() == nil && !apierrors.IsNotFound(err) {
+			s.log().Debug("get pod", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			state := "not created"
+			if last != nil {
+				state = podState(last)
+			}
+			return nil, fmt.Errorf("pod %s/%s not running (%s): %w", ns, serverPod, state, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podFailed says why the pod will never serve, or "".
+func podFailed(pod *corev1.Pod) string {
+	for _, st := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+		if t := st.State.Terminated; t != nil && t.ExitCode != 0 {
+			msg := fmt.Sprintf("container %s exited %d (%s)", st.Name, t.ExitCode, t.Reason)
+			if m := strings.TrimSpace(t.Message); m != "" {
+				msg += ": " + oneLine(m, 400)
+			}
+			return msg
+		}
+		if w := st.State.Waiting; w != nil && (w.Reason == "ErrImagePull" || w.Reason == "ImagePullBackOff" || w.Reason == "InvalidImageName" || w.Reason == "CreateContainerConfigError") {
+			return fmt.Sprintf("container %s: %s: %s", st.Name, w.Reason, oneLine(w.Message, 400))
+		}
+	}
+	if pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
+		return "pod " + strings.ToLower(string(pod.Status.Phase)) + ": " + oneLine(pod.Status.Message, 400)
+	}
+	return ""
+}
+
+func podState(pod *corev1.Pod) string {
+	s := string(pod.Status.Phase)
+	for _, c := range pod.Status.Conditions {
+		if c.Status != corev1.ConditionTrue && c.Reason != "" {
+			s += ", " + string(c.Type) + ": " + c.Reason
+		}
+	}
+	return s
+}
+
+// initLog is the tail of the failed container's log, for the error.
+func (s *Sandbox) initLog(ctx context.Context, ns string, pod *corev1.Pod) string {
+	for _, st := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+		if t := st.State.Terminated; t != nil && t.ExitCode != 0 {
+			tail := int64(5)
+			lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			raw, err := s.Client.CoreV1().Pods(ns).GetLogs(pod.Name, &corev1.PodLogOptions{Container: st.Name, TailLines: &tail}).DoRaw(lctx)
+			cancel()
+			if err == nil && len(raw) > 0 {
+				return "; its log ends: " + oneLine(string(raw), 800)
+			}
+		}
+	}
+	return ""
+}
+
+// waitJob waits for the restore Job to complete.
+func (s *Sandbox) waitJob(ctx context.Context, ns string) error {
+	for {
+		job, err := s.Client.BatchV1().Jobs(ns).Get(ctx, restoreJob, metav1.GetOptions{})
+		if err == nil {
+			for _, c := range job.Status.Conditions {
+				if c.Status != corev1.ConditionTrue {
+					continue
+				}
+				switch c.Type {
+				case batchv1.JobComplete, batchv1.JobSuccessCriteriaMet:
+					return nil
+				case batchv1.JobFailed, batchv1.JobFailureTarget:
+					return fmt.Errorf("restore job %s/%s failed: %s%s", ns, restoreJob, oneLine(c.Message, 400), s.jobLog(ctx, ns))
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("restore job %s/%s not complete: %w", ns, restoreJob, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Sandbox) jobLog(ctx context.Context, ns string) string {
+	pods, err := s.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: labelRole + "=restore"})
+	if err != nil {
+		return ""
+	}
+	for i := range pods.Items {
+		if msg := s.initLog(ctx, ns, &pods.Items[i]); msg != "" {
+			return msg
+		}
+	}
+	return ""
+}
+
+// DSN reaches database through the forward as the superuser.
+func (s *Sandbox) DSN(database string) string { return s.DSNAs(s.User, s.Password, database) }
+
+// DSNAs reaches database through the forward as user.
+func (s *Sandbox) DSNAs(user, password, database string) string {
+	host, port, _ := net.SplitHostPort(s.Addr())
+	if host == "" {
+		host, port = "127.0.0.1", "1"
+	}
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, quote(user), quote(password), quote(database))
+}
+
+func quote(s string) string {
+	if s != "" && !strings.ContainsAny(s, ` '\`) {
+		return s
+	}
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// Close stops the forward, deletes the namespace (everything in it goes
+// with it: the restored data, the copied identity) and waits until it is
+// gone.
+func (s *Sandbox) Close(ctx context.Context) error {
+	s.mu.Lock()
+	ns, stop := s.namespace, s.stop
+	s.stop = nil
+	s.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	if ns == "" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	if err := DeleteNamespace(ctx, s.Client, ns); err != nil {
+		return err
+	}
+	s.progress("namespace deleted")
+	return nil
+}
+
+// DeleteNamespace deletes a drill namespace and waits until it is gone.
+func DeleteNamespace(ctx context.Context, c kubernetes.Interface, ns string) error {
+	bg := metav1.DeletePropagationForeground
+	err := c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{PropagationPolicy: &bg})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete namespace %s: %w", ns, err)
+	}
+	for {
+		_, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("namespace %s still terminating: %w", ns, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// Janitor deletes the drill namespaces whose expiry has passed (their
+// drill was killed before it could), without waiting for them to go.
+// Only namespaces with the prefix and a drill id are considered.
+func Janitor(ctx context.Context, c kubernetes.Interface, now time.Time, log *slog.Logger) ([]string, error) {
+	list, err := c.CoreV1().Namespaces().List(ctx, metav1.ListOptions{LabelSelector: LabelDrillID, FieldSelector: fields.Everything().String()})
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, ns := range list.Items {
+		if !strings.HasPrefix(ns.Name, NamespacePrefix) || ns.DeletionTimestamp != nil {
+			continue
+		}
+		exp, err := strconv.ParseInt(ns.Labels[LabelExpires], 10, 64)
+		if err != nil || now.Before(time.Unix(exp, 0)) {
+			continue // not expired, or not one a drill made whole
+		}
+		bg := metav1.DeletePropagationBackground
+		if err := c.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
+			if log != nil {
+				log.Warn("janitor: could not delete an expired drill namespace", "namespace", ns.Name, "error", err)
+			}
+			continue
+		}
+		removed = append(removed, ns.Name)
+	}
+	return removed, nil
+}
+
+// PortForward forwards a loopback port to the pod through the API server
+// (SPDY, as kubectl port-forward does).
+func PortForward(cfg *rest.Config) Forwarder {
+	return func(ctx context.Context, pod *corev1.Pod, port int) (string, func(), error) {
+		transport, upgrader, err := spdy.RoundTripperFor(cfg)
+		if err != nil {
+			return "", nil, err
+		}
+		host, err := url.Parse(cfg.Host)
+		if err != nil {
+			return "", nil, err
+		}
+		host.Path = strings.TrimRight(host.Path, "/") + fmt.Sprintf("/api/v1/namespaces/%s/pods/%s/portforward", pod.Namespace, pod.Name)
+		dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, host)
+		stopCh, readyCh := make(chan struct{}), make(chan struct{})
+		fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{fmt.Sprintf("0:%d", port)}, stopCh, readyCh, io.Discard, io.Discard)
+		if err != nil {
+			return "", nil, err
+		}
+		errc := make(chan error, 1)
+		go func() { errc <- fw.ForwardPorts() }()
+		select {
+		case <-readyCh:
+		case err := <-errc:
+			return "", nil, err
+		case <-ctx.Done():
+			close(stopCh)
+			return "", nil, ctx.Err()
+		}
+		ports, err := fw.GetPorts()
+		if err != nil || len(ports) == 0 {
+			close(stopCh)
+			return "", nil, fmt.Errorf("port-forward: no local port: %v", err)
+		}
+		var once sync.Once
+		return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ports[0].Local))), func() { once.Do(func() { close(stopCh) }) }, nil
+	}
+}
+
+func oneLine(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > max {
+		s = s[len(s)-max:]
+	}
+	return s
+}

@@ -1,0 +1,249 @@
+package drill
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/drctl/drctl/engine/pgtools"
+)
+
+// Remote is a Provisioner run by a helper program (drctl-kube for the
+// kubernetes sandbox), so that drctl itself does not carry its libraries:
+// client-go alone would add milliseconds to every wal-push's start.
+//
+// The helper reads one Request line on stdin, writes Event lines on
+// stdout ("progress", then "ready" with the loopback address its server is
+// forwarded to, or "error"), keeps the sandbox until it reads a "close"
+// line or its stdin ends (drctl died: the pipe closes), then destroys it
+// and writes "closed". It dies with drctl (parent-death signal), and
+// destroys the sandbox on SIGINT and SIGTERM too.
+type Remote struct {
+	// Program and Args start the helper.
+	Program string
+	Args    []string
+	Env     []string
+	// Settings is the helper's own part of the request (secrets
+	// included: they travel on the pipe, never in arguments or the
+	// environment).
+	Settings any
+	// User is the sandbox server's superuser; Password is for a server
+	// the helper creates (logical drills), generated when empty.
+	User, Password string
+	KindName       string
+	Logger         *slog.Logger
+	// CloseTimeout bounds the wait for the helper to destroy the sandbox.
+	CloseTimeout time.Duration
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	events  chan Event
+	done    chan struct{}
+	waitErr error
+	addr    string
+	stderr  *pgtools.TailBuffer
+}
+
+// Request is the first line a sandbox helper reads.
+type Request struct {
+	Spec     Spec   `json:"spec"`
+	User     string `json:"user"`
+	Password string `json:"password"`
+	Settings any    `json:"settings"`
+}
+
+// Event is a line a sandbox helper writes.
+type Event struct {
+	Event   string `json:"event"` // progress, ready, error, closed
+	Message string `json:"message,omitempty"`
+	// Addr (ready) is the server's address on this host's loopback.
+	Addr string `json:"addr,omitempty"`
+	// Sandbox names what the helper made (the namespace), for logs.
+	Sandbox string `json:"sandbox,omitempty"`
+}
+
+// Kind is the sandbox's kind ("kubernetes").
+func (r *Remote) Kind() string { return r.KindName }
+
+// Provision starts the helper and waits until its server is reachable.
+func (r *Remote) Provision(ctx context.Context, spec Spec) error {
+	log := r.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if r.User == "" {
+		r.User = "postgres"
+	}
+	if r.Password == "" {
+		r.Password = randomHex(16)
+	}
+	cmd := exec.Command(r.Program, r.Args...)
+	cmd.Env = r.Env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	r.stderr = pgtools.NewTailBuffer(4096)
+	cmd.Stderr = r.stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the %s sandbox helper: %w", r.KindName, err)
+	}
+	r.mu.Lock()
+	r.cmd, r.stdin = cmd, stdin
+	r.events, r.done = make(chan Event, 16), make(chan struct{})
+	r.mu.Unlock()
+	go func() {
+		defer close(r.events)
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+		for sc.Scan() {
+			var ev Event
+			if json.Unmarshal(sc.Bytes(), &ev) != nil {
+				log.Debug("sandbox helper", "line", strings.TrimSpace(sc.Text()))
+				continue
+			}
+			r.events <- ev
+		}
+		io.Copy(io.Discard, stdout)
+	}()
+	go func() {
+		r.waitErr = cmd.Wait()
+		close(r.done)
+	}()
+	line, err := json.Marshal(Request{Spec: spec, User: r.User, Password: r.Password, Settings: r.Settings})
+	if err != nil {
+		return err
+	}
+	if _, err := stdin.Write(append(line, '\n')); err != nil {
+		return fmt.Errorf("%s sandbox helper: %w%s", r.KindName, err, r.helperErr())
+	}
+	for {
+		select {
+		case ev, ok := <-r.events:
+			if !ok {
+				<-r.done
+				return fmt.Errorf("%s sandbox helper ended before its server was ready%s", r.KindName, r.helperErr())
+			}
+			switch ev.Event {
+			case "progress":
+				log.Info("drill sandbox: "+ev.Message, "sandbox", ev.Sandbox)
+			case "ready":
+				r.mu.Lock()
+				r.addr = ev.Addr
+				r.mu.Unlock()
+				log.Info("drill sandbox ready", "sandbox", ev.Sandbox)
+				return nil
+			case "error":
+				return errors.New(ev.Message)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (r *Remote) helperErr() string {
+	if r.stderr == nil {
+		return ""
+	}
+	if s := strings.TrimSpace(r.stderr.String()); s != "" {
+		return ": " + oneLine(s)
+	}
+	return ""
+}
+
+func (r *Remote) hostPort() (string, string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	host, port, ok := strings.Cut(r.addr, ":")
+	if !ok {
+		return "127.0.0.1", "1" // nothing listens: a connection fails plainly
+	}
+	return host, port
+}
+
+// DSN reaches database through the helper's forward.
+func (r *Remote) DSN(database string) string {
+	return r.DSNAs(r.User, r.Password, database)
+}
+
+// DSNAs reaches database through the helper's forward as user.
+func (r *Remote) DSNAs(user, password, database string) string {
+	host, port := r.hostPort()
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, quoteConn(user), quoteConn(password), quoteConn(database))
+}
+
+// Close has the helper destroy the sandbox, and waits for it.
+func (r *Remote) Close(ctx context.Context) error {
+	r.mu.Lock()
+	cmd, stdin := r.cmd, r.stdin
+	r.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	stdin.Write([]byte(`{"event":"close"}` + "\n"))
+	stdin.Close()
+	limit := r.CloseTimeout
+	if limit <= 0 {
+		limit = 5 * time.Minute
+	}
+	var closeErr error
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	events := r.events
+	for exited := false; !exited; {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				events = nil // only the exit is left to wait for
+			} else if ev.Event == "error" {
+				closeErr = errors.New(ev.Message)
+			}
+		case <-r.done:
+			exited = true
+		case <-timer.C:
+			cmd.Process.Signal(syscall.SIGTERM)
+			<-r.done
+			return fmt.Errorf("the %s sandbox helper did not finish removing the sandbox within %s%s", r.KindName, limit, r.helperErr())
+		}
+	}
+	if closeErr != nil {
+		return closeErr
+	}
+	if r.waitErr != nil {
+		return fmt.Errorf("%s sandbox helper: %w%s", r.KindName, r.waitErr, r.helperErr())
+	}
+	return nil
+}
+
+// HelperPath finds a helper program: beside the running drctl, then on
+// PATH.
+func HelperPath(name string) (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := exe[:strings.LastIndex(exe, "/")+1] + name
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found beside drctl or on PATH (make build builds it; the image ships it)", name)
+	}
+	return p, nil
+}
