@@ -73,6 +73,22 @@ type Event struct {
 	Sandbox string `json:"sandbox,omitempty"`
 }
 
+func (r *Remote) log() *slog.Logger {
+	if r.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Logger
+}
+
+func first(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
 // Kind is the sandbox's kind ("kubernetes").
 func (r *Remote) Kind() string { return r.KindName }
 
@@ -210,10 +226,13 @@ func (r *Remote) Close(ctx context.Context) error {
 	for exited := false; !exited; {
 		select {
 		case ev, ok := <-events:
-			if !ok {
+			switch {
+			case !ok:
 				events = nil // only the exit is left to wait for
-			} else if ev.Event == "error" {
+			case ev.Event == "error":
 				closeErr = errors.New(ev.Message)
+			case ev.Event == "progress" || ev.Event == "closed":
+				r.log().Info("drill sandbox: "+first(ev.Message, ev.Event), "sandbox", ev.Sandbox)
 			}
 		case <-r.done:
 			exited = true

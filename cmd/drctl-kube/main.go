@@ -12,7 +12,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -169,9 +168,11 @@ func sandbox(stdin io.Reader, stdout io.Writer, log *slog.Logger) error {
 	go func() { <-closing; cancel() }()
 	if err := sb.Provision(ctx, req.Spec); err != nil {
 		if ctx.Err() != nil {
-			err = errors.New("stopped before the sandbox was ready")
+			// drctl stopped it (its timeout, a signal): not an error of ours.
+			emit(drill.Event{Event: "progress", Message: "stopped before the sandbox was ready", Sandbox: sb.Namespace()})
+		} else {
+			emit(drill.Event{Event: "error", Message: err.Error(), Sandbox: sb.Namespace()})
 		}
-		emit(drill.Event{Event: "error", Message: err.Error(), Sandbox: sb.Namespace()})
 	} else {
 		emit(drill.Event{Event: "ready", Addr: sb.Addr(), Sandbox: sb.Namespace()})
 	}

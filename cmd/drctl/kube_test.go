@@ -495,7 +495,12 @@ processes:
 	drillOnce := func(process string) (record, result) {
 		t.Helper()
 		var rec record
-		res := drctl(t, env, "--config", cfg, "drill", "--process", process, "--json")
+		start := time.Now()
+		res := drctl(t, env, "--config", cfg, "--log-level", "info", "drill", "--process", process, "--json")
+		t.Logf("drill of %s: exit %d in %s\n%s", process, res.code, time.Since(start).Round(time.Millisecond), res.stderr)
+		if strings.Contains(res.stderr, "could not remove") {
+			t.Fatalf("drill of %s: the sandbox's removal failed\n%s", process, res.all())
+		}
 		if res.stdout != "" {
 			decodeJSON(t, res.stdout, &rec)
 		}

@@ -47,8 +47,8 @@ const kubeVersion = "1.37.2"
 
 func TestChartLintAndTemplate(t *testing.T) {
 	helm := tool(t, "helm", "helm.sh/helm/v3")
-	must(t, nil, helm, "lint", chart, "--strict", "--kube-version", kubeVersion, "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
-	out := must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp", "--set", "drills.enabled=true,podMonitor.enabled=true,prometheusRule.enabled=true")
+	must(t, nil, helm, "lint", chart, "--strict", "--kube-version", kubeVersion, "--set", "drills.enabled=true,drills.egressCIDRs={10.1.0.0/16},podMonitor.enabled=true,prometheusRule.enabled=true")
+	out := must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp", "--set", "drills.enabled=true,drills.egressCIDRs={10.1.0.0/16},podMonitor.enabled=true,prometheusRule.enabled=true")
 	for _, want := range []string{"kind: Deployment", "kind: ValidatingAdmissionPolicy", "kind: PodMonitor", "honorLabels: true", "kind: PrometheusRule",
 		"alert: DrctlJobFailing", "readOnlyRootFilesystem: true", "runAsNonRoot: true", "type: RuntimeDefault", "- ALL", "path: /healthz",
 		"system:serviceaccount:erp:db-drctl", "helm.sh/hook: post-install,post-upgrade"} {
@@ -57,9 +57,21 @@ func TestChartLintAndTemplate(t *testing.T) {
 		}
 	}
 	// Drills with the namespace's default ServiceAccount: refused.
-	if out, err := run(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--set", "drills.enabled=true,serviceAccount.create=false"); err == nil || !strings.Contains(out, "needs a ServiceAccount of its own") {
+	if out, err := run(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--set", "drills.enabled=true,drills.egressCIDRs={10.1.0.0/16},serviceAccount.create=false"); err == nil || !strings.Contains(out, "needs a ServiceAccount of its own") {
 		t.Fatalf("drills with the default ServiceAccount: %v\n%s", err, out)
 	}
+	// Drills without the object store's addresses: refused.
+	if out, err := run(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--set", "drills.enabled=true"); err == nil || !strings.Contains(out, "needs drills.egressCIDRs") {
+		t.Fatalf("drills without egress CIDRs: %v\n%s", err, out)
+	}
+	// The drill: section the chart writes is one drctl reads: its
+	// sandbox, image, role, ServiceAccount and runner.
+	for _, want := range []string{"sandbox: kubernetes", `drill_role: "db-drctl-erp-drill"`, `service_account: "erp/db-drctl"`, `namespace: "erp"`, `egress_cidrs: ["10.1.0.0/16"]`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the rendered config lacks %q", want)
+		}
+	}
+	checkRenderedConfig(t, out)
 	// The chart's copy of the rules is the rules.
 	a, _ := os.ReadFile(filepath.Join(chart, "files", "drctl-rules.yml"))
 	b, _ := os.ReadFile(filepath.Join("..", "prometheus", "drctl-rules.yml"))
@@ -96,7 +108,7 @@ func TestChartOnARealAPIServer(t *testing.T) {
 		return out
 	}
 	kube(nil, "create", "namespace", "erp")
-	rendered := []byte(must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp", "--set", "drills.enabled=true"))
+	rendered := []byte(must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp", "--set", "drills.enabled=true,drills.egressCIDRs={10.1.0.0/16}"))
 	kube(rendered, "apply", "--server-side", "--dry-run=server", "-n", "erp", "-f", "-")
 	kube(rendered, "apply", "--server-side", "-n", "erp", "-f", "-")
 	sa := "system:serviceaccount:erp:db-drctl"
@@ -220,5 +232,37 @@ subjects: [%s]
 	}
 	if out, err := as(nil, "delete", "namespace", "drctl-drill-ok", "--wait=false"); err != nil {
 		t.Fatalf("deleting its drill namespace was refused: %v\n%s", err, out)
+	}
+}
+
+// checkRenderedConfig has drctl read the config file the chart renders:
+// no key of the drill: section is one it does not know.
+func checkRenderedConfig(t *testing.T, rendered string) {
+	t.Helper()
+	i := strings.Index(rendered, "drctl.yaml: |\n")
+	if i < 0 {
+		t.Fatal("no drctl.yaml in the rendered chart")
+	}
+	var body []string
+	for _, l := range strings.Split(rendered[i+len("drctl.yaml: |\n"):], "\n") {
+		if l != "" && !strings.HasPrefix(l, "    ") {
+			break
+		}
+		body = append(body, strings.TrimPrefix(l, "    "))
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "drctl.yaml")
+	os.WriteFile(cfg, []byte(strings.Join(body, "\n")), 0o600)
+	bin := filepath.Join(dir, "drctl")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/drctl").CombinedOutput(); err != nil {
+		t.Fatalf("build drctl: %v\n%s", err, out)
+	}
+	// The repository is a placeholder: list reads the whole file, then
+	// stops at the repository's credentials (none here).
+	cmd := exec.Command(bin, "--config", cfg, "list")
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "AWS_EC2_METADATA_DISABLED=true"}
+	out, _ := cmd.CombinedOutput()
+	if !strings.Contains(string(out), "no usable AWS credentials") {
+		t.Fatalf("drctl reading the chart's config: %s", out)
 	}
 }

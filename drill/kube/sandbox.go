@@ -357,11 +357,11 @@ func (s *Sandbox) Close(ctx context.Context) error {
 }
 
 // DeleteNamespace deletes a drill namespace and waits until it is gone.
+// Its pods go first, at once: nothing in them is kept, and the namespace
+// controller otherwise waits out their grace period between passes.
 func DeleteNamespace(ctx context.Context, c kubernetes.Interface, ns string) error {
-	bg := metav1.DeletePropagationForeground
-	err := c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{PropagationPolicy: &bg})
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("delete namespace %s: %w", ns, err)
+	if err := deleteNamespace(ctx, c, ns); err != nil {
+		return err
 	}
 	for {
 		_, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
@@ -374,6 +374,21 @@ func DeleteNamespace(ctx context.Context, c kubernetes.Interface, ns string) err
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// deleteNamespace deletes the namespace's jobs and pods at once, then the
+// namespace.
+func deleteNamespace(ctx context.Context, c kubernetes.Interface, ns string) error {
+	zero := int64(0)
+	bg := metav1.DeletePropagationBackground
+	// Best effort: the namespace's deletion removes them anyway, later.
+	c.BatchV1().Jobs(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg, GracePeriodSeconds: &zero}, metav1.ListOptions{})
+	c.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
+	err := c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{PropagationPolicy: &bg})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete namespace %s: %w", ns, err)
+	}
+	return nil
 }
 
 // Janitor deletes the drill namespaces whose expiry has passed (their
@@ -393,8 +408,7 @@ func Janitor(ctx context.Context, c kubernetes.Interface, now time.Time, log *sl
 		if err != nil || now.Before(time.Unix(exp, 0)) {
 			continue // not expired, or not one a drill made whole
 		}
-		bg := metav1.DeletePropagationBackground
-		if err := c.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{PropagationPolicy: &bg}); err != nil && !apierrors.IsNotFound(err) {
+		if err := deleteNamespace(ctx, c, ns.Name); err != nil {
 			if log != nil {
 				log.Warn("janitor: could not delete an expired drill namespace", "namespace", ns.Name, "error", err)
 			}

@@ -34,3 +34,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "drctl.configMapName" -}}
 {{- default (include "drctl.fullname" .) .Values.existingConfigMap -}}
 {{- end -}}
+
+{{/* The drill roles' names: cluster-scoped, so the release's namespace is in them. */}}
+{{- define "drctl.drillScope" -}}
+{{- printf "%s-%s" (include "drctl.fullname" .) .Release.Namespace | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "drctl.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
