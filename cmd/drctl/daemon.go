@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -25,6 +26,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/drctl/drctl/catalog"
+	"github.com/drctl/drctl/drill"
 	"github.com/drctl/drctl/engine/clock"
 	"github.com/drctl/drctl/engine/daemon"
 	"github.com/drctl/drctl/policy"
@@ -295,8 +297,14 @@ func runDaemon(ctx context.Context, g *globalFlags, s *settings, cfg *daemon.Con
 			}
 		}
 	}()
+	janitorDone := make(chan struct{})
+	go func() {
+		defer close(janitorDone)
+		kubeJanitor(ctx, s, cfg, log)
+	}()
 	err = d.Run(ctx)
 	<-reloadDone
+	<-janitorDone
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
@@ -474,4 +482,53 @@ func receiveLag(ctx context.Context, s *settings, j daemon.Job) (int64, error) {
 		return 0, fmt.Errorf("slot %s has no restart position yet", j.Slot)
 	}
 	return *lag, nil
+}
+
+// janitorEvery is how often a daemon with drills in Kubernetes deletes
+// the drill namespaces past their expiry (killed drills leave them).
+const janitorEvery = 15 * time.Minute
+
+// kubeJanitor runs drctl-kube janitor now and then while the daemon runs,
+// when a drill may go to a Kubernetes namespace.
+func kubeJanitor(ctx context.Context, s *settings, cfg *daemon.Config, log *slog.Logger) {
+	kube := s.drill.Sandbox == "kubernetes"
+	for _, j := range cfg.Jobs {
+		kube = kube || j.Sandbox == "kubernetes"
+	}
+	if !kube {
+		return
+	}
+	helper, err := drill.HelperPath(drill.KubernetesHelper)
+	if err != nil {
+		log.Warn("drill namespaces: no janitor", "error", err)
+		return
+	}
+	args := []string{"janitor"}
+	if k := s.drill.Kubernetes; k.Kubeconfig != "" {
+		args = append(args, "--kubeconfig", k.Kubeconfig)
+		if k.Context != "" {
+			args = append(args, "--context", k.Context)
+		}
+	}
+	for {
+		jctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+		cmd := exec.CommandContext(jctx, helper, args...)
+		cmd.Env = s.helperEnv()
+		cmd.WaitDelay = 5 * time.Second
+		out, err := cmd.CombinedOutput()
+		cancel()
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if line != "" && err == nil {
+				log.Info("drill namespaces: " + line)
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			log.Warn("drill namespaces: the janitor failed", "error", err, "output", oneLine(string(out)))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(janitorEvery):
+		}
+	}
 }

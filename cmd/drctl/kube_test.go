@@ -619,6 +619,28 @@ processes:
 	waitUntil(t, "the expired namespace to go", 120*time.Second, func() bool { return len(drillNamespaces(t, c)) == 0 })
 	player.holdProcess("finance", false)
 
+	// The daemon runs the janitor too (at its start, then every 15
+	// minutes): a namespace a killed drill left, expired, goes.
+	expired := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "drctl-drill-finance-0ld0ld0l", Labels: map[string]string{
+		"drctl.io/drill-id": "0ld0ld0ld0ld", "drctl.io/process": "finance", "pod-security.kubernetes.io/enforce": "restricted",
+		"drctl.io/expires": strconv.FormatInt(time.Now().Add(-time.Hour).Unix(), 10)}}}
+	if _, err := c.CoreV1().Namespaces().Create(context.Background(), expired, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	daemonCfg := r.config(t, "kube-daemon.yaml", fmt.Sprintf("listen: %s\ndrill:\n  sandbox: kubernetes\n  kubernetes:\n    kubeconfig: %s\njobs: []\n", freeAddr(t), k.Kubeconfig))
+	daemon := exec.Command(drctlBin, "daemon", "--config", daemonCfg)
+	var dout strings.Builder
+	daemon.Stdout, daemon.Stderr = &dout, &dout
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the daemon's janitor to delete the expired namespace", 120*time.Second, func() bool { return len(drillNamespaces(t, c)) == 0 })
+	daemon.Process.Signal(syscall.SIGTERM)
+	daemon.Wait()
+	if !strings.Contains(dout.String(), "deleted expired drill namespace drctl-drill-finance-0ld0ld0l") {
+		t.Fatalf("daemon log:\n%s", dout.String())
+	}
+
 	// The records are the same as a local drill's: check judges by them.
 	if res := drctl(t, nil, "--config", cfg, "policy", "check", "--process", "finance", "--process", "pos-sync"); res.code != 0 {
 		t.Fatalf("policy check after kubernetes drills: exit %d\n%s", res.code, res.all())
