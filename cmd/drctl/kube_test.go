@@ -108,12 +108,6 @@ func (p *podPlayer) holdProcess(name string, on bool) {
 	p.hold[name] = on
 }
 
-func (p *podPlayer) seen(ns string) *playedNS {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.played[ns]
-}
-
 func (p *podPlayer) step(ctx context.Context) {
 	list, err := p.c.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {

@@ -108,6 +108,22 @@ func TestChartOnARealAPIServer(t *testing.T) {
 		return out
 	}
 	kube(nil, "create", "namespace", "erp")
+	// mode: sidecar: the snippet, added to a PostgreSQL StatefulSet, is
+	// accepted by the API server.
+	sidecar := must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp",
+		"--set", "mode=sidecar,sidecar.podLabels.app=erp-db,drills.enabled=true,drills.egressCIDRs={10.1.0.0/16}")
+	if strings.Contains(sidecar, "kind: Deployment") || !strings.Contains(sidecar, "name: db-drctl-sidecar") {
+		t.Fatalf("mode sidecar rendered:\n%s", sidecar)
+	}
+	sts := "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: erp-db, namespace: erp}\nspec:\n  serviceName: erp-db\n" +
+		"  selector: {matchLabels: {app: erp-db}}\n  template:\n    metadata: {labels: {app: erp-db}}\n    spec:\n" +
+		indent(snippet(t, sidecar, "pod.yaml"), 6) +
+		"      containers:\n        - {name: postgres, image: postgres:15}\n" + indent(snippet(t, sidecar, "containers.yaml"), 8) +
+		"      volumes:\n" + indent(snippet(t, sidecar, "volumes.yaml"), 8)
+	kube([]byte(sts), "apply", "--server-side", "--dry-run=server", "-f", "-")
+	if out, err := run(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--set", "mode=sidecar"); err == nil || !strings.Contains(out, "needs sidecar.podLabels") {
+		t.Fatalf("mode sidecar without the pods' labels: %v\n%s", err, out)
+	}
 	rendered := []byte(must(t, nil, helm, "template", "db", chart, "--kube-version", kubeVersion, "--namespace", "erp", "--set", "drills.enabled=true,drills.egressCIDRs={10.1.0.0/16}"))
 	kube(rendered, "apply", "--server-side", "--dry-run=server", "-n", "erp", "-f", "-")
 	kube(rendered, "apply", "--server-side", "-n", "erp", "-f", "-")
@@ -265,4 +281,32 @@ func checkRenderedConfig(t *testing.T, rendered string) {
 	if !strings.Contains(string(out), "no usable AWS credentials") {
 		t.Fatalf("drctl reading the chart's config: %s", out)
 	}
+}
+
+// snippet is one key of the sidecar ConfigMap, as rendered.
+func snippet(t *testing.T, rendered, key string) string {
+	t.Helper()
+	i := strings.Index(rendered, "  "+key+": |\n")
+	if i < 0 {
+		t.Fatalf("no %s in the sidecar ConfigMap", key)
+	}
+	var out []string
+	for _, l := range strings.Split(rendered[i+len("  "+key+": |\n"):], "\n") {
+		if l != "" && !strings.HasPrefix(l, "    ") {
+			break
+		}
+		out = append(out, strings.TrimPrefix(l, "    "))
+	}
+	return strings.Join(out, "\n")
+}
+
+func indent(s string, n int) string {
+	var out []string
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		if l != "" {
+			l = strings.Repeat(" ", n) + l
+		}
+		out = append(out, l)
+	}
+	return strings.Join(out, "\n") + "\n"
 }
