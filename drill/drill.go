@@ -65,7 +65,11 @@ func Run(ctx context.Context, opt Options) catalog.Drill {
 		err := f()
 		rec.Phases = append(rec.Phases, catalog.DrillPhase{Name: name, Seconds: now().Sub(t).Seconds()})
 		if err != nil && dctx.Err() == context.DeadlineExceeded && ctx.Err() == nil {
-			err = fmt.Errorf("%s: stopped by the drill timeout of %s", name, p.DrillTimeout)
+			why := ""
+			if _, at, ok := strings.Cut(err.Error(), "; the sandbox was at: "); ok {
+				why = " (the sandbox was at: " + at + ")"
+			}
+			err = fmt.Errorf("%s: stopped by the drill timeout of %s%s", name, p.DrillTimeout, why)
 		}
 		return err
 	}
@@ -139,7 +143,7 @@ func provisioned(ctx context.Context, opt Options, sb Provisioner, rec *catalog.
 			return err
 		}
 		return phase("replay", func() error {
-			point, err := waitPromoted(ctx, sb.DSN("postgres"))
+			point, err := waitPromoted(ctx, sb.DSN("postgres"), sb.Err)
 			rec.RecoveryPoint = point
 			return err
 		})
@@ -176,7 +180,7 @@ func restoreInto(ctx context.Context, opt Options, sb Server, rec *catalog.Drill
 			if err := sb.Start(ctx); err != nil {
 				return err
 			}
-			point, err := waitPromoted(ctx, sb.DSN("postgres"))
+			point, err := waitPromoted(ctx, sb.DSN("postgres"), func() error { return nil })
 			rec.RecoveryPoint = point
 			return err
 		}); err != nil {
@@ -208,12 +212,15 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 
 // waitPromoted waits for recovery to end (the archive replayed, the server
 // promoted) and returns the time of the last commit it replayed.
-func waitPromoted(ctx context.Context, dsn string) (time.Time, error) {
+func waitPromoted(ctx context.Context, dsn string, alive func() error) (time.Time, error) {
 	var conn *pgx.Conn
 	var err error
 	for {
 		if conn, err = pgx.Connect(ctx, dsn); err == nil {
 			break
+		}
+		if gone := alive(); gone != nil {
+			return time.Time{}, fmt.Errorf("the restored server is gone: %w", gone)
 		}
 		select {
 		case <-ctx.Done():
@@ -233,6 +240,9 @@ func waitPromoted(ctx context.Context, dsn string) (time.Time, error) {
 				return time.Time{}, nil
 			}
 			return last.UTC(), nil
+		}
+		if gone := alive(); gone != nil {
+			return time.Time{}, fmt.Errorf("the restored server is gone: %w", gone)
 		}
 		select {
 		case <-ctx.Done():

@@ -1,5 +1,10 @@
 package drill
 
+import (
+	"crypto/sha256"
+	"encoding/hex"
+)
+
 // KubernetesHelper is the program that runs kubernetes sandboxes.
 const KubernetesHelper = "drctl-kube"
 
@@ -31,21 +36,26 @@ type KubernetesSettings struct {
 	// addresses, beside DNS, the drill's pods may reach.
 	EgressCIDRs []string `json:"egress_cidrs"`
 	EgressPorts []int    `json:"egress_ports"`
-	// Runner, when drctl runs in the cluster, is its pod's namespace and
-	// labels: the only pods the drill's server accepts connections from
-	// (a port-forward reaches it from inside the pod).
-	Runner *KubernetesRunner `json:"runner,omitempty"`
 	// DrillRole, when set, is the ClusterRole (the chart's) that drctl
 	// binds to ServiceAccount in each drill namespace it makes, before
 	// it creates anything there: all it may do in drill namespaces.
 	DrillRole      string `json:"drill_role,omitempty"`
 	ServiceAccount string `json:"service_account,omitempty"` // namespace/name
+	// SocketDir is the private directory where drctl-kube serves the
+	// drill's server on a Unix socket (drctl makes it, 0700).
+	SocketDir string `json:"socket_dir"`
 }
 
-// KubernetesRunner identifies the pod drctl runs in.
-type KubernetesRunner struct {
-	Namespace string            `json:"namespace"`
-	Labels    map[string]string `json:"labels"`
+// Owner is the drctl.io/owner label of the drill namespaces drctl makes
+// with serviceAccount (namespace/name; "" for none): the chart's admission
+// policy lets a ServiceAccount act only in namespaces with its own, and
+// the janitor deletes only those. The chart computes the same.
+func Owner(serviceAccount string) string {
+	if serviceAccount == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(serviceAccount))
+	return hex.EncodeToString(sum[:])[:16]
 }
 
 // SecretDir is where a drill's Secret is mounted in its pods.

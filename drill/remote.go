@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,6 +45,8 @@ type Remote struct {
 	Logger         *slog.Logger
 	// CloseTimeout bounds the wait for the helper to destroy the sandbox.
 	CloseTimeout time.Duration
+	// Cleanup runs once the helper is gone (or was never started).
+	Cleanup func()
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -52,6 +55,7 @@ type Remote struct {
 	done    chan struct{}
 	waitErr error
 	addr    string
+	failed  error
 	stderr  *pgtools.TailBuffer
 }
 
@@ -117,12 +121,27 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 	}
 	r.stderr = pgtools.NewTailBuffer(4096)
 	cmd.Stderr = r.stderr
-	if err := cmd.Start(); err != nil {
+	r.events, r.done = make(chan Event, 16), make(chan struct{})
+	started := make(chan error, 1)
+	go func() {
+		// The parent-death signal follows the thread that started the
+		// child: this goroutine keeps it until the child is gone.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		r.waitErr = cmd.Wait()
+		close(r.done)
+	}()
+	if err := <-started; err != nil {
+		r.done = nil
 		return fmt.Errorf("start the %s sandbox helper: %w", r.KindName, err)
 	}
 	r.mu.Lock()
 	r.cmd, r.stdin = cmd, stdin
-	r.events, r.done = make(chan Event, 16), make(chan struct{})
 	r.mu.Unlock()
 	go func() {
 		defer close(r.events)
@@ -138,10 +157,6 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 		}
 		io.Copy(io.Discard, stdout)
 	}()
-	go func() {
-		r.waitErr = cmd.Wait()
-		close(r.done)
-	}()
 	line, err := json.Marshal(Request{Spec: spec, User: r.User, Password: r.Password, Settings: r.Settings})
 	if err != nil {
 		return err
@@ -149,6 +164,7 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 	if _, err := stdin.Write(append(line, '\n')); err != nil {
 		return fmt.Errorf("%s sandbox helper: %w%s", r.KindName, err, r.helperErr())
 	}
+	last := ""
 	for {
 		select {
 		case ev, ok := <-r.events:
@@ -158,20 +174,51 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 			}
 			switch ev.Event {
 			case "progress":
+				last = ev.Message
 				log.Info("drill sandbox: "+ev.Message, "sandbox", ev.Sandbox)
 			case "ready":
 				r.mu.Lock()
 				r.addr = ev.Addr
 				r.mu.Unlock()
 				log.Info("drill sandbox ready", "sandbox", ev.Sandbox)
+				go r.watch()
 				return nil
 			case "error":
 				return errors.New(ev.Message)
 			}
 		case <-ctx.Done():
+			if last != "" {
+				// What the sandbox was waiting for: the reason, for the record.
+				return fmt.Errorf("%w; the sandbox was at: %s", ctx.Err(), last)
+			}
 			return ctx.Err()
 		}
 	}
+}
+
+// watch keeps the helper's word after the server was ready: a pod that
+// died, a forward that broke (Err reports it).
+func (r *Remote) watch() {
+	for ev := range r.events {
+		switch ev.Event {
+		case "error":
+			r.mu.Lock()
+			if r.failed == nil {
+				r.failed = errors.New(ev.Message)
+			}
+			r.mu.Unlock()
+			r.log().Warn("drill sandbox: "+ev.Message, "sandbox", ev.Sandbox)
+		case "progress", "closed":
+			r.log().Info("drill sandbox: "+first(ev.Message, ev.Event), "sandbox", ev.Sandbox)
+		}
+	}
+}
+
+// Err is why the sandbox stopped serving once ready (nil while it does).
+func (r *Remote) Err() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failed
 }
 
 func (r *Remote) helperErr() string {
@@ -184,12 +231,17 @@ func (r *Remote) helperErr() string {
 	return ""
 }
 
+// hostPort is where the helper serves the server: a socket directory and
+// port (libpq's socket naming), or a TCP host:port.
 func (r *Remote) hostPort() (string, string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if strings.HasPrefix(r.addr, "/") {
+		return r.addr, "5432"
+	}
 	host, port, ok := strings.Cut(r.addr, ":")
 	if !ok {
-		return "127.0.0.1", "1" // nothing listens: a connection fails plainly
+		return "/nonexistent", "5432" // nothing listens: a connection fails plainly
 	}
 	return host, port
 }
@@ -202,7 +254,7 @@ func (r *Remote) DSN(database string) string {
 // DSNAs reaches database through the helper's forward as user.
 func (r *Remote) DSNAs(user, password, database string) string {
 	host, port := r.hostPort()
-	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, quoteConn(user), quoteConn(password), quoteConn(database))
+	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", quoteConn(host), port, quoteConn(user), quoteConn(password), quoteConn(database))
 }
 
 // Close has the helper destroy the sandbox, and waits for it.
@@ -210,6 +262,9 @@ func (r *Remote) Close(ctx context.Context) error {
 	r.mu.Lock()
 	cmd, stdin := r.cmd, r.stdin
 	r.mu.Unlock()
+	if r.Cleanup != nil {
+		defer r.Cleanup()
+	}
 	if cmd == nil {
 		return nil
 	}
@@ -219,31 +274,35 @@ func (r *Remote) Close(ctx context.Context) error {
 	if limit <= 0 {
 		limit = 5 * time.Minute
 	}
-	var closeErr error
+	// The events go on being read (by watch once the server was ready, or
+	// here): an error now is the removal's.
+	r.mu.Lock()
+	before := r.failed
+	r.mu.Unlock()
+	r.mu.Lock()
+	if r.addr == "" {
+		go r.watch()
+	}
+	r.mu.Unlock()
 	timer := time.NewTimer(limit)
 	defer timer.Stop()
-	events := r.events
-	for exited := false; !exited; {
+	select {
+	case <-r.done:
+	case <-timer.C:
+		cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case ev, ok := <-events:
-			switch {
-			case !ok:
-				events = nil // only the exit is left to wait for
-			case ev.Event == "error":
-				closeErr = errors.New(ev.Message)
-			case ev.Event == "progress" || ev.Event == "closed":
-				r.log().Info("drill sandbox: "+first(ev.Message, ev.Event), "sandbox", ev.Sandbox)
-			}
 		case <-r.done:
-			exited = true
-		case <-timer.C:
-			cmd.Process.Signal(syscall.SIGTERM)
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
 			<-r.done
-			return fmt.Errorf("the %s sandbox helper did not finish removing the sandbox within %s%s", r.KindName, limit, r.helperErr())
 		}
+		return fmt.Errorf("the %s sandbox helper did not finish removing the sandbox within %s%s", r.KindName, limit, r.helperErr())
 	}
-	if closeErr != nil {
-		return closeErr
+	r.mu.Lock()
+	after := r.failed
+	r.mu.Unlock()
+	if after != nil && after != before {
+		return after
 	}
 	if r.waitErr != nil {
 		return fmt.Errorf("%s sandbox helper: %w%s", r.KindName, r.waitErr, r.helperErr())

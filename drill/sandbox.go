@@ -56,6 +56,9 @@ type Provisioner interface {
 	// database, a base backup written and its server replaying the
 	// archive (the drill then waits for the promotion).
 	Provision(ctx context.Context, spec Spec) error
+	// Err is why the provisioned server stopped being served (its pod
+	// died, the forward broke), nil while it is.
+	Err() error
 }
 
 // Spec is what a Provisioner restores.

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -84,6 +85,7 @@ func janitor(args []string, stdout io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("janitor", flag.ContinueOnError)
 	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: in-cluster, $KUBECONFIG, ~/.kube/config)")
 	kctx := fs.String("context", "", "kubeconfig context")
+	sa := fs.String("service-account", "", "drctl's ServiceAccount (namespace/name): only its drill namespaces are considered (default: only those no ServiceAccount made)")
 	if err := fs.Parse(args); err != nil {
 		os.Exit(2)
 	}
@@ -97,7 +99,7 @@ func janitor(args []string, stdout io.Writer, log *slog.Logger) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	removed, err := kube.Janitor(ctx, c, time.Now(), log)
+	removed, err := kube.Janitor(ctx, c, drill.Owner(*sa), time.Now(), log)
 	if err != nil {
 		return fmt.Errorf("janitor: %w", err)
 	}
@@ -162,7 +164,7 @@ func sandbox(stdin io.Reader, stdout io.Writer, log *slog.Logger) error {
 		return nil
 	}
 	sb := &kube.Sandbox{Client: c, Settings: req.Settings, User: req.User, Password: req.Password, Logger: log,
-		Forward:  forwarder(cfg, c),
+		Forward: forwarder(cfg, c), SocketDir: req.Settings.SocketDir,
 		Progress: func(ns, msg string) { emit(drill.Event{Event: "progress", Message: msg, Sandbox: ns}) }}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-closing; cancel() }()
@@ -175,8 +177,15 @@ func sandbox(stdin io.Reader, stdout io.Writer, log *slog.Logger) error {
 		}
 	} else {
 		emit(drill.Event{Event: "ready", Addr: sb.Addr(), Sandbox: sb.Namespace()})
+		go func() {
+			// A pod that dies once ready: drctl stops waiting for it.
+			if err := sb.Watch(ctx); err != nil && ctx.Err() == nil {
+				emit(drill.Event{Event: "error", Message: err.Error(), Sandbox: sb.Namespace()})
+			}
+		}()
 	}
 	<-closing
+	cancel() // the watch too, before the pod goes
 	if err := sb.Close(context.Background()); err != nil {
 		emit(drill.Event{Event: "error", Message: err.Error(), Sandbox: sb.Namespace()})
 		return err
@@ -187,24 +196,39 @@ func sandbox(stdin io.Reader, stdout io.Writer, log *slog.Logger) error {
 
 // forwarder is the API server's port-forward. DRCTL_KUBE_TEST_ADDRESS_ANNOTATION
 // is for drctl's own tests, where no kubelet runs (kwok's fake nodes): the
-// pod's server is played on this host, at the address the test writes in
-// that annotation of the pod.
+// pod's server is played on this host, at the loopback address the test
+// writes in that annotation of the pod (any other address is refused).
 func forwarder(cfg *rest.Config, c kubernetes.Interface) kube.Forwarder {
 	key := os.Getenv("DRCTL_KUBE_TEST_ADDRESS_ANNOTATION")
 	if key == "" {
 		return kube.PortForward(cfg)
 	}
-	return func(ctx context.Context, pod *corev1.Pod, port int) (string, func(), error) {
+	return func(ctx context.Context, pod *corev1.Pod, port int) (kube.Tunnel, error) {
 		for {
 			p, err := c.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 			if err == nil && p.Annotations[key] != "" {
-				return p.Annotations[key], func() {}, nil
+				addr := p.Annotations[key]
+				host, _, err := net.SplitHostPort(addr)
+				if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+					return nil, fmt.Errorf("test address %q: not a loopback address", addr)
+				}
+				return loopbackTunnel(addr), nil
 			}
 			select {
 			case <-ctx.Done():
-				return "", nil, ctx.Err()
+				return nil, ctx.Err()
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
 	}
 }
+
+// loopbackTunnel dials a server on this host (the tests').
+type loopbackTunnel string
+
+func (t loopbackTunnel) Dial(ctx context.Context) (io.ReadWriteCloser, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", string(t))
+}
+
+func (t loopbackTunnel) Close() error { return nil }

@@ -504,11 +504,14 @@ func kubeJanitor(ctx context.Context, s *settings, cfg *daemon.Config, log *slog
 		return
 	}
 	args := []string{"janitor"}
+	if sa := s.drill.Kubernetes.ServiceAccount; sa != "" {
+		args = append(args, "--service-account", sa)
+	}
 	if k := s.drill.Kubernetes; k.Kubeconfig != "" {
 		args = append(args, "--kubeconfig", k.Kubeconfig)
-		if k.Context != "" {
-			args = append(args, "--context", k.Context)
-		}
+	}
+	if k := s.drill.Kubernetes; k.Context != "" {
+		args = append(args, "--context", k.Context)
 	}
 	for {
 		jctx, cancel := context.WithTimeout(ctx, 3*time.Minute)

@@ -548,7 +548,7 @@ processes:
 	// A pod that never serves: the drill's timeout stops it.
 	player.holdProcess("finance-slow", true)
 	rec, res = drillOnce("finance-slow")
-	if res.code != 4 || rec.Passed || !strings.Contains(rec.Error, "stopped by the drill timeout") {
+	if res.code != 4 || rec.Passed || !strings.Contains(rec.Error, "stopped by the drill timeout") || !strings.Contains(rec.Error, "(the sandbox was at: ") {
 		t.Fatalf("timed-out drill: exit %d\n%s", res.code, res.all())
 	}
 
@@ -671,7 +671,8 @@ func checkDrillObjects(t *testing.T, s *playedNS, drillID, process, backupID, s3
 	if len(np.Ingress) != 1 || np.Ingress[0].From[0].PodSelector.MatchLabels["drctl.io/role"] != "restore" || np.Ingress[0].Ports[0].Port.IntValue() != 5432 {
 		t.Fatalf("ingress: %+v", np.Ingress)
 	}
-	if len(np.Egress) != 3 || np.Egress[0].Ports[0].Port.IntValue() != 53 || np.Egress[1].To[0].IPBlock == nil ||
+	if len(np.Egress) != 3 || np.Egress[0].Ports[0].Port.IntValue() != 53 || np.Egress[0].To[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "kube-system" ||
+		np.Egress[1].To[0].IPBlock == nil ||
 		np.Egress[1].To[0].IPBlock.CIDR != "127.0.0.1/32" || np.Egress[1].Ports[0].Port.String() != s3port ||
 		np.Egress[2].To[0].PodSelector.MatchLabels["drctl.io/role"] != "server" {
 		t.Fatalf("egress: %+v", np.Egress)
@@ -694,6 +695,15 @@ func checkDrillObjects(t *testing.T, s *playedNS, drillID, process, backupID, s3
 	}
 	if init := pod.InitContainers[0]; init.Name != "initdb" || init.Command[0] != "initdb" {
 		t.Fatalf("init container: %v", init.Command)
+	}
+	// The server of a dump sees its pg_hba.conf, not the repository's keys.
+	for _, m := range pod.Containers[0].VolumeMounts {
+		if m.MountPath == drill.SecretDir && m.Name != "server" {
+			t.Fatalf("the server mounts %s", m.Name)
+		}
+	}
+	if pod.ActiveDeadlineSeconds == nil || *pod.ActiveDeadlineSeconds < 60 {
+		t.Fatalf("the server pod has no deadline: %v", pod.ActiveDeadlineSeconds)
 	}
 	if cmd := job.Containers[0].Command; !slices.Contains(cmd, backupID) || !strings.Contains(strings.Join(cmd, " "), "drctl restore") {
 		t.Fatalf("restore job: %v", cmd)

@@ -18,22 +18,19 @@ type drillConfig struct {
 
 // kubernetesConfig sets up drills in scratch namespaces (drctl-kube).
 type kubernetesConfig struct {
-	Kubeconfig     string        `yaml:"kubeconfig,omitempty"`
-	Context        string        `yaml:"context,omitempty"`
-	Image          string        `yaml:"image,omitempty"`
-	CPU            string        `yaml:"cpu,omitempty"`
-	Memory         string        `yaml:"memory,omitempty"`
-	Storage        string        `yaml:"storage,omitempty"`
-	EgressCIDRs    []string      `yaml:"egress_cidrs,omitempty"`
-	EgressPorts    []int         `yaml:"egress_ports,omitempty"`
-	DrillRole      string        `yaml:"drill_role,omitempty"`
-	ServiceAccount string        `yaml:"service_account,omitempty"`
-	Runner         *runnerConfig `yaml:"runner,omitempty"`
-}
-
-type runnerConfig struct {
-	Namespace string            `yaml:"namespace"`
-	Labels    map[string]string `yaml:"labels"`
+	Kubeconfig     string   `yaml:"kubeconfig,omitempty"`
+	Context        string   `yaml:"context,omitempty"`
+	Image          string   `yaml:"image,omitempty"`
+	CPU            string   `yaml:"cpu,omitempty"`
+	Memory         string   `yaml:"memory,omitempty"`
+	Storage        string   `yaml:"storage,omitempty"`
+	EgressCIDRs    []string `yaml:"egress_cidrs,omitempty"`
+	EgressPorts    []int    `yaml:"egress_ports,omitempty"`
+	DrillRole      string   `yaml:"drill_role,omitempty"`
+	ServiceAccount string   `yaml:"service_account,omitempty"`
+	// AWSCredentialsFile, an AWS shared-credentials file, replaces
+	// drctl's own keys in the drill's Secret: give one that can only read.
+	AWSCredentialsFile string `yaml:"aws_credentials_file,omitempty"`
 }
 
 // kubernetesSandbox is the drill sandbox drctl-kube runs: a scratch
@@ -57,9 +54,6 @@ func (s *settings) kubernetesSandbox(kubeconfig string) (*drill.Remote, error) {
 		CPU: k.CPU, Memory: k.Memory, Storage: k.Storage, EgressCIDRs: k.EgressCIDRs, EgressPorts: k.EgressPorts,
 		DrillRole: k.DrillRole, ServiceAccount: k.ServiceAccount,
 		Env: map[string]string{"DRCTL_REPO": s.Repo, "AWS_EC2_METADATA_DISABLED": "true"}, Files: map[string][]byte{}}
-	if k.Runner != nil {
-		set.Runner = &drill.KubernetesRunner{Namespace: k.Runner.Namespace, Labels: k.Runner.Labels}
-	}
 	file := func(name, env string, data []byte) {
 		set.Files[name] = data
 		set.Env[env] = drill.SecretDir + "/" + name
@@ -88,6 +82,12 @@ func (s *settings) kubernetesSandbox(kubeconfig string) (*drill.Remote, error) {
 		file("ca-bundle.pem", "AWS_CA_BUNDLE", data)
 	}
 	switch {
+	case k.AWSCredentialsFile != "":
+		data, err := read("aws_credentials_file", k.AWSCredentialsFile)
+		if err != nil {
+			return nil, err
+		}
+		file("aws-credentials", "AWS_SHARED_CREDENTIALS_FILE", data)
 	case c.AccessKeyID != "":
 		creds := fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", c.AccessKeyID, c.SecretAccessKey)
 		if c.SessionToken != "" {
@@ -95,7 +95,7 @@ func (s *settings) kubernetesSandbox(kubeconfig string) (*drill.Remote, error) {
 		}
 		file("aws-credentials", "AWS_SHARED_CREDENTIALS_FILE", []byte(creds))
 	default:
-		return nil, fmt.Errorf("the kubernetes sandbox copies the S3 credentials into the drill's namespace: give AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (profiles and workload identity are not passed on)")
+		return nil, fmt.Errorf("the kubernetes sandbox copies S3 credentials into the drill's namespace: give drill.kubernetes.aws_credentials_file (read-only keys), or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (profiles and workload identity are not passed on)")
 	}
 	switch {
 	case s.IdentityFile != "":
@@ -117,8 +117,20 @@ func (s *settings) kubernetesSandbox(kubeconfig string) (*drill.Remote, error) {
 	case s.AllowedSigners != "":
 		file("allowed-signers", "DRCTL_ALLOWED_SIGNERS_FILE", []byte(s.AllowedSigners))
 	}
+	// The drill's server is served here on a Unix socket in a directory
+	// of drctl's user alone (a restored base backup's server trusts what
+	// reaches it).
+	root := drill.Root()
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(root, "kube-")
+	if err != nil {
+		return nil, err
+	}
+	set.SocketDir = dir
 	return &drill.Remote{Program: helper, Args: []string{"sandbox"}, Env: s.helperEnv(), Settings: set, KindName: "kubernetes",
-		Logger: s.Logger, CloseTimeout: 5 * time.Minute}, nil
+		Logger: s.Logger, CloseTimeout: 6 * time.Minute, Cleanup: func() { os.RemoveAll(dir) }}, nil
 }
 
 // helperEnv is drctl-kube's environment: what locates the cluster (and
@@ -127,7 +139,7 @@ func (s *settings) helperEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "PG") || (strings.HasPrefix(k, "DRCTL_") && !strings.HasPrefix(k, "DRCTL_KUBE_")) {
+		if strings.HasPrefix(k, "AWS_") || strings.HasPrefix(k, "PG") || (strings.HasPrefix(k, "DRCTL_") && k != "DRCTL_KUBE_TEST_ADDRESS_ANNOTATION") {
 			continue
 		}
 		env = append(env, kv)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	drillpkg "github.com/drctl/drctl/drill"
 	"github.com/drctl/drctl/testrig"
 )
 
@@ -66,7 +67,7 @@ func TestChartLintAndTemplate(t *testing.T) {
 	}
 	// The drill: section the chart writes is one drctl reads: its
 	// sandbox, image, role, ServiceAccount and runner.
-	for _, want := range []string{"sandbox: kubernetes", `drill_role: "db-drctl-erp-drill"`, `service_account: "erp/db-drctl"`, `namespace: "erp"`, `egress_cidrs: ["10.1.0.0/16"]`} {
+	for _, want := range []string{"sandbox: kubernetes", `drill_role: "db-drctl-erp-drill"`, `service_account: "erp/db-drctl"`, `egress_cidrs: ["10.1.0.0/16"]`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the rendered config lacks %q", want)
 		}
@@ -164,8 +165,9 @@ func TestChartOnARealAPIServer(t *testing.T) {
 		}
 		return []byte(fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n%s\n", name, strings.Join(l, "\n")))
 	}
-	drill := map[string]string{"drctl.io/drill-id": "0123456789abcdef", "drctl.io/process": "pos-sync", "drctl.io/expires": "2026-11-27T12.00.00Z",
-		"pod-security.kubernetes.io/enforce": "restricted"}
+	owner := drillpkg.Owner("erp/db-drctl")
+	drill := map[string]string{"drctl.io/drill-id": "0123456789abcdef", "drctl.io/process": "pos-sync", "drctl.io/expires": "1795780800",
+		"pod-security.kubernetes.io/enforce": "restricted", "drctl.io/owner": owner}
 	without := func(key string) map[string]string {
 		m := map[string]string{}
 		for k, v := range drill {
@@ -198,10 +200,22 @@ func TestChartOnARealAPIServer(t *testing.T) {
 	if out, err := as(namespace("drctl-drill-privileged", privileged), "create", "-f", "-"); err == nil || !strings.Contains(out, "enforce: restricted") {
 		t.Fatalf("a drill namespace allowing privileged pods: %v\n%s", err, out)
 	}
+	// Another owner's label: refused (it would be another release's).
+	stolen := without("drctl.io/owner")
+	stolen["drctl.io/owner"] = drillpkg.Owner("crm/db-drctl")
+	if out, err := as(namespace("drctl-drill-stolen", stolen), "create", "-f", "-"); err == nil || !strings.Contains(out, "its own drctl.io/owner") {
+		t.Fatalf("a drill namespace with another owner: %v\n%s", err, out)
+	}
 	// A drctl-drill-* namespace somebody else made is not drctl's to delete.
 	kube(namespace("drctl-drill-theirs", map[string]string{"team": "dba"}), "create", "-f", "-")
 	if out, err := as(nil, "delete", "namespace", "drctl-drill-theirs", "--wait=false"); err == nil || !strings.Contains(out, "only delete the drill namespaces it made") {
 		t.Fatalf("deleting another team's drctl-drill-* namespace: %v\n%s", err, out)
+	}
+	// Another release's drill namespace (made by its drctl, with its
+	// owner): not this one's to delete, nor to bind its role in.
+	kube(namespace("drctl-drill-crm", stolen), "create", "-f", "-")
+	if out, err := as(nil, "delete", "namespace", "drctl-drill-crm", "--wait=false"); err == nil || !strings.Contains(out, "only delete the drill namespaces it made") {
+		t.Fatalf("deleting another release's drill namespace: %v\n%s", err, out)
 	}
 	if out, err := as(namespace("drctl-drill-ok", drill), "create", "-f", "-"); err != nil {
 		t.Fatalf("a proper drill namespace was refused: %v\n%s", err, out)
@@ -222,13 +236,16 @@ subjects: [%s]
 	for _, c := range []struct {
 		what, manifest, message string
 	}{
-		{"the drill role in erp", string(binding("erp", "db-drctl-erp-drill", self)), "act only in drctl-drill-*"},
+		{"the drill role in erp", string(binding("erp", "db-drctl-erp-drill", self)), "act only in its own drctl-drill-* namespaces"},
 		{"the chart's cluster role", string(binding("drctl-drill-ok", "db-drctl-erp-drills", self)), "bind only the drill role"},
 		{"the drill role to every user", string(binding("drctl-drill-ok", "db-drctl-erp-drill", "{kind: Group, name: system:authenticated, apiGroup: rbac.authorization.k8s.io}")), "bind only the drill role, and only to itself"},
 	} {
 		if out, err := as([]byte(c.manifest), "create", "-f", "-"); err == nil || !strings.Contains(out, c.message) {
 			t.Fatalf("binding %s: %v\n%s", c.what, err, out)
 		}
+	}
+	if out, err := as(binding("drctl-drill-crm", "db-drctl-erp-drill", self), "create", "-f", "-"); err == nil || !strings.Contains(out, "act only in its own drctl-drill-* namespaces") {
+		t.Fatalf("binding its role in another release's drill namespace: %v\n%s", err, out)
 	}
 	if out, err := as(binding("drctl-drill-ok", "cluster-admin", self), "create", "-f", "-"); err == nil {
 		t.Fatalf("the ServiceAccount bound cluster-admin in its drill namespace:\n%s", out)

@@ -9,6 +9,7 @@ package kube
 
 import (
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ const (
 	LabelDrillID = "drctl.io/drill-id"
 	LabelProcess = "drctl.io/process"
 	LabelExpires = "drctl.io/expires" // Unix seconds
+	LabelOwner   = "drctl.io/owner"   // drill.Owner of drctl's ServiceAccount
 	labelRole    = "drctl.io/role"    // server, restore
 	labelPSA     = "pod-security.kubernetes.io/enforce"
 	// NamespacePrefix starts every drill namespace's name.
@@ -142,6 +144,16 @@ func check(s drill.KubernetesSettings) error {
 	if len(s.EgressCIDRs) == 0 {
 		return fmt.Errorf("kubernetes sandbox: no egress_cidrs: the object store's addresses are the only ones a drill may reach; give them")
 	}
+	for _, c := range s.EgressCIDRs {
+		_, n, err := net.ParseCIDR(c)
+		if err != nil {
+			return fmt.Errorf("kubernetes sandbox: egress_cidrs: %q: %v", c, err)
+		}
+		ones, bits := n.Mask.Size()
+		if (bits == 32 && ones < 8) || (bits == 128 && ones < 16) {
+			return fmt.Errorf("kubernetes sandbox: egress_cidrs: %s is most of the internet: give the object store's addresses", c)
+		}
+	}
 	for k := range s.Files {
 		if k == "" || strings.Trim(k, "abcdefghijklmnopqrstuvwxyz0123456789-._") != "" || k == "pg_hba.conf" || k == "pgpass" {
 			return fmt.Errorf("kubernetes sandbox: file name %q: use lowercase letters, digits, '-', '.', '_' (pg_hba.conf and pgpass are the drill's)", k)
@@ -173,6 +185,9 @@ func buildPlan(s drill.KubernetesSettings, spec drill.Spec, user, password strin
 	}
 	p := &plan{}
 	nsLabels := map[string]string{LabelProcess: labelValue(spec.Process), LabelExpires: strconv.FormatInt(spec.Expires.Unix(), 10), labelPSA: "restricted"}
+	if owner := drill.Owner(s.ServiceAccount); owner != "" {
+		nsLabels[LabelOwner] = owner
+	}
 	p.ns = &corev1.Namespace{ObjectMeta: meta(ns, nsLabels)}
 	p.ns.Namespace = ""
 	p.ns.Annotations = map[string]string{"drctl.io/backup-id": spec.BackupID, "drctl.io/expires-at": spec.Expires.UTC().Format(time.RFC3339)}
@@ -189,19 +204,23 @@ func buildPlan(s drill.KubernetesSettings, spec drill.Spec, user, password strin
 
 	cpu, mem, storage := resource.MustParse(s.CPU), resource.MustParse(s.Memory), resource.MustParse(s.Storage)
 	twice := func(q resource.Quantity) resource.Quantity { q.Add(q); return q }
+	// The container's ephemeral storage: the data's emptyDir (storage)
+	// and a margin for logs and /tmp.
+	room := storage.DeepCopy()
+	room.Add(resource.MustParse("1Gi"))
 	// The server's pod, and for a dump the restore Job's: at most two pods.
 	p.quota = &corev1.ResourceQuota{ObjectMeta: meta(fenceName, nil), Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{
 		corev1.ResourcePods:                     resource.MustParse("2"),
 		corev1.ResourceLimitsCPU:                twice(cpu),
 		corev1.ResourceLimitsMemory:             twice(mem),
-		corev1.ResourceLimitsEphemeralStorage:   twice(storage),
+		corev1.ResourceLimitsEphemeralStorage:   twice(room),
 		corev1.ResourceRequestsCPU:              twice(cpu),
 		corev1.ResourceRequestsMemory:           twice(mem),
-		corev1.ResourceRequestsEphemeralStorage: twice(storage),
+		corev1.ResourceRequestsEphemeralStorage: twice(room),
 		corev1.ResourceServices:                 resource.MustParse("0"),
 		corev1.ResourcePersistentVolumeClaims:   resource.MustParse("0"),
 	}}}
-	limits := corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: mem, corev1.ResourceEphemeralStorage: storage}
+	limits := corev1.ResourceList{corev1.ResourceCPU: cpu, corev1.ResourceMemory: mem, corev1.ResourceEphemeralStorage: room}
 	small := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi"), corev1.ResourceEphemeralStorage: resource.MustParse("64Mi")}
 	p.limits = &corev1.LimitRange{ObjectMeta: meta(fenceName, nil), Spec: corev1.LimitRangeSpec{Limits: []corev1.LimitRangeItem{{
 		Type: corev1.LimitTypeContainer, Max: limits, Default: small, DefaultRequest: small,
@@ -285,8 +304,11 @@ func serverPodSpec(meta metav1.ObjectMeta, s drill.KubernetesSettings, spec dril
 		{Name: "drill", MountPath: drill.SecretDir, ReadOnly: true},
 	}
 	resources := corev1.ResourceRequirements{Limits: limits, Requests: limits}
+	// ssl off: production's ssl = on names certificate files the pod
+	// does not have (the forward is drctl's own, the Job's traffic stays
+	// in the namespace's fence).
 	settings := []string{"postgres", "-D", pgData, "-c", "port=" + strconv.Itoa(pgPort), "-c", "unix_socket_directories=" + socketDir,
-		"-c", "hba_file=" + drill.SecretDir + "/pg_hba.conf", "-c", "fsync=off", "-c", "logging_collector=off"}
+		"-c", "hba_file=" + drill.SecretDir + "/pg_hba.conf", "-c", "fsync=off", "-c", "logging_collector=off", "-c", "ssl=off"}
 	var init corev1.Container
 	if spec.Mode == policy.ModePITR {
 		// Replay without hot standby (it would demand production's
@@ -308,12 +330,24 @@ func serverPodSpec(meta metav1.ObjectMeta, s drill.KubernetesSettings, spec dril
 		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
 			Command: []string{"pg_isready", "-q", "-h", socketDir, "-p", strconv.Itoa(pgPort)}}}, PeriodSeconds: 2, FailureThreshold: 1},
 	}
+	volumes := []corev1.Volume{emptyDir("data", &storage), emptyDir("run", nil), emptyDir("tmp", nil), secretVolume()}
+	if spec.Mode == policy.ModeLogical {
+		// The server of a dump reads only its pg_hba.conf: the keys to the
+		// repository stay with initdb and the restore Job.
+		mode := int32(0o440)
+		volumes = append(volumes, corev1.Volume{Name: "server", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: secretName, DefaultMode: &mode, Items: []corev1.KeyToPath{{Key: "pg_hba.conf", Path: "pg_hba.conf"}}}}})
+		server.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: dataDir}, {Name: "run", MountPath: socketDir},
+			{Name: "tmp", MountPath: tmpDir}, {Name: "server", MountPath: drill.SecretDir, ReadOnly: true}}
+		server.Env = []corev1.EnvVar{{Name: "HOME", Value: tmpDir}, {Name: "TMPDIR", Value: tmpDir}}
+	}
 	grace := int64(5)
+	// The kubelet stops it at the drill's expiry, whatever the runner does.
+	deadline := int64(max(60, int(time.Until(spec.Expires).Seconds())))
 	return &corev1.Pod{ObjectMeta: meta, Spec: corev1.PodSpec{
 		RestartPolicy: corev1.RestartPolicyNever, AutomountServiceAccountToken: &f, EnableServiceLinks: &f,
-		TerminationGracePeriodSeconds: &grace, SecurityContext: podSecurity(),
-		InitContainers: []corev1.Container{init}, Containers: []corev1.Container{server},
-		Volumes: []corev1.Volume{emptyDir("data", &storage), emptyDir("run", nil), emptyDir("tmp", nil), secretVolume()},
+		TerminationGracePeriodSeconds: &grace, SecurityContext: podSecurity(), ActiveDeadlineSeconds: &deadline,
+		InitContainers: []corev1.Container{init}, Containers: []corev1.Container{server}, Volumes: volumes,
 	}}
 }
 
@@ -337,7 +371,13 @@ func restoreJobSpec(meta metav1.ObjectMeta, common map[string]string, s drill.Ku
 			RestartPolicy: corev1.RestartPolicyNever, AutomountServiceAccountToken: &f, EnableServiceLinks: &f, SecurityContext: podSecurity(),
 			Containers: []corev1.Container{{Name: "restore", Image: s.Image,
 				Command: []string{"/bin/sh", "-c", `umask 077 && cp "$0" "$PGPASSFILE" && exec drctl restore "$1" --into ''`, drill.SecretDir + "/pgpassfile", spec.BackupID},
-				Env:     env, SecurityContext: restricted(), Resources: corev1.ResourceRequirements{Limits: limits, Requests: limits},
+				Env:     env, SecurityContext: restricted(), Resources: corev1.ResourceRequirements{
+					// drctl restore and pg_restore: the server's CPU and
+					// memory at most, little disk (it streams).
+					Limits: corev1.ResourceList{corev1.ResourceCPU: limits[corev1.ResourceCPU], corev1.ResourceMemory: limits[corev1.ResourceMemory],
+						corev1.ResourceEphemeralStorage: resource.MustParse("1Gi")},
+					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("256Mi"),
+						corev1.ResourceEphemeralStorage: resource.MustParse("256Mi")}},
 				VolumeMounts: []corev1.VolumeMount{{Name: "tmp", MountPath: tmpDir}, {Name: "drill", MountPath: drill.SecretDir, ReadOnly: true}}}},
 			Volumes: []corev1.Volume{emptyDir("tmp", nil), secretVolume()},
 		}},
@@ -345,8 +385,8 @@ func restoreJobSpec(meta metav1.ObjectMeta, common map[string]string, s drill.Ku
 }
 
 // fence is the drill's NetworkPolicy: every pod of the namespace denied
-// all ingress but the runner's (and, for a dump, the restore Job's to the
-// server), all egress but DNS and the object store (and the Job's to the
+// all ingress (but, for a dump, the restore Job's to the server), all
+// egress but the cluster's DNS and the object store (and the Job's to the
 // server).
 func fence(meta metav1.ObjectMeta, s drill.KubernetesSettings, mode string) *networkingv1.NetworkPolicy {
 	tcp, udp := corev1.ProtocolTCP, corev1.ProtocolUDP
@@ -356,14 +396,10 @@ func fence(meta metav1.ObjectMeta, s drill.KubernetesSettings, mode string) *net
 	}
 	server := &metav1.LabelSelector{MatchLabels: map[string]string{labelRole: "server"}}
 	restore := &metav1.LabelSelector{MatchLabels: map[string]string{labelRole: "restore"}}
+	// No ingress but the restore Job's (for a dump): drctl reaches the
+	// server by port-forward, which enters the pod from inside, not
+	// through the pod network.
 	var ingress []networkingv1.NetworkPolicyIngressRule
-	if s.Runner != nil {
-		ingress = append(ingress, networkingv1.NetworkPolicyIngressRule{
-			From: []networkingv1.NetworkPolicyPeer{{
-				NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": s.Runner.Namespace}},
-				PodSelector:       &metav1.LabelSelector{MatchLabels: s.Runner.Labels}}},
-			Ports: []networkingv1.NetworkPolicyPort{port(pgPort, &tcp)}})
-	}
 	var store []networkingv1.NetworkPolicyPeer
 	for _, c := range s.EgressCIDRs {
 		store = append(store, networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: c}})
@@ -373,8 +409,11 @@ func fence(meta metav1.ObjectMeta, s drill.KubernetesSettings, mode string) *net
 		storePorts = append(storePorts, port(p, &tcp))
 	}
 	egress := []networkingv1.NetworkPolicyEgressRule{
-		{To: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{},
-			PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}}}},
+		// The cluster's DNS in kube-system only: any tenant may label a
+		// pod of its own k8s-app=kube-dns.
+		{To: []networkingv1.NetworkPolicyPeer{{
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "kube-system"}},
+			PodSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{"k8s-app": "kube-dns"}}}},
 			Ports: []networkingv1.NetworkPolicyPort{port(53, &udp), port(53, &tcp)}},
 		{To: store, Ports: storePorts},
 	}

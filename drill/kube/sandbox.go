@@ -4,11 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,19 +14,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/portforward"
-	"k8s.io/client-go/transport/spdy"
 
 	"github.com/drctl/drctl/drill"
 )
-
-// Forwarder makes the pod's PostgreSQL port reachable on this host's
-// loopback: a port-forward through the API server by default; tests give
-// their own (no kubelet runs there).
-type Forwarder func(ctx context.Context, pod *corev1.Pod, port int) (addr string, stop func(), err error)
 
 // Sandbox is one drill's namespace. It implements drill.Provisioner.
 type Sandbox struct {
@@ -39,7 +26,10 @@ type Sandbox struct {
 	User     string
 	Password string
 	Forward  Forwarder
-	Logger   *slog.Logger
+	// SocketDir is where the server is served, on a Unix socket: a
+	// directory private to this user (drctl makes it).
+	SocketDir string
+	Logger    *slog.Logger
 	// Progress, when set, hears each step (drctl-kube reports them).
 	Progress func(namespace, message string)
 	// Now is the clock of expiries (time.Now when nil).
@@ -92,7 +82,7 @@ func (s *Sandbox) Provision(ctx context.Context, spec drill.Spec) error {
 	if err != nil {
 		return err
 	}
-	if removed, err := Janitor(ctx, s.Client, s.now(), s.log()); err != nil {
+	if removed, err := Janitor(ctx, s.Client, drill.Owner(s.Settings.ServiceAccount), s.now(), s.log()); err != nil {
 		s.log().Warn("janitor: could not list drill namespaces", "error", err)
 	} else if len(removed) > 0 {
 		s.progress(fmt.Sprintf("janitor: deleting expired drill namespaces %s", strings.Join(removed, ", ")))
@@ -161,6 +151,7 @@ func (s *Sandbox) Provision(ctx context.Context, spec drill.Spec) error {
 		return err
 	}
 	if p.job != nil {
+		s.progress("server running; the restore job starts")
 		job := p.job(pod.Status.PodIP)
 		if _, err := c.BatchV1().Jobs(ns).Create(ctx, job, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create job in %s: %w", ns, err)
@@ -173,18 +164,56 @@ func (s *Sandbox) Provision(ctx context.Context, spec drill.Spec) error {
 	if fwd == nil {
 		return errors.New("kubernetes sandbox: no port-forward")
 	}
-	addr, stop, err := fwd(ctx, pod, pgPort)
+	if s.SocketDir == "" {
+		return errNoSocketDir
+	}
+	s.progress("opening the port-forward to the server")
+	tunnel, err := fwd(ctx, pod, pgPort)
 	if err != nil {
 		return fmt.Errorf("port-forward to %s/%s: %w", ns, pod.Name, err)
 	}
+	stop, err := serveSocket(s.SocketDir, pgPort, tunnel, s.log())
+	if err != nil {
+		tunnel.Close()
+		return err
+	}
 	s.mu.Lock()
-	s.addr, s.stop = addr, stop
+	s.addr, s.stop = s.SocketDir, stop
 	s.mu.Unlock()
 	s.progress("server reachable")
 	return nil
 }
 
-// Addr is the forwarded server's loopback address.
+// Watch follows the server's pod once ready, until ctx ends: it returns
+// why the pod stopped serving (it failed, was evicted, was deleted).
+func (s *Sandbox) Watch(ctx context.Context) error {
+	ns := s.Namespace()
+	gone := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(2 * time.Second):
+		}
+		pod, err := s.Client.CoreV1().Pods(ns).Get(ctx, serverPod, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			if gone++; gone >= 2 {
+				return fmt.Errorf("pod %s/%s was deleted", ns, serverPod)
+			}
+		case err == nil:
+			gone = 0
+			if why := podFailed(pod); why != "" {
+				return fmt.Errorf("pod %s/%s: %s%s", ns, serverPod, why, s.initLog(ctx, ns, pod))
+			}
+		}
+	}
+}
+
+// Err is nil: the helper reports what Watch finds (drill.Remote.Err).
+func (s *Sandbox) Err() error { return nil }
+
+// Addr is the directory of the forwarded server's socket.
 func (s *Sandbox) Addr() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -196,10 +225,17 @@ func (s *Sandbox) Addr() string {
 // server refuses connections until promoted, the drill follows that).
 func (s *Sandbox) waitPod(ctx context.Context, ns string, ready bool) (*corev1.Pod, error) {
 	var last *corev1.Pod
+	said := ""
 	for {
 		pod, err := s.Client.CoreV1().Pods(ns).Get(ctx, serverPod, metav1.GetOptions{})
 		if err == nil {
 			last = pod
+			// Say what it waits for: drctl puts the last in the record
+			// when the drill's timeout comes first.
+			if st := "pod " + podState(pod) + s.warnings(ctx, ns); st != said {
+				said = st
+				s.progress(st)
+			}
 			if why := podFailed(pod); why != "" {
 				return nil, fmt.Errorf("pod %s/%s: %s%s", ns, serverPod, why, s.initLog(ctx, ns, pod))
 			}
@@ -232,6 +268,11 @@ func podReady(pod *corev1.Pod) bool {
 
 // podFailed says why the pod will never serve, or "".
 func podFailed(pod *corev1.Pod) string {
+	if pod.Status.Phase == corev1.PodFailed && pod.Status.Reason != "" {
+		// Evicted, DeadlineExceeded: the pod's reason says more than its
+		// containers' exit codes.
+		return "pod failed: " + pod.Status.Reason + ": " + oneLine(pod.Status.Message, 400)
+	}
 	for _, st := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
 		if t := st.State.Terminated; t != nil && t.ExitCode != 0 {
 			msg := fmt.Sprintf("container %s exited %d (%s)", st.Name, t.ExitCode, t.Reason)
@@ -252,12 +293,37 @@ func podFailed(pod *corev1.Pod) string {
 
 func podState(pod *corev1.Pod) string {
 	s := string(pod.Status.Phase)
+	if pod.Status.Reason != "" {
+		s += " (" + pod.Status.Reason + ")"
+	}
 	for _, c := range pod.Status.Conditions {
 		if c.Status != corev1.ConditionTrue && c.Reason != "" {
 			s += ", " + string(c.Type) + ": " + c.Reason
+			if c.Message != "" {
+				s += ": " + oneLine(c.Message, 300)
+			}
+		}
+	}
+	for _, st := range append(append([]corev1.ContainerStatus{}, pod.Status.InitContainerStatuses...), pod.Status.ContainerStatuses...) {
+		if w := st.State.Waiting; w != nil && w.Reason != "" && w.Reason != "PodInitializing" {
+			s += ", container " + st.Name + " waiting: " + w.Reason
+			if w.Message != "" {
+				s += ": " + oneLine(w.Message, 300)
+			}
 		}
 	}
 	return s
+}
+
+// warnings are the namespace's latest Warning events (quota refusals,
+// failed mounts, failed scheduling), for what a drill waits on.
+func (s *Sandbox) warnings(ctx context.Context, ns string) string {
+	evs, err := s.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "type=Warning"})
+	if err != nil || len(evs.Items) == 0 {
+		return ""
+	}
+	e := evs.Items[len(evs.Items)-1]
+	return fmt.Sprintf("; warning on %s %s: %s: %s", strings.ToLower(e.InvolvedObject.Kind), e.InvolvedObject.Name, e.Reason, oneLine(e.Message, 300))
 }
 
 // initLog is the tail of the failed container's log, for the error.
@@ -278,6 +344,7 @@ func (s *Sandbox) initLog(ctx context.Context, ns string, pod *corev1.Pod) strin
 
 // waitJob waits for the restore Job to complete.
 func (s *Sandbox) waitJob(ctx context.Context, ns string) error {
+	said := ""
 	for {
 		job, err := s.Client.BatchV1().Jobs(ns).Get(ctx, restoreJob, metav1.GetOptions{})
 		if err == nil {
@@ -290,6 +357,14 @@ func (s *Sandbox) waitJob(ctx context.Context, ns string) error {
 					return nil
 				case batchv1.JobFailed, batchv1.JobFailureTarget:
 					return fmt.Errorf("restore job %s/%s failed: %s%s", ns, restoreJob, oneLine(c.Message, 400), s.jobLog(ctx, ns))
+				}
+			}
+		}
+		if pods, err := s.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: labelRole + "=restore"}); err == nil {
+			for i := range pods.Items {
+				if st := "restore job's pod " + podState(&pods.Items[i]) + s.warnings(ctx, ns); st != said {
+					said = st
+					s.progress(st)
 				}
 			}
 		}
@@ -319,11 +394,11 @@ func (s *Sandbox) DSN(database string) string { return s.DSNAs(s.User, s.Passwor
 
 // DSNAs reaches database through the forward as user.
 func (s *Sandbox) DSNAs(user, password, database string) string {
-	host, port, _ := net.SplitHostPort(s.Addr())
-	if host == "" {
-		host, port = "127.0.0.1", "1"
+	dir := s.Addr()
+	if dir == "" {
+		dir = "/nonexistent" // not provisioned: a connection fails plainly
 	}
-	return fmt.Sprintf("host=%s port=%s user=%s password=%s dbname=%s sslmode=disable", host, port, quote(user), quote(password), quote(database))
+	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable", quote(dir), pgPort, quote(user), quote(password), quote(database))
 }
 
 func quote(s string) string {
@@ -363,14 +438,25 @@ func DeleteNamespace(ctx context.Context, c kubernetes.Interface, ns string) err
 	if err := deleteNamespace(ctx, c, ns); err != nil {
 		return err
 	}
+	why := ""
 	for {
-		_, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
+		got, err := c.CoreV1().Namespaces().Get(ctx, ns, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil
 		}
+		if err == nil {
+			why = ""
+			for _, cond := range got.Status.Conditions {
+				if cond.Status == corev1.ConditionTrue {
+					why += "; " + cond.Reason + ": " + oneLine(cond.Message, 300)
+				}
+			}
+		} else if ctx.Err() == nil {
+			why = "; " + oneLine(err.Error(), 300)
+		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("namespace %s still terminating: %w", ns, ctx.Err())
+			return fmt.Errorf("namespace %s still terminating (%s)%s", ns, ctx.Err(), why)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -394,8 +480,14 @@ func deleteNamespace(ctx context.Context, c kubernetes.Interface, ns string) err
 // Janitor deletes the drill namespaces whose expiry has passed (their
 // drill was killed before it could), without waiting for them to go.
 // Only namespaces with the prefix and a drill id are considered.
-func Janitor(ctx context.Context, c kubernetes.Interface, now time.Time, log *slog.Logger) ([]string, error) {
-	list, err := c.CoreV1().Namespaces().List(ctx, metav1.ListOptions{LabelSelector: LabelDrillID, FieldSelector: fields.Everything().String()})
+func Janitor(ctx context.Context, c kubernetes.Interface, owner string, now time.Time, log *slog.Logger) ([]string, error) {
+	// Only this drctl's drills: the owner label, or none when drctl runs
+	// with no ServiceAccount of its own (an admin's kubeconfig).
+	selector := LabelDrillID + ",!" + LabelOwner
+	if owner != "" {
+		selector = LabelDrillID + "," + LabelOwner + "=" + owner
+	}
+	list, err := c.CoreV1().Namespaces().List(ctx, metav1.ListOptions{LabelSelector: selector})
 	if err != nil {
 		return nil, err
 	}
@@ -417,45 +509,6 @@ func Janitor(ctx context.Context, c kubernetes.Interface, now time.Time, log *sl
 		removed = append(removed, ns.Name)
 	}
 	return removed, nil
-}
-
-// PortForward forwards a loopback port to the pod through the API server
-// (SPDY, as kubectl port-forward does).
-func PortForward(cfg *rest.Config) Forwarder {
-	return func(ctx context.Context, pod *corev1.Pod, port int) (string, func(), error) {
-		transport, upgrader, err := spdy.RoundTripperFor(cfg)
-		if err != nil {
-			return "", nil, err
-		}
-		host, err := url.Parse(cfg.Host)
-		if err != nil {
-			return "", nil, err
-		}
-		host.Path = strings.TrimRight(host.Path, "/") + fmt.Sprintf("/api/v1/namespaces/%s/pods/%s/portforward", pod.Namespace, pod.Name)
-		dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, host)
-		stopCh, readyCh := make(chan struct{}), make(chan struct{})
-		fw, err := portforward.NewOnAddresses(dialer, []string{"127.0.0.1"}, []string{fmt.Sprintf("0:%d", port)}, stopCh, readyCh, io.Discard, io.Discard)
-		if err != nil {
-			return "", nil, err
-		}
-		errc := make(chan error, 1)
-		go func() { errc <- fw.ForwardPorts() }()
-		select {
-		case <-readyCh:
-		case err := <-errc:
-			return "", nil, err
-		case <-ctx.Done():
-			close(stopCh)
-			return "", nil, ctx.Err()
-		}
-		ports, err := fw.GetPorts()
-		if err != nil || len(ports) == 0 {
-			close(stopCh)
-			return "", nil, fmt.Errorf("port-forward: no local port: %v", err)
-		}
-		var once sync.Once
-		return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(ports[0].Local))), func() { once.Do(func() { close(stopCh) }) }, nil
-	}
 }
 
 func oneLine(s string, max int) string {

@@ -110,7 +110,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     sizeLimit: {{ .Values.workVolume.sizeLimit }}
 {{- end -}}
 
-{{/* The labels of the pods drctl runs in (the runner of drills). */}}
+{{/* The drctl.io/owner label of this release's drill namespaces: drill.Owner in Go. */}}
+{{- define "drctl.drillOwner" -}}
+{{- printf "%s/%s" .Release.Namespace (include "drctl.serviceAccountName" .) | sha256sum | trunc 16 -}}
+{{- end -}}
+
+{{/* The labels of the pods drctl runs in (the PodMonitor selects them). */}}
 {{- define "drctl.runnerLabels" -}}
 {{- if eq .Values.mode "sidecar" -}}
 {{- toYaml .Values.sidecar.podLabels -}}
