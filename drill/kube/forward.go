@@ -16,6 +16,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	//lint:ignore SA1019 client-go's SPDY dialer (transport/spdy) returns this package's Connection
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
