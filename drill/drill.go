@@ -233,6 +233,9 @@ func waitPromoted(ctx context.Context, dsn string, alive func() error) (time.Tim
 		var inRecovery bool
 		var last *time.Time
 		if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.pg_last_xact_replay_timestamp()").Scan(&inRecovery, &last); err != nil {
+			if gone := alive(); gone != nil {
+				return time.Time{}, fmt.Errorf("the restored server is gone: %w", gone)
+			}
 			return time.Time{}, fmt.Errorf("follow recovery: %w", err)
 		}
 		if !inRecovery {

@@ -24,8 +24,8 @@ import (
 // client-go alone would add milliseconds to every wal-push's start.
 //
 // The helper reads one Request line on stdin, writes Event lines on
-// stdout ("progress", then "ready" with the loopback address its server is
-// forwarded to, or "error"), keeps the sandbox until it reads a "close"
+// stdout ("progress", then "ready" with where its server is served — a
+// private socket directory — or "error"), keeps the sandbox until it reads a "close"
 // line or its stdin ends (drctl died: the pipe closes), then destroys it
 // and writes "closed". It dies with drctl (parent-death signal), and
 // destroys the sandbox on SIGINT and SIGTERM too.
@@ -48,15 +48,16 @@ type Remote struct {
 	// Cleanup runs once the helper is gone (or was never started).
 	Cleanup func()
 
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-	events  chan Event
-	done    chan struct{}
-	waitErr error
-	addr    string
-	failed  error
-	stderr  *pgtools.TailBuffer
+	mu        sync.Mutex
+	cmd       *exec.Cmd
+	stdin     io.WriteCloser
+	events    chan Event
+	done      chan struct{}
+	waitErr   error
+	addr      string
+	failed    error
+	watchDone chan struct{} // watch has read the last event
+	stderr    *pgtools.TailBuffer
 }
 
 // Request is the first line a sandbox helper reads.
@@ -71,7 +72,8 @@ type Request struct {
 type Event struct {
 	Event   string `json:"event"` // progress, ready, error, closed
 	Message string `json:"message,omitempty"`
-	// Addr (ready) is the server's address on this host's loopback.
+	// Addr (ready) is where the server is served on this host: a socket
+	// directory (libpq's host=/dir), or host:port.
 	Addr string `json:"addr,omitempty"`
 	// Sandbox names what the helper made (the namespace), for logs.
 	Sandbox string `json:"sandbox,omitempty"`
@@ -121,7 +123,8 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 	}
 	r.stderr = pgtools.NewTailBuffer(4096)
 	cmd.Stderr = r.stderr
-	r.events, r.done = make(chan Event, 16), make(chan struct{})
+	r.events, r.done, r.watchDone = make(chan Event, 16), make(chan struct{}), make(chan struct{})
+	readDone := make(chan struct{})
 	started := make(chan error, 1)
 	go func() {
 		// The parent-death signal follows the thread that started the
@@ -133,6 +136,7 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 			return
 		}
 		started <- nil
+		<-readDone // os/exec: every read of stdout before Wait
 		r.waitErr = cmd.Wait()
 		close(r.done)
 	}()
@@ -144,6 +148,7 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 	r.cmd, r.stdin = cmd, stdin
 	r.mu.Unlock()
 	go func() {
+		defer close(readDone)
 		defer close(r.events)
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
@@ -199,6 +204,7 @@ func (r *Remote) Provision(ctx context.Context, spec Spec) error {
 // watch keeps the helper's word after the server was ready: a pod that
 // died, a forward that broke (Err reports it).
 func (r *Remote) watch() {
+	defer close(r.watchDone)
 	for ev := range r.events {
 		switch ev.Event {
 		case "error":
@@ -296,8 +302,10 @@ func (r *Remote) Close(ctx context.Context) error {
 			cmd.Process.Kill()
 			<-r.done
 		}
+		<-r.watchDone
 		return fmt.Errorf("the %s sandbox helper did not finish removing the sandbox within %s%s", r.KindName, limit, r.helperErr())
 	}
+	<-r.watchDone // the helper's last words (its stdout ended before it exited)
 	r.mu.Lock()
 	after := r.failed
 	r.mu.Unlock()

@@ -102,9 +102,9 @@ type LocalOptions struct {
 // its sandbox, but lists and plants nothing).
 func Root() string { return filepath.Join(os.TempDir(), fmt.Sprintf("drctl-drills-%d", os.Geteuid())) }
 
-// privateRoot makes (or checks) dir as a directory of this user's, not a
+// PrivateRoot makes (or checks) dir as a directory of this user's, not a
 // symlink, writable by nobody else.
-func privateRoot(dir string) error {
+func PrivateRoot(dir string) error {
 	if err := os.Mkdir(dir, 0o711); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
@@ -126,7 +126,7 @@ func NewLocal(opt LocalOptions) (*Local, error) {
 	if root == "" {
 		root = Root()
 	}
-	if err := privateRoot(root); err != nil {
+	if err := PrivateRoot(root); err != nil {
 		return nil, err
 	}
 	CleanLeftovers(root)

@@ -164,7 +164,7 @@ func sandbox(stdin io.Reader, stdout io.Writer, log *slog.Logger) error {
 		return nil
 	}
 	sb := &kube.Sandbox{Client: c, Settings: req.Settings, User: req.User, Password: req.Password, Logger: log,
-		Forward: forwarder(cfg, c), SocketDir: req.Settings.SocketDir,
+		Forward: forwarder(cfg, c, log), SocketDir: req.Settings.SocketDir,
 		Progress: func(ns, msg string) { emit(drill.Event{Event: "progress", Message: msg, Sandbox: ns}) }}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-closing; cancel() }()
@@ -198,10 +198,10 @@ func sandbox(stdin io.Reader, stdout io.Writer, log *slog.Logger) error {
 // is for drctl's own tests, where no kubelet runs (kwok's fake nodes): the
 // pod's server is played on this host, at the loopback address the test
 // writes in that annotation of the pod (any other address is refused).
-func forwarder(cfg *rest.Config, c kubernetes.Interface) kube.Forwarder {
+func forwarder(cfg *rest.Config, c kubernetes.Interface, log *slog.Logger) kube.Forwarder {
 	key := os.Getenv("DRCTL_KUBE_TEST_ADDRESS_ANNOTATION")
 	if key == "" {
-		return kube.PortForward(cfg)
+		return kube.PortForward(cfg, log)
 	}
 	return func(ctx context.Context, pod *corev1.Pod, port int) (kube.Tunnel, error) {
 		for {

@@ -121,7 +121,11 @@ func (s *settings) kubernetesSandbox(kubeconfig string) (*drill.Remote, error) {
 	// of drctl's user alone (a restored base backup's server trusts what
 	// reaches it).
 	root := drill.Root()
-	if err := os.MkdirAll(root, 0o711); err != nil {
+	if len(root)+len("/kube-0123456789/.s.PGSQL.5432") > 100 {
+		// A socket's path holds 108 bytes: a long TMPDIR gets /tmp.
+		root = fmt.Sprintf("/tmp/drctl-drills-%d", os.Geteuid())
+	}
+	if err := drill.PrivateRoot(root); err != nil {
 		return nil, err
 	}
 	dir, err := os.MkdirTemp(root, "kube-")

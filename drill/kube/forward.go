@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	corev1 "k8s.io/api/core/v1"
 	//lint:ignore SA1019 client-go's SPDY dialer (transport/spdy) returns this package's Connection
@@ -36,7 +37,7 @@ type Forwarder func(ctx context.Context, pod *corev1.Pod, port int) (Tunnel, err
 
 // PortForward tunnels through the API server (SPDY, as kubectl
 // port-forward does), one stream pair per connection.
-func PortForward(cfg *rest.Config) Forwarder {
+func PortForward(cfg *rest.Config, log *slog.Logger) Forwarder {
 	return func(ctx context.Context, pod *corev1.Pod, port int) (Tunnel, error) {
 		transport, upgrader, err := spdy.RoundTripperFor(cfg)
 		if err != nil {
@@ -48,7 +49,7 @@ func PortForward(cfg *rest.Config) Forwarder {
 		}
 		u.Path = strings.TrimRight(u.Path, "/") + fmt.Sprintf("/api/v1/namespaces/%s/pods/%s/portforward", pod.Namespace, pod.Name)
 		dialer := spdy.NewDialer(upgrader, &http.Client{Transport: transport}, http.MethodPost, u)
-		t := &spdyTunnel{port: port, dial: func() (httpstream.Connection, error) {
+		t := &spdyTunnel{log: log, port: port, dial: func() (httpstream.Connection, error) {
 			conn, _, err := dialer.Dial(portforward.PortForwardProtocolV1Name)
 			return conn, err
 		}}
@@ -62,6 +63,7 @@ func PortForward(cfg *rest.Config) Forwarder {
 }
 
 type spdyTunnel struct {
+	log  *slog.Logger
 	port int
 	dial func() (httpstream.Connection, error)
 
@@ -117,6 +119,7 @@ func (t *spdyTunnel) Dial(ctx context.Context) (io.ReadWriteCloser, error) {
 		// The kubelet says here why it could not connect.
 		msg, _ := io.ReadAll(io.LimitReader(errStream, 4096))
 		if len(msg) > 0 {
+			t.log.Warn("port-forward: the kubelet could not connect to the drill's server", "error", strings.TrimSpace(string(msg)))
 			data.Reset()
 		}
 		conn.RemoveStreams(errStream, data)
@@ -143,7 +146,8 @@ func serveSocket(dir string, port int, t Tunnel, log *slog.Logger) (stop func(),
 	if err != nil {
 		return nil, err
 	}
-	if !fi.IsDir() || fi.Mode().Perm()&0o077 != 0 {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || fi.Mode().Perm()&0o077 != 0 || !ok || int(st.Uid) != os.Geteuid() {
 		return nil, fmt.Errorf("socket directory %s: not a directory private to this user", dir)
 	}
 	path := filepath.Join(dir, ".s.PGSQL."+strconv.Itoa(port))
@@ -156,6 +160,7 @@ func serveSocket(dir string, port int, t Tunnel, log *slog.Logger) (stop func(),
 	ctx, cancel := context.WithCancel(context.Background())
 	var mu sync.Mutex
 	open := map[io.Closer]bool{}
+	stopped := false
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -174,6 +179,11 @@ func serveSocket(dir string, port int, t Tunnel, log *slog.Logger) (stop func(),
 					return
 				}
 				mu.Lock()
+				if stopped {
+					mu.Unlock()
+					remote.Close()
+					return
+				}
 				open[local], open[remote] = true, true
 				mu.Unlock()
 				done := make(chan struct{}, 2)
@@ -196,12 +206,13 @@ func serveSocket(dir string, port int, t Tunnel, log *slog.Logger) (stop func(),
 			cancel()
 			ln.Close()
 			mu.Lock()
+			stopped = true
 			for c := range open {
 				c.Close()
 			}
 			mu.Unlock()
+			t.Close() // ends the streams' copies too
 			wg.Wait()
-			t.Close()
 			os.Remove(path)
 		})
 	}, nil

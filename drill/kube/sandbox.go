@@ -322,7 +322,13 @@ func (s *Sandbox) warnings(ctx context.Context, ns string) string {
 	if err != nil || len(evs.Items) == 0 {
 		return ""
 	}
-	e := evs.Items[len(evs.Items)-1]
+	// The newest (events are listed by name).
+	e := evs.Items[0]
+	for _, ev := range evs.Items[1:] {
+		if eventTime(ev).After(eventTime(e)) {
+			e = ev
+		}
+	}
 	return fmt.Sprintf("; warning on %s %s: %s: %s", strings.ToLower(e.InvolvedObject.Kind), e.InvolvedObject.Name, e.Reason, oneLine(e.Message, 300))
 }
 
@@ -517,4 +523,14 @@ func oneLine(s string, max int) string {
 		s = s[len(s)-max:]
 	}
 	return s
+}
+
+func eventTime(e corev1.Event) time.Time {
+	switch {
+	case !e.EventTime.IsZero():
+		return e.EventTime.Time
+	case !e.LastTimestamp.IsZero():
+		return e.LastTimestamp.Time
+	}
+	return e.CreationTimestamp.Time
 }
