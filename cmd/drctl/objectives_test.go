@@ -240,6 +240,7 @@ func TestRecoveryObjectives(t *testing.T) {
 	}
 	r.pg.Exec(t, "finance", "DELETE FROM ledger WHERE amount < 0")
 	dump()
+	dumped := time.Now()
 	// An RTO no restore can meet: the drill fails on time alone, and the
 	// rto objective names the measured time.
 	tight := r.config(t, "tight.yaml", strings.Replace(processes, "RTO", "1ms", 1))
@@ -252,7 +253,9 @@ func TestRecoveryObjectives(t *testing.T) {
 		t.Fatalf("check after a drill over the RTO: exit %d\n%s", res.code, res.all())
 	}
 
-	// A dump older than the RPO: the gate refuses, with the lag.
+	// A dump older than the RPO (1s; the newest dump is made older than
+	// that for sure): the gate refuses, with the lag.
+	time.Sleep(time.Until(dumped.Add(1500 * time.Millisecond)))
 	stale := r.config(t, "stale.yaml", strings.Replace(strings.Replace(processes, "RTO", "30m", 1), "rpo: 1h", "rpo: 1s", 1))
 	res = drctl(t, nil, "--config", stale, "gate", "--process", "finance", "--release", "r2")
 	if res.code != 4 || !strings.Contains(res.stderr, "finance rpo: the newest verified dump was taken") || !strings.Contains(res.stderr, "over the RPO of 1s") {
