@@ -16,10 +16,14 @@ import (
 func TestOpeningConformance(t *testing.T) {
 	storagetest.Run(t, func(t *testing.T) storage.Store {
 		dir := t.TempDir()
-		return storage.OpenInBackground("a directory", func() (storage.Store, error) {
+		o := storage.OpenInBackground("a directory", func() (storage.Store, error) {
 			time.Sleep(10 * time.Millisecond) // calls come before the store
 			return filestore.Open(dir)
 		})
+		// Opened before the directory is removed (cleanups run last first),
+		// also by a test that never calls the store.
+		t.Cleanup(func() { o.Wait(context.Background()) })
+		return o
 	}, storagetest.Options{})
 }
 
