@@ -19,7 +19,8 @@ import (
 	"github.com/drctl/drctl/drill"
 )
 
-// Sandbox is one drill's namespace. It implements drill.Provisioner.
+// Sandbox is one drill's namespace, as drctl-kube makes, serves and
+// deletes it; drctl drives it, and reaches its server, through drill.Remote.
 type Sandbox struct {
 	Client   kubernetes.Interface
 	Settings drill.KubernetesSettings
@@ -40,9 +41,6 @@ type Sandbox struct {
 	addr      string
 	stop      func()
 }
-
-// Kind is "kubernetes".
-func (s *Sandbox) Kind() string { return "kubernetes" }
 
 // Namespace is the drill's namespace, once made.
 func (s *Sandbox) Namespace() string {
@@ -209,9 +207,6 @@ func (s *Sandbox) Watch(ctx context.Context) error {
 		}
 	}
 }
-
-// Err is nil: the helper reports what Watch finds (drill.Remote.Err).
-func (s *Sandbox) Err() error { return nil }
 
 // Addr is the directory of the forwarded server's socket.
 func (s *Sandbox) Addr() string {
@@ -393,25 +388,6 @@ func (s *Sandbox) jobLog(ctx context.Context, ns string) string {
 		}
 	}
 	return ""
-}
-
-// DSN reaches database through the forward as the superuser.
-func (s *Sandbox) DSN(database string) string { return s.DSNAs(s.User, s.Password, database) }
-
-// DSNAs reaches database through the forward as user.
-func (s *Sandbox) DSNAs(user, password, database string) string {
-	dir := s.Addr()
-	if dir == "" {
-		dir = "/nonexistent" // not provisioned: a connection fails plainly
-	}
-	return fmt.Sprintf("host=%s port=%d user=%s password=%s dbname=%s sslmode=disable", quote(dir), pgPort, quote(user), quote(password), quote(database))
-}
-
-func quote(s string) string {
-	if s != "" && !strings.ContainsAny(s, ` '\`) {
-		return s
-	}
-	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
 // Close stops the forward, deletes the namespace (everything in it goes
