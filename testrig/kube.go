@@ -44,14 +44,22 @@ type KubeOptions struct {
 // Tool finds a program in the Makefile's cache or on PATH.
 func Tool(t testing.TB, name, from string) string {
 	t.Helper()
-	if p := filepath.Join(CacheDir(), "bin", name); fileExists(p) {
-		return p
-	}
-	if p, err := exec.LookPath(name); err == nil {
+	if p, ok := cachedTool(name); ok {
 		return p
 	}
 	Missing(t, "%s (%s; make deps builds it)", name, from)
 	return ""
+}
+
+// cachedTool is name in the Makefile's cache, else on PATH.
+func cachedTool(name string) (string, bool) {
+	if p := filepath.Join(CacheDir(), "bin", name); fileExists(p) {
+		return p, true
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, true
+	}
+	return "", false
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }

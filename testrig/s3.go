@@ -49,14 +49,7 @@ func VersityGW() (string, bool) {
 	if p := os.Getenv("DRCTL_VERSITYGW"); p != "" {
 		return p, true
 	}
-	p := filepath.Join(CacheDir(), "bin", "versitygw")
-	if _, err := os.Stat(p); err == nil {
-		return p, true
-	}
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p, true
-	}
-	return "", false
+	return cachedTool("versitygw")
 }
 
 // StartS3 starts versitygw (posix backend) in a temp dir and creates a bucket.

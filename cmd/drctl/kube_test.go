@@ -552,16 +552,24 @@ processes:
 		t.Fatalf("timed-out drill: exit %d\n%s", res.code, res.all())
 	}
 
+	// A drill of finance, held before its server is played, started in a
+	// process group of its own, once its namespace exists.
+	startHeld := func() (*exec.Cmd, *strings.Builder) {
+		cmd := exec.Command(drctlBin, "--config", cfg, "drill", "--process", "finance")
+		cmd.Env = append(os.Environ(), env...)
+		out := &strings.Builder{}
+		cmd.Stdout, cmd.Stderr = out, out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		waitUntil(t, "the drill's namespace", 60*time.Second, func() bool { return len(drillNamespaces(t, c)) == 1 })
+		return cmd, out
+	}
+
 	// SIGINT while the pod is being waited for.
 	player.holdProcess("finance", true)
-	cmd := exec.Command(drctlBin, "--config", cfg, "drill", "--process", "finance")
-	cmd.Env = append(os.Environ(), env...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the drill's namespace", 60*time.Second, func() bool { return len(drillNamespaces(t, c)) == 1 })
+	cmd, out := startHeld()
 	cmd.Process.Signal(os.Interrupt)
 	err = cmd.Wait()
 	if err == nil || !strings.Contains(out.String(), "its sandbox is removed") {
@@ -574,13 +582,7 @@ processes:
 	// Killed outright, runner and helper: the namespace stays until it
 	// expires; then the janitor (drctl-kube janitor, and every drill's
 	// start) deletes it.
-	cmd = exec.Command(drctlBin, "--config", cfg, "drill", "--process", "finance")
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "the drill's namespace", 60*time.Second, func() bool { return len(drillNamespaces(t, c)) == 1 })
+	cmd, _ = startHeld()
 	time.Sleep(time.Second) // its objects too
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	cmd.Wait()
