@@ -260,6 +260,24 @@ subjects: [%s]
 	if got := can("get", "secrets", "-n", "drctl-drill-ok"); got != "no" {
 		t.Fatalf("read secrets in the drill namespace: %s", got)
 	}
+	// What a drill's cleanup and diagnosis need there, and only there.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"deletecollection", "pods", "-n", "drctl-drill-ok"}, "yes"},
+		{[]string{"deletecollection", "jobs.batch", "-n", "drctl-drill-ok"}, "yes"},
+		{[]string{"list", "events", "-n", "drctl-drill-ok"}, "yes"},
+		{[]string{"create", "pods/portforward", "-n", "drctl-drill-ok"}, "yes"},
+		{[]string{"deletecollection", "pods", "-n", "erp"}, "no"},
+		{[]string{"list", "events", "-n", "erp"}, "no"},
+		{[]string{"create", "services", "-n", "drctl-drill-ok"}, "no"},
+		{[]string{"create", "persistentvolumeclaims", "-n", "drctl-drill-ok"}, "no"},
+	} {
+		if got := can(c.args...); got != c.want {
+			t.Errorf("can-i %s after the binding: %s, want %s", strings.Join(c.args, " "), got, c.want)
+		}
+	}
 	if out, err := as(nil, "delete", "namespace", "erp"); err == nil || !strings.Contains(out, "only delete the drill namespaces it made") {
 		t.Fatalf("the ServiceAccount deleted a namespace that is not a drill's: %v\n%s", err, out)
 	}
